@@ -1,0 +1,41 @@
+# Two commands on a fresh machine with python3 and make: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+DEMO_OUT ?= runs/demo
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@if [ -d "$(SHARED)/data/eu-moths/images" ]; then \
+		echo "demo: the 50 EU-moths test species from $(SHARED)/data/eu-moths"; \
+		$(BIN)/deepclust cluster "$(SHARED)/data/eu-moths/images" --split eu-moths --subset test \
+			--labels folders --algorithm spectral --out $(DEMO_OUT); \
+	else \
+		echo "demo: $(SHARED)/data not found; using scikit-learn's digits written out as images"; \
+		$(BIN)/python -m deepclust.data.examples digits runs/digits-images && \
+		$(BIN)/deepclust cluster runs/digits-images --labels folders --out $(DEMO_OUT); \
+	fi
+	$(BIN)/deepclust evaluate $(DEMO_OUT) --algorithm kmeans spectral --seeds 5
+	@echo "demo results: $(DEMO_OUT) (assignments.csv, metrics.json, evaluation.md)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ''
+
+clean:
+	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

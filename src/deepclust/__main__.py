@@ -1,0 +1,5 @@
+import sys
+
+from deepclust.cli import main
+
+sys.exit(main())

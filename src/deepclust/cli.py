@@ -1,0 +1,145 @@
+"""The one command-line entry point: ``deepclust <verb> ...``.
+
+Every user error ends as a single line ``deepclust: error: ...`` on stderr and exit
+code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from deepclust.errors import DeepclustError
+
+log = logging.getLogger("deepclust")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _add_cluster_parser(subparsers) -> None:
+    from deepclust.backbones import DEFAULT_BACKBONE
+
+    p = subparsers.add_parser(
+        "cluster",
+        help="cluster a folder of images",
+        description="Embed every image under IMAGES_DIR with a pretrained backbone, cluster the "
+        "embeddings, and write assignments.csv, summary.json, skipped.csv (and metrics.json when "
+        "labels are known) to RUN_DIR. Running again reuses the cached embeddings.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("images", metavar="IMAGES_DIR", help="folder searched recursively for images")
+    p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder to write (reused to resume)")
+    p.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options win")
+    p.add_argument("--n-clusters", metavar="K", help="number of clusters (default with --labels: number of classes)")
+    p.add_argument("--algorithm", metavar="NAME", help="clustering algorithm: kmeans (default), spectral")
+    p.add_argument("--backbone", metavar="NAME", help=f"timm model name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", metavar="PATH", help="pretrained (default), random, or a checkpoint / state-dict file")
+    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, help="images per forward pass (default 32)")
+    p.add_argument("--num-workers", metavar="N", type=int, help="image-decoding worker processes (default: 0 on cpu, 4 on gpu)")
+    p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--seed", metavar="N", type=int, help="random seed of the clustering (default 0)")
+    p.add_argument("--labels", choices=["folders"], help="folders: each image's parent folder is its true class")
+    p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
+    p.add_argument("--subset", metavar="NAME", help="subset of the split to cluster: train, val or test")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false", help="cluster raw, not L2-normalised, embeddings")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.set_defaults(func=_cmd_cluster)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from deepclust.config import ClusterConfig, build_config
+    from deepclust.pipeline import run_cluster
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+    config = build_config(ClusterConfig, getattr(args, "config", None), **options)
+    result = run_cluster(config)
+    print(f"clustered {len(result.paths)} images into {result.summary['counts']['clusters']} clusters"
+          + (f", skipped {len(result.skipped)}" if result.skipped else ""))
+    if result.metrics:
+        print("  ".join(f"{k} {result.metrics[k]:.3f}" for k in ("CA", "ACC", "NMI", "AMI", "ARI")))
+    print(f"results in {config.out}")
+    return 0
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a run's embeddings over repeated seeded clusterings",
+        description="Cluster the embeddings of RUN_DIR once per seed with each algorithm and write "
+        "evaluation.md, evaluation.csv and evaluation.json with CA, ACC, NMI, AMI and ARI as AVG (SD).",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder written by `deepclust cluster --labels folders`")
+    p.add_argument("--algorithm", metavar="NAME", nargs="+", help="algorithms to compare (default: the run's)")
+    p.add_argument("--seeds", metavar="N", type=_positive_int, default=5, help="number of seeded runs (default 5)")
+    p.add_argument("--n-clusters", metavar="K", type=_positive_int, help="default: the run's number of clusters")
+    p.add_argument("--out", metavar="DIR", help="folder for the tables (default RUN_DIR)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from deepclust.pipeline import evaluate_run
+
+    evaluation = evaluate_run(args.run, args.algorithm, args.seeds, args.n_clusters, args.out)
+    print(evaluation.markdown(), end="")
+    print(f"tables in {args.out or args.run}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import deepclust
+
+    parser = argparse.ArgumentParser(
+        prog="deepclust",
+        description="Cluster images of the same kind (species, digits, objects) with deep features.",
+    )
+    parser.add_argument("--version", action="version", version=f"deepclust {deepclust.__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    _add_cluster_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"deepclust: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="deepclust: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if args.quiet and args.command == "cluster" and not hasattr(args, "progress"):
+        args.progress = False
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except DeepclustError as exc:
+        print(f"deepclust: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepclust: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = previous
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The registry of clustering algorithms: one name, one scikit-learn-style estimator."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from deepclust.errors import DeepclustError
+
+_CLUSTERERS: dict[str, type] = {}
+
+
+def register_clusterer(name: str) -> Callable[[type], type]:
+    """Class decorator: make an estimator available to :func:`create_clusterer` as ``name``."""
+
+    def wrap(cls: type) -> type:
+        if name in _CLUSTERERS:
+            raise ValueError(f"clusterer '{name}' is registered twice")
+        _CLUSTERERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_clusterers() -> list[str]:
+    """Names accepted by :func:`create_clusterer` (and ``--algorithm``)."""
+    return sorted(_CLUSTERERS)
+
+
+def create_clusterer(name: str, **params: Any):
+    """Build a clustering estimator by name, e.g. ``create_clusterer("kmeans", n_clusters=10)``."""
+    try:
+        cls = _CLUSTERERS[name.lower()]
+    except KeyError:
+        raise DeepclustError(
+            f"unknown clustering algorithm '{name}'; choose one of: {', '.join(list_clusterers())}"
+        ) from None
+    return cls(**params)

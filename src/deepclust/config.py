@@ -1,0 +1,110 @@
+"""Typed run configurations, loadable from YAML; every run writes its resolved config.
+
+A configuration is a dataclass. It is filled, in increasing priority, from its
+defaults, from a YAML file (``--config FILE``) and from command-line options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from deepclust.backbones import DEFAULT_BACKBONE
+from deepclust.errors import DeepclustError
+from deepclust.io import atomic_write
+
+
+@dataclass
+class ClusterConfig:
+    """Configuration of ``deepclust cluster``: a folder of images in, a run folder out.
+
+    Attributes
+    ----------
+    images : str
+        Folder searched recursively for images.
+    out : str
+        Run folder to write (created if absent; reused to resume).
+    n_clusters : int or None
+        Number of clusters; ``None`` means the number of classes when labels are known.
+    algorithm : str
+        A name from :func:`deepclust.cluster.list_clusterers`.
+    backbone, weights, image_size
+        See :func:`deepclust.backbones.create_backbone`.
+    batch_size, num_workers, device
+        Embedding extraction settings. ``num_workers=None`` decodes images in the main
+        process on a CPU device (workers only compete with the forward pass for the same
+        cores there) and in ``min(4, cpus)`` worker processes beside a GPU.
+    seed : int
+        Seeds the clustering.
+    labels : str or None
+        ``"folders"``: each image's parent folder is its true class (for scoring only).
+    split, subset : str or None
+        Keep only the classes of one subset of a split (a shipped name such as
+        ``eu-moths`` or a split file), e.g. ``split="eu-moths", subset="test"``.
+    normalize : bool
+        L2-normalise embeddings before clustering (cosine geometry).
+    progress : bool
+        Show progress bars.
+    """
+
+    images: str = ""
+    out: str = ""
+    n_clusters: int | str | None = None
+    algorithm: str = "kmeans"
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "pretrained"
+    image_size: int | None = None
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    labels: str | None = None
+    split: str | None = None
+    subset: str | None = None
+    normalize: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise DeepclustError(f"config file '{path}' does not exist; check the path") from None
+    except yaml.YAMLError as exc:
+        raise DeepclustError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DeepclustError(f"config file '{path}' must hold a mapping of option: value")
+    return data
+
+
+def build_config(cls, file: str | os.PathLike | None = None, **overrides: Any):
+    """Instantiate config dataclass ``cls`` from a YAML file and keyword overrides.
+
+    Unknown keys are an error that lists the known ones.
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(file).items()})
+    values.update(overrides)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise DeepclustError(
+            f"unknown config option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
+        )
+    return cls(**values)
+
+
+def write_config(path: str | os.PathLike, config) -> None:
+    """Write a config dataclass as YAML, atomically (readable back with ``--config``)."""
+    with atomic_write(path) as fh:
+        yaml.safe_dump(dataclasses.asdict(config), fh, sort_keys=False, allow_unicode=True)

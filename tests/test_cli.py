@@ -1,0 +1,170 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FIVE_SPECIES, MOTHS, needs_moths
+from deepclust.cli import main
+from deepclust.metrics import adjusted_rand
+
+
+def _read_csv(path):
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _cluster(*args):
+    return main(["-q", "cluster", *map(str, args), "--no-progress"])
+
+
+@pytest.fixture(scope="module")
+def moth_run(moth_species_dir, tmp_path_factory):
+    """One real run: five EU-moths species, one corrupt file, labels from folders."""
+    root = tmp_path_factory.mktemp("input")
+    for species in FIVE_SPECIES:
+        os.symlink(moth_species_dir / species, root / species, target_is_directory=True)
+    (root / "broken").mkdir()
+    (root / "broken" / "bad.jpg").write_bytes(b"definitely not a jpeg")
+    out = tmp_path_factory.mktemp("run") / "run"
+    code = _cluster(root, "--out", out, "--labels", "folders", "--image-size", "128", "--algorithm", "spectral")
+    assert code == 0
+    return root, out
+
+
+def test_cluster_writes_the_run_folder(moth_run):
+    root, out = moth_run
+    assignments = _read_csv(out / "assignments.csv")
+    assert list(assignments[0]) == ["path", "cluster", "distance", "label"]
+    assert len(assignments) == 57
+    assert {row["label"] for row in assignments} == set(FIVE_SPECIES)
+    assert all(os.path.isfile(row["path"]) and float(row["distance"]) >= 0 for row in assignments)
+    assert len({row["cluster"] for row in assignments}) == 5
+    skipped = _read_csv(out / "skipped.csv")
+    assert [r["path"] for r in skipped] == [os.path.join(str(root), "broken", "bad.jpg")]
+    assert "UnidentifiedImageError" in skipped[0]["reason"]
+    embeddings = np.load(out / "embeddings.npy")
+    assert embeddings.shape == (57, 1280) and embeddings.dtype == np.float32
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["algorithm"] == "spectral" and summary["seed"] == 0
+    assert summary["counts"]["images_found"] == 58 and summary["counts"]["images_skipped"] == 1
+    assert summary["resolved"]["n_clusters_from"] == "number of classes"
+    assert {"torch", "timm", "scikit-learn", "deepclust"} <= set(summary["versions"])
+    assert summary["timings_seconds"]["embed"] > 0
+    assert (out / "config.yaml").is_file()
+
+
+def test_cluster_scores_real_moths_well_with_the_offline_backbone(moth_run):
+    _, out = moth_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"CA", "ACC", "NMI", "AMI", "ARI", "n_clusters", "n_classes", "n_images"}
+    assert (metrics["n_clusters"], metrics["n_classes"], metrics["n_images"]) == (5, 5, 57)
+    # measured 0.83 ARI / 0.93 CA; chance is ARI ~0
+    assert metrics["ARI"] > 0.6 and metrics["CA"] > 0.8
+    rows = _read_csv(out / "assignments.csv")
+    assert adjusted_rand([r["label"] for r in rows], [r["cluster"] for r in rows]) == pytest.approx(metrics["ARI"])
+
+
+def test_a_second_run_reuses_every_embedding(moth_run, tmp_path):
+    root, out = moth_run
+    assert _cluster(root, "--out", out, "--labels", "folders", "--image-size", "128", "--algorithm", "kmeans", "--seed", "3") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["embeddings_reused"] == 57 and summary["counts"]["embeddings_computed"] == 0
+    assert summary["config"]["algorithm"] == "kmeans" and summary["seed"] == 3
+
+
+def test_evaluate_writes_avg_sd_tables_for_several_algorithms(moth_run, tmp_path, capsys):
+    _, out = moth_run
+    assert main(["-q", "evaluate", str(out), "--algorithm", "kmeans", "spectral", "--seeds", "3", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "evaluation.md").read_text()
+    assert table.splitlines()[0].startswith("| Cluster method | k | CA AVG (SD) |")
+    rows = _read_csv(tmp_path / "evaluation.csv")
+    assert [r["algorithm"] for r in rows] == ["kmeans", "spectral"]
+    assert all(0.5 < float(r["ARI_mean"]) <= 1.0 for r in rows)
+    detail = json.loads((tmp_path / "evaluation.json").read_text())
+    assert detail["algorithms"]["kmeans"]["seeds"] == [0, 1, 2]
+    assert "| spectral | 5 |" in capsys.readouterr().out
+
+
+def test_config_file_options_are_used_and_command_line_wins(moth_species_dir, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("n_clusters: 3\nimage_size: 64\nalgorithm: spectral\nlabels: folders\n")
+    out = tmp_path / "run"
+    assert main(["-q", "cluster", str(moth_species_dir), "--out", str(out), "--config", str(config), "--n-clusters", "4", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["image_size"] == 64 and summary["config"]["algorithm"] == "spectral"
+    assert summary["resolved"]["n_clusters"] == 4
+
+
+@needs_moths
+def test_split_selects_the_classes_of_one_subset(tmp_path):
+    split = tmp_path / "two.json"
+    split.write_text(json.dumps({"subsets": {"test": ["mimas_tiliae", "tethea_or"], "train": ["sphinx_ligustri"]}}))
+    out = tmp_path / "run"
+    assert _cluster(MOTHS / "images", "--out", out, "--split", split, "--subset", "test", "--labels", "folders", "--image-size", "64") == 0
+    labels = {r["label"] for r in _read_csv(out / "assignments.csv")}
+    assert labels == {"mimas_tiliae", "tethea_or"}
+
+
+def _small_folder(root, n=3):
+    for i in range(n):
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(root / "a" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda p: [p / "missing"], "image folder '.*missing' does not exist"),
+        (lambda p: [p / "empty"], "has no images"),
+        (lambda p: [p / "texts"], "has no images"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "5"], r"n_clusters=5 must be <= the number of images \(3\)"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "auto"], "pass an integer with --n-clusters K"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "0"], "must be a positive integer"),
+        (lambda p: [_small_folder(p / "few")], "number of clusters is unknown; pass --n-clusters K"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet5O"], "unknown backbone 'resnet5O'; did you mean: resnet50"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet18", "--weights", p / "w.pt"], "does not fit backbone 'resnet18'"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--algorithm", "kmedoids"], "choose one of: kmeans, spectral"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--device", "cuda:7"], "use --device cpu|only"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--split", "eu-moths"], "--split and --subset go together"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_with_the_fix_and_no_traceback(tmp_path, capsys, args, message):
+    import re
+
+    import torch
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("hello")
+    torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3)}, tmp_path / "w.pt")
+    code = main(["cluster", *map(str, args(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("deepclust: error: ")
+    assert re.search(message, err[-1]), err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_console_script_exits_non_zero_with_one_line_on_error(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "deepclust")
+    proc = subprocess.run([exe, "cluster", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"deepclust: error: image folder '{tmp_path / 'nowhere'}' does not exist; check the path"
+
+
+def test_evaluate_refuses_a_run_without_labels(tmp_path, capsys):
+    folder = _small_folder(tmp_path / "img", 4)
+    out = tmp_path / "run"
+    assert _cluster(folder, "--out", out, "--n-clusters", "2", "--backbone", "test_efficientnet", "--weights", "random") == 0
+    assert "label" not in _read_csv(out / "assignments.csv")[0]
+    assert not (out / "metrics.json").exists()
+    assert main(["evaluate", str(out)]) == 2
+    assert "has no true labels" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "img")]) == 2
+    assert "is not a finished run folder" in capsys.readouterr().err

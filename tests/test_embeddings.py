@@ -1,0 +1,119 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepclust.data import find_images
+from deepclust.embeddings import EmbeddingStore, extract_embeddings
+
+
+def _image_folder(root, n=10):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+class _Interrupting(torch.nn.Module):
+    """Wraps a backbone and raises KeyboardInterrupt on the given forward call."""
+
+    def __init__(self, backbone, fail_on_call):
+        super().__init__()
+        self.inner = backbone
+        self.num_features = backbone.num_features
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def transform(self):
+        return self.inner.transform()
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt
+        return self.inner(x)
+
+
+def test_embeddings_match_a_direct_forward_pass(tmp_path, tiny_backbone):
+    records = find_images(_image_folder(tmp_path / "img", 6))
+    result = extract_embeddings(records, tiny_backbone, batch_size=4, progress=False)
+    assert result.vectors.shape == (6, tiny_backbone.num_features) and result.vectors.dtype == np.float32
+    assert result.indices.tolist() == list(range(6)) and result.skipped == []
+    x = torch.stack([tiny_backbone.transform()(Image.open(r.path).convert("RGB")) for r in records])
+    with torch.no_grad():
+        direct = tiny_backbone(x).numpy()
+    np.testing.assert_allclose(result.vectors, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_a_second_extraction_reuses_the_cache_and_recomputes_only_changed_files(tmp_path, tiny_backbone):
+    records = find_images(_image_folder(tmp_path / "img"))
+    store = EmbeddingStore(tmp_path / "cache", tiny_backbone.signature())
+    first = extract_embeddings(records, tiny_backbone, batch_size=4, store=store, progress=False)
+    assert (first.n_reused, first.n_computed) == (0, 10)
+
+    store = EmbeddingStore(tmp_path / "cache", tiny_backbone.signature())
+    again = extract_embeddings(records, tiny_backbone, batch_size=4, store=store, progress=False)
+    assert (again.n_reused, again.n_computed) == (10, 0)
+    np.testing.assert_array_equal(first.vectors, again.vectors)
+
+    changed = records[3].path
+    Image.new("RGB", (20, 24), (255, 255, 255)).save(changed)
+    os.utime(changed, ns=(records[3].mtime_ns + 10**9, records[3].mtime_ns + 10**9))
+    records = find_images(tmp_path / "img")
+    third = extract_embeddings(records, tiny_backbone, store=EmbeddingStore(tmp_path / "cache", tiny_backbone.signature()), progress=False)
+    assert (third.n_reused, third.n_computed) == (9, 1)
+    assert not np.allclose(third.vectors[3], first.vectors[3])
+
+
+def test_another_backbone_signature_does_not_reuse_vectors(tmp_path, tiny_backbone):
+    from deepclust.backbones import create_backbone
+
+    records = find_images(_image_folder(tmp_path / "img", 4))
+    extract_embeddings(records, tiny_backbone, store=EmbeddingStore(tmp_path / "c", tiny_backbone.signature()), progress=False)
+    other = create_backbone("test_efficientnet", weights="random", image_size=40)
+    result = extract_embeddings(records, other, store=EmbeddingStore(tmp_path / "c", other.signature()), progress=False)
+    assert (result.n_reused, result.n_computed) == (0, 4)
+
+
+def test_an_interrupted_extraction_resumes_where_it_stopped(tmp_path, tiny_backbone):
+    records = find_images(_image_folder(tmp_path / "img", 12))
+    reference = extract_embeddings(records, tiny_backbone, batch_size=3, progress=False)
+    store = EmbeddingStore(tmp_path / "cache", tiny_backbone.signature())
+    failing = _Interrupting(tiny_backbone, fail_on_call=3)  # two batches of 3 done, then Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        extract_embeddings(records, failing, batch_size=3, store=store, flush_every=100, progress=False)
+    resumed = extract_embeddings(
+        records, tiny_backbone, batch_size=3, store=EmbeddingStore(tmp_path / "cache", tiny_backbone.signature()), progress=False
+    )
+    assert (resumed.n_reused, resumed.n_computed) == (6, 6)
+    np.testing.assert_allclose(resumed.vectors, reference.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_unreadable_files_are_skipped_with_a_reason_and_remembered(tmp_path, tiny_backbone):
+    root = _image_folder(tmp_path / "img", 4)
+    (root / "class0" / "broken.jpg").write_bytes(b"a text file renamed to .jpg")
+    good = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    good.save(root / "class1" / "whole.jpg")
+    data = (root / "class1" / "whole.jpg").read_bytes()
+    (root / "class1" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    records = find_images(root)
+    store = EmbeddingStore(tmp_path / "cache", tiny_backbone.signature())
+    result = extract_embeddings(records, tiny_backbone, batch_size=2, store=store, progress=False)
+    skipped = {records[i].relpath: reason for i, reason in result.skipped}
+    assert set(skipped) == {"class0/broken.jpg", "class1/truncated.jpg"}
+    assert "UnidentifiedImageError" in skipped["class0/broken.jpg"]
+    assert "truncated" in skipped["class1/truncated.jpg"].lower()
+    assert len(result.vectors) == 5 and set(result.indices.tolist()).isdisjoint(i for i, _ in result.skipped)
+    again = extract_embeddings(records, tiny_backbone, store=EmbeddingStore(tmp_path / "cache", tiny_backbone.signature()), progress=False)
+    assert again.n_computed == 0 and {records[i].relpath for i, _ in again.skipped} == set(skipped)
+
+
+def test_decoding_in_worker_processes_gives_the_same_vectors(tmp_path, tiny_backbone):
+    records = find_images(_image_folder(tmp_path / "img", 8))
+    inline = extract_embeddings(records, tiny_backbone, batch_size=3, num_workers=0, progress=False)
+    workers = extract_embeddings(records, tiny_backbone, batch_size=3, num_workers=2, progress=False)
+    np.testing.assert_allclose(inline.vectors, workers.vectors, rtol=1e-5, atol=1e-6)

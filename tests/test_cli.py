@@ -168,3 +168,34 @@ def test_evaluate_refuses_a_run_without_labels(tmp_path, capsys):
     assert "has no true labels" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "img")]) == 2
     assert "is not a finished run folder" in capsys.readouterr().err
+
+
+def test_a_folder_of_only_unreadable_images_says_so_and_lists_them(tmp_path, capsys):
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    for name in ("x.jpg", "y.png"):
+        (tmp_path / "img" / "a" / name).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert main(["cluster", str(tmp_path / "img"), "--out", str(out), "--n-clusters", "1", "--backbone", "test_efficientnet", "--weights", "random", "--no-progress"]) == 2
+    assert "none of the 2 images could be read" in capsys.readouterr().err
+    assert sorted(os.path.basename(r["path"]) for r in _read_csv(out / "skipped.csv")) == ["x.jpg", "y.png"]
+
+
+def test_config_values_of_the_wrong_type_are_refused(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("batch_size: many\nn_clusters: 2\n")
+    assert main(["cluster", str(_small_folder(tmp_path / "img")), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "batch_size='many' must be an integer >= 1" in capsys.readouterr().err
+    config.write_text("n_clusters: 2\nbatchsize: 3\n")
+    assert main(["cluster", str(tmp_path / "img"), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "unknown config option(s) batchsize; known options:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_moths
+def test_the_50_eu_moths_test_species_cluster_as_measured_for_issue_2(tmp_path):
+    """The README's figures: default backbone at 224 px, Spectral, seed 0 (ARI 0.366 measured)."""
+    out = tmp_path / "run"
+    assert _cluster(MOTHS / "images", "--split", "eu-moths", "--subset", "test", "--labels", "folders", "--algorithm", "spectral", "--out", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["n_images"], metrics["n_classes"]) == (555, 50)
+    assert 0.30 < metrics["ARI"] < 0.45 and 0.52 < metrics["CA"] < 0.66

@@ -16,7 +16,7 @@ import numpy as np
 
 from deepclust import runs
 from deepclust.backbones import create_backbone, resolve_device
-from deepclust.cluster import create_clusterer, list_clusterers
+from deepclust.cluster import create_clusterer, get_clusterer_class
 from deepclust.config import ClusterConfig, write_config
 from deepclust.data import find_images, load_split
 from deepclust.embeddings import EmbeddingStore, extract_embeddings
@@ -98,13 +98,17 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         raise DeepclustError("no run folder given; pass --out RUN_DIR")
     if config.labels is not None and config.labels not in LABEL_SOURCES:
         raise DeepclustError(f"labels='{config.labels}' is not known; use one of: {', '.join(LABEL_SOURCES)}")
-    if config.algorithm.lower() not in list_clusterers():
-        raise DeepclustError(
-            f"unknown clustering algorithm '{config.algorithm}'; choose one of: {', '.join(list_clusterers())}"
-        )
+    get_clusterer_class(config.algorithm)  # fail before hours of embedding, not after
     if (config.split is None) != (config.subset is None):
         raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
     requested_k = check_n_clusters(config.n_clusters)
+    for name in ("batch_size", "seed", "num_workers"):
+        value = getattr(config, name)
+        minimum = 1 if name == "batch_size" else 0
+        if name == "num_workers" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
     device = resolve_device(config.device)
 
     # data
@@ -136,6 +140,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     timings["embed"] = emb.seconds
     kept = [records[i] for i in emb.indices]
     skipped = [(records[i].path, reason) for i, reason in emb.skipped]
+    runs.write_skipped(config.out, skipped)
     if skipped:
         log.warning("skipped %d unreadable image(s); see %s", len(skipped), runs.run_path(config.out, runs.SKIPPED))
     if not kept:
@@ -164,7 +169,6 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     paths = [r.path for r in kept]
     runs.write_embeddings(config.out, emb.vectors)
     runs.write_assignments(config.out, paths, clusters, distances, y_true)
-    runs.write_skipped(config.out, skipped)
     write_config(runs.run_path(config.out, runs.CONFIG), config)
     if metrics is not None:
         runs.write_metrics(config.out, metrics)
@@ -265,10 +269,7 @@ def evaluate_run(
     config = run.summary.get("config", {})
     algorithms = algorithms or [config.get("algorithm", "kmeans")]
     for algorithm in algorithms:
-        if algorithm.lower() not in list_clusterers():
-            raise DeepclustError(
-                f"unknown clustering algorithm '{algorithm}'; choose one of: {', '.join(list_clusterers())}"
-            )
+        get_clusterer_class(algorithm)
     if not isinstance(seeds, int) or seeds < 1:
         raise DeepclustError(f"seeds={seeds!r} must be a positive integer")
     k = check_n_clusters(n_clusters if n_clusters is not None else run.summary["resolved"]["n_clusters"], len(run.paths))

@@ -5,7 +5,12 @@
 """
 
 from deepclust.cluster._base import BaseClusterer
-from deepclust.cluster._registry import create_clusterer, list_clusterers, register_clusterer
+from deepclust.cluster._registry import (
+    create_clusterer,
+    get_clusterer_class,
+    list_clusterers,
+    register_clusterer,
+)
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster.spectral import SpectralClustering
 
@@ -14,6 +19,7 @@ __all__ = [
     "KMeans",
     "SpectralClustering",
     "create_clusterer",
+    "get_clusterer_class",
     "list_clusterers",
     "register_clusterer",
 ]

@@ -26,12 +26,16 @@ def list_clusterers() -> list[str]:
     return sorted(_CLUSTERERS)
 
 
-def create_clusterer(name: str, **params: Any):
-    """Build a clustering estimator by name, e.g. ``create_clusterer("kmeans", n_clusters=10)``."""
+def get_clusterer_class(name: str) -> type:
+    """The estimator class registered as ``name``; an unknown name lists the valid ones."""
     try:
-        cls = _CLUSTERERS[name.lower()]
+        return _CLUSTERERS[name.lower()]
     except KeyError:
         raise DeepclustError(
             f"unknown clustering algorithm '{name}'; choose one of: {', '.join(list_clusterers())}"
         ) from None
-    return cls(**params)
+
+
+def create_clusterer(name: str, **params: Any):
+    """Build a clustering estimator by name, e.g. ``create_clusterer("kmeans", n_clusters=10)``."""
+    return get_clusterer_class(name)(**params)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from deepclust.backbones import Backbone
 from deepclust.data.folders import ImageRecord, describe_load_error, load_image
-from deepclust.io import write_npz
+from deepclust.io import atomic_write, write_npz
 
 STORE_VERSION = 1
 
@@ -71,7 +71,7 @@ class EmbeddingStore:
         os.makedirs(self.folder, exist_ok=True)
         signature_file = os.path.join(self.folder, "signature.txt")
         if not os.path.exists(signature_file):
-            with open(signature_file, "w", encoding="utf-8") as fh:
+            with atomic_write(signature_file) as fh:
                 fh.write(self.signature + "\n")
         write_npz(
             os.path.join(self.folder, f"shard-{self._next_shard:06d}.npz"),

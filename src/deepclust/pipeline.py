@@ -102,10 +102,10 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     if (config.split is None) != (config.subset is None):
         raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
     requested_k = check_n_clusters(config.n_clusters)
-    for name in ("batch_size", "seed", "num_workers"):
+    # (option, smallest value, None allowed): None workers means "choose by device"
+    for name, minimum, optional in (("batch_size", 1, False), ("seed", 0, False), ("num_workers", 0, True)):
         value = getattr(config, name)
-        minimum = 1 if name == "batch_size" else 0
-        if name == "num_workers" and value is None:
+        if value is None and optional:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")

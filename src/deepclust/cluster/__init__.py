@@ -2,6 +2,10 @@
 
 >>> from deepclust.cluster import create_clusterer
 >>> labels = create_clusterer("kmeans", n_clusters=5, random_state=0).fit_predict(X)  # doctest: +SKIP
+
+Registered: ``kmeans``, ``spectral``, ``gmm``, ``agglomerative`` (they take
+``n_clusters``, an integer or ``"auto"``) and ``dbscan``, ``optics``, ``hdbscan``
+(they find their own number of clusters and label noise ``-1``).
 """
 
 from deepclust.cluster._base import BaseClusterer
@@ -10,16 +14,36 @@ from deepclust.cluster._registry import (
     get_clusterer_class,
     list_clusterers,
     register_clusterer,
+    takes_n_clusters,
 )
+from deepclust.cluster.agglomerative import Agglomerative
+from deepclust.cluster.density import DBSCAN, HDBSCAN, OPTICS
+from deepclust.cluster.k_estimation import K_METHODS, KEstimate, eigengap, estimate_n_clusters
 from deepclust.cluster.kmeans import KMeans
-from deepclust.cluster.spectral import SpectralClustering
+from deepclust.cluster.mixture import GaussianMixture
+from deepclust.cluster.neighbors import affinity_matrix, knn_graph
+from deepclust.cluster.spectral import SpectralClustering, spectral_embedding, top_eigenvectors
 
 __all__ = [
+    "Agglomerative",
     "BaseClusterer",
+    "DBSCAN",
+    "GaussianMixture",
+    "HDBSCAN",
+    "KEstimate",
     "KMeans",
+    "K_METHODS",
+    "OPTICS",
     "SpectralClustering",
+    "affinity_matrix",
     "create_clusterer",
+    "eigengap",
+    "estimate_n_clusters",
     "get_clusterer_class",
+    "knn_graph",
     "list_clusterers",
     "register_clusterer",
+    "spectral_embedding",
+    "takes_n_clusters",
+    "top_eigenvectors",
 ]

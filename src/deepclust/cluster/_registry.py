@@ -39,3 +39,8 @@ def get_clusterer_class(name: str) -> type:
 def create_clusterer(name: str, **params: Any):
     """Build a clustering estimator by name, e.g. ``create_clusterer("kmeans", n_clusters=10)``."""
     return get_clusterer_class(name)(**params)
+
+
+def takes_n_clusters(name: str) -> bool:
+    """Whether the algorithm is told its number of clusters (density methods find their own)."""
+    return "n_clusters" in get_clusterer_class(name)._get_param_names()

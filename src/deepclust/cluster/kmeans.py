@@ -1,17 +1,37 @@
-"""K-means with k-means++ initialisation (scikit-learn)."""
+"""K-means: exact Lloyd iterations with k-means++ seeding, on torch, faiss or scikit-learn."""
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.cluster import KMeans as _SkKMeans
+import math
 
-from deepclust.cluster._base import BaseClusterer
+import numpy as np
+import torch
+
+from deepclust.cluster._base import BaseClusterer, as_generator, as_seed, check_choice, check_float, check_int
+from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, squared_distances
 from deepclust.cluster._registry import register_clusterer
+from deepclust.errors import DeepclustError
+
+BACKENDS = ("auto", "torch", "faiss", "sklearn")
 
 
 @register_clusterer("kmeans")
 class KMeans(BaseClusterer):
-    """K-means (MacQueen, 1967) with k-means++ seeding and several restarts.
+    """K-means (Lloyd, 1982) with k-means++ seeding (Arthur & Vassilvitskii, 2007).
+
+    The default ``torch`` backend computes the same thing as scikit-learn's ``KMeans``
+    -- Lloyd's iterations until the centres stop moving -- much faster on large data:
+
+    1. k-means++ seeds from ``init_size`` random rows;
+    2. optionally, Lloyd on ``max_points_per_centroid * n_clusters`` random rows (a
+       first solve on a subsample, as faiss trains);
+    3. Lloyd on *all* rows until convergence, with triangle-inequality bounds (Elkan,
+       2003) so that points whose assignment provably holds are not recomputed.
+
+    Step 3 makes the answer a fixed point of Lloyd on the whole data, unlike faiss,
+    whose subsampling (256 points per centroid by default) leaves the final centres
+    fitted to the subsample only. Step 2 is off by default: measured on 200,000
+    points it saved no time and led to slightly worse optima.
 
     Parameters
     ----------
@@ -19,6 +39,28 @@ class KMeans(BaseClusterer):
     n_init : int, default 10
         Restarts from different seeds; the run with the lowest inertia is kept.
     max_iter : int, default 300
+        Lloyd iterations per stage.
+    tol : float, default 1e-4
+        Stop when the summed squared centre shift falls below ``tol`` times the mean
+        feature variance (scikit-learn's criterion), or when no point changes cluster.
+    label_tol : float, default 1e-3
+        torch backend: also stop when at most this fraction of the points changed
+        cluster in an iteration. On large overlapping data Lloyd then creeps for dozens
+        of iterations moving a handful of points each; stopping there changes ARI by
+        well under 0.01 (see ``benchmarks/clustering.py``). 0 runs to full convergence.
+    backend : {"auto", "torch", "faiss", "sklearn"}, default "auto"
+        ``auto`` is ``torch`` (always installed, and the fastest measured here; see
+        ``benchmarks/clustering.py``). ``faiss`` runs ``faiss.Kmeans`` from our k-means++
+        seeds for ``max_iter`` iterations. ``sklearn`` runs ``sklearn.cluster.KMeans``.
+    init_size : int or None, default None
+        Rows used for k-means++ seeding (torch and faiss backends); None means
+        ``min(n, max(10_000, 64 * n_clusters))``.
+    max_points_per_centroid : int or None, default None
+        Size of the subsample per cluster. torch: rows of the first solve of step 2
+        (None or 0: no first solve). faiss: its training set (None means all rows:
+        faiss's own default of 256 is faster but costs accuracy).
+    device : str, default "cpu"
+        torch backend only: where the distances are computed (``cuda`` for a GPU).
     random_state : int, numpy Generator or None
 
     Attributes
@@ -27,37 +69,101 @@ class KMeans(BaseClusterer):
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
     n_clusters_ : int
     inertia_ : float
+        Sum of squared distances of the samples to their centre.
+    n_iter_ : int
+        Lloyd iterations on the whole data of the kept run.
     """
 
-    def __init__(self, n_clusters=8, n_init=10, max_iter=300, random_state=None):
+    def __init__(self, n_clusters=8, n_init=10, max_iter=300, tol=1e-4, label_tol=1e-3, backend="auto",
+                 init_size=None, max_points_per_centroid=None, device="cpu", random_state=None):
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.max_iter = max_iter
+        self.tol = tol
+        self.label_tol = label_tol
+        self.backend = backend
+        self.init_size = init_size
+        self.max_points_per_centroid = max_points_per_centroid
+        self.device = device
         self.random_state = random_state
 
     def fit(self, X, y=None):
         X = self._validate_data(X)
-        km = _SkKMeans(
-            n_clusters=int(self.n_clusters),
-            init="k-means++",
-            n_init=self.n_init,
-            max_iter=self.max_iter,
-            random_state=_as_seed(self.random_state),
-        ).fit(X)
-        self.labels_ = km.labels_.astype(np.int64)
-        self.cluster_centers_ = km.cluster_centers_
-        self.inertia_ = float(km.inertia_)
-        self.n_clusters_ = int(self.n_clusters)
-        self._estimator = km
+        backend = self.backend
+        k = self._resolve_n_clusters(X)
+        if backend == "auto":
+            backend = "torch"
+        fit = {"torch": self._fit_torch, "faiss": self._fit_faiss, "sklearn": self._fit_sklearn}[backend]
+        labels, centers, inertia, n_iter = fit(X, k)
+        self.labels_ = np.asarray(labels, dtype=np.int64)
+        self.cluster_centers_ = np.asarray(centers, dtype=X.dtype)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        self.n_clusters_ = k
         return self
+
+    def _check_params(self):
+        check_int("n_init", self.n_init, 1)
+        check_int("max_iter", self.max_iter, 1)
+        check_int("init_size", self.init_size, 1, optional=True)
+        check_int("max_points_per_centroid", self.max_points_per_centroid, 0, optional=True)
+        check_float("tol", self.tol, 0.0)
+        check_float("label_tol", self.label_tol, 0.0, 1.0)
+        check_choice("backend", self.backend, BACKENDS)
 
     def predict(self, X):
         """Index of the nearest centre for each row of ``X`` (n_samples, n_features)."""
-        return self._estimator.predict(np.asarray(X, dtype=self.cluster_centers_.dtype)).astype(np.int64)
+        X = self._validate_predict(X, self.cluster_centers_)
+        C = torch.from_numpy(self.cluster_centers_.astype(X.dtype, copy=False))
+        return squared_distances(torch.from_numpy(X), C).argmin(1).numpy().astype(np.int64)
 
+    def _init_size(self, n: int, k: int) -> int:
+        return min(n, self.init_size if self.init_size is not None else max(10_000, 64 * k))
 
-def _as_seed(random_state):
-    """scikit-learn takes an int or a RandomState; turn a numpy Generator into an int."""
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(2**31 - 1))
-    return random_state
+    def _fit_torch(self, X: np.ndarray, k: int):
+        from deepclust.backbones import resolve_device
+
+        device = resolve_device(self.device)
+        rng = as_generator(self.random_state)
+        n = X.shape[0]
+        Xt = torch.from_numpy(X).to(device)
+        per_centroid = self.max_points_per_centroid or 0
+        presolve = per_centroid * k if 0 < per_centroid * k < n // 2 else 0
+        best = None
+        for _ in range(self.n_init):
+            centers = kmeans_plusplus(Xt, k, rng, sample_size=self._init_size(n, k))
+            if presolve:
+                rows = torch.from_numpy(np.sort(rng.choice(n, size=presolve, replace=False))).to(device)
+                centers = lloyd(Xt[rows], centers, self.max_iter, self.tol, self.label_tol).centers
+            result = lloyd(Xt, centers, self.max_iter, self.tol, self.label_tol)
+            if best is None or result.inertia < best.inertia:
+                best = result
+        return best.labels.cpu().numpy(), best.centers.cpu().numpy(), best.inertia, best.n_iter
+
+    def _fit_faiss(self, X: np.ndarray, k: int):
+        try:
+            import faiss
+        except ImportError:
+            raise DeepclustError("backend='faiss' needs faiss: pip install faiss-cpu (or use backend='torch')") from None
+        rng = as_generator(self.random_state)
+        n, d = X.shape
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        per_centroid = self.max_points_per_centroid or math.ceil(n / k) + 1
+        best = None
+        for _ in range(self.n_init):
+            seeds = kmeans_plusplus(torch.from_numpy(X32), k, rng, sample_size=self._init_size(n, k)).numpy()
+            km = faiss.Kmeans(d, k, niter=self.max_iter, nredo=1, seed=int(rng.integers(2**31 - 1)),
+                              max_points_per_centroid=per_centroid, min_points_per_centroid=1, verbose=False)
+            km.train(X32, init_centroids=seeds)
+            dist, labels = km.index.search(X32, 1)
+            inertia = float(dist.sum())
+            if best is None or inertia < best[2]:
+                best = (labels[:, 0], km.centroids.copy(), inertia, self.max_iter)
+        return best
+
+    def _fit_sklearn(self, X: np.ndarray, k: int):
+        from sklearn.cluster import KMeans as SkKMeans
+
+        km = SkKMeans(n_clusters=k, init="k-means++", n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
+                      random_state=as_seed(self.random_state)).fit(X)
+        return km.labels_, km.cluster_centers_, km.inertia_, km.n_iter_

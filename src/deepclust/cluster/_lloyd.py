@@ -1,0 +1,268 @@
+"""Exact k-means, fast: k-means++ seeding and Lloyd iterations that skip settled points.
+
+Plain functions on torch tensors (any device; the caller puts the data there):
+
+* :func:`kmeans_plusplus` -- greedy k-means++ (Arthur & Vassilvitskii, 2007, with the
+  ``2 + log k`` local trials of scikit-learn), optionally on a random subsample.
+* :func:`lloyd` -- Lloyd's algorithm with Elkan-style triangle-inequality bounds
+  (Elkan, 2003; Hamerly, 2010). Every point keeps an upper bound on the distance to
+  its own centre and a lower bound on the distance to every other centre (or, when an
+  ``n x k`` table would be too large, one bound to the second-nearest centre). When a
+  centre moves by ``delta`` the bounds loosen by ``delta``; a point is recomputed only
+  when its bounds no longer prove that its assignment is unchanged. The result is the
+  same fixed point as plain Lloyd from the same seeds: the bounds decide *which*
+  distances to compute, never *what* they are. Centres are kept as float64 sums that
+  are updated by the points that move, so an iteration late in the run costs
+  ``O(n k)`` comparisons instead of an ``n x k x d`` product.
+
+Distances are computed as ``|x|^2 - 2 x.c + |c|^2`` by one matrix product per chunk
+of rows, as scikit-learn and faiss do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Largest number of entries of the ``n x k`` lower-bound table (float32, 1 GiB).
+MAX_BOUND_ENTRIES = 2**28
+#: Rows per distance product: bounds the ``chunk x k`` temporary.
+CHUNK_ROWS = 32768
+#: Slack on the bounds, relative, for float32 rounding in the distance expansion.
+_SLACK = 1e-5
+
+
+@dataclass
+class LloydResult:
+    """What :func:`lloyd` found.
+
+    Attributes
+    ----------
+    labels : LongTensor of shape (n,)
+    centers : Tensor of shape (k, d), same dtype as the data
+    inertia : float
+        Sum of squared distances of points to their centre.
+    n_iter : int
+    recomputed : list of float
+        Fraction of points whose distances were recomputed at each iteration.
+    """
+
+    labels: torch.Tensor
+    centers: torch.Tensor
+    inertia: float
+    n_iter: int
+    recomputed: list[float]
+
+
+def squared_distances(X: torch.Tensor, C: torch.Tensor, x_sq: torch.Tensor | None = None,
+                      c_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances, shape (m, k), between rows of X (m, d) and C (k, d)."""
+    if x_sq is None:
+        x_sq = row_norms_sq(X)
+    if c_sq is None:
+        c_sq = row_norms_sq(C)
+    D = torch.addmm(x_sq[:, None] + c_sq[None, :], X, C.T, alpha=-2.0)
+    return D.clamp_(min=0.0)
+
+
+def row_norms_sq(X: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean norm of every row of X (n, d), without an n x d temporary."""
+    return torch.linalg.vector_norm(X, dim=1).square_()
+
+
+def _chunked_min2(X, x_sq, C, c_sq, keep_all: bool):
+    """Nearest and second-nearest centre of every row, in row chunks.
+
+    Returns labels (m,), distance to the nearest (m,), and either all distances
+    (m, k) when ``keep_all`` or the distance to the second nearest (m,).
+    """
+    m = X.shape[0]
+    k = C.shape[0]
+    labels = torch.empty(m, dtype=torch.long, device=X.device)
+    upper = torch.empty(m, dtype=X.dtype, device=X.device)
+    other = torch.empty((m, k) if keep_all else (m,), dtype=X.dtype, device=X.device)
+    for start in range(0, m, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, m)
+        D = squared_distances(X[start:stop], C, x_sq[start:stop], c_sq).sqrt_()
+        if keep_all:
+            best, arg = D.min(1)
+            other[start:stop] = D
+        elif k > 1:
+            two, args = D.topk(2, dim=1, largest=False)
+            best, arg = two[:, 0], args[:, 0]
+            other[start:stop] = two[:, 1]
+        else:
+            best, arg = D[:, 0], torch.zeros(stop - start, dtype=torch.long, device=X.device)
+            other[start:stop] = math.inf
+        labels[start:stop] = arg
+        upper[start:stop] = best
+    return labels, upper, other
+
+
+def kmeans_plusplus(X: torch.Tensor, n_clusters: int, rng: np.random.Generator,
+                    sample_size: int | None = None, n_local_trials: int | None = None,
+                    projection_dim: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeds, shape (n_clusters, d), chosen among the rows of ``X`` (n, d).
+
+    Parameters
+    ----------
+    X : Tensor of shape (n, d)
+    n_clusters : int
+    rng : numpy Generator
+    sample_size : int, optional
+        Seed on this many rows drawn at random (all rows when None or >= n).
+    n_local_trials : int, optional
+        Candidates tried per new centre; default ``2 + int(log(n_clusters))``.
+    projection_dim : int, optional
+        Measure the D^2 distances on a random projection to this many dimensions
+        (when the data has more than twice as many); the seeds are still data rows.
+    """
+    n = X.shape[0]
+    if sample_size is not None and sample_size < n:
+        rows = torch.from_numpy(np.sort(rng.choice(n, size=sample_size, replace=False))).to(X.device)
+        X = X[rows]
+        n = sample_size
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(n_clusters))
+    full = X
+    if projection_dim is not None and X.shape[1] > 2 * projection_dim:
+        # D^2 sampling only needs distances roughly right: a Gaussian random projection
+        # keeps them within a few percent (Johnson-Lindenstrauss) at a fraction of the
+        # memory traffic, which is what k-means++ is bound by
+        R = torch.from_numpy(rng.standard_normal((X.shape[1], projection_dim))).to(X) / math.sqrt(projection_dim)
+        X = X @ R
+    x_sq = row_norms_sq(X)
+    centers = torch.empty((n_clusters, full.shape[1]), dtype=full.dtype, device=full.device)
+    first = int(rng.integers(n))
+    centers[0] = full[first]
+    closest = squared_distances(X, X[first : first + 1], x_sq, x_sq[first : first + 1])[:, 0].double()
+    for c in range(1, n_clusters):
+        cumulative = torch.cumsum(closest, 0)
+        total = float(cumulative[-1])
+        if total <= 0.0:  # fewer distinct points than clusters: any point will do
+            candidates = torch.from_numpy(rng.integers(n, size=n_local_trials)).to(X.device)
+        else:
+            draws = torch.from_numpy(rng.random(n_local_trials) * total).to(cumulative)
+            candidates = torch.searchsorted(cumulative, draws).clamp_(max=n - 1)
+        d_cand = squared_distances(X, X[candidates], x_sq, x_sq[candidates]).double()
+        trial = torch.minimum(closest[:, None], d_cand)
+        best = int(trial.sum(0).argmin())
+        closest = trial[:, best].contiguous()
+        centers[c] = full[candidates[best]]
+    return centers
+
+
+def _cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 sum of the rows of each cluster (k, d) and their counts (k,)."""
+    sums = torch.zeros((k, X.shape[1]), dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, X.shape[0])
+        sums.index_add_(0, labels[start:stop], X[start:stop].double())
+    counts = torch.bincount(labels, minlength=k).double()
+    return sums, counts
+
+
+def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4,
+          label_tol: float = 0.0, bounds: str = "auto") -> LloydResult:
+    """Lloyd's k-means from ``centers``, skipping points whose assignment provably holds.
+
+    Parameters
+    ----------
+    X : Tensor of shape (n, d), floating point
+    centers : Tensor of shape (k, d)
+        Initial centres.
+    max_iter : int
+    tol : float
+        Stop when the summed squared centre shift is at most ``tol`` times the mean
+        variance of the features (scikit-learn's criterion), or when no point moves.
+    label_tol : float
+        Also stop when at most this fraction of the points changed cluster in an
+        iteration (0: only the criteria above).
+    bounds : {"auto", "elkan", "hamerly"}
+        ``elkan`` keeps ``n x k`` lower bounds (prunes most), ``hamerly`` one per point
+        (for very large ``n x k``); ``auto`` picks elkan below ``MAX_BOUND_ENTRIES``.
+
+    Returns
+    -------
+    LloydResult
+    """
+    n, d = X.shape
+    k = centers.shape[0]
+    if bounds == "auto":
+        bounds = "elkan" if n * k <= MAX_BOUND_ENTRIES else "hamerly"
+    elkan = bounds == "elkan"
+    x_sq = row_norms_sq(X)
+    C = centers.to(X.dtype).clone()
+    labels, upper, lower = _chunked_min2(X, x_sq, C, row_norms_sq(C), keep_all=elkan)
+    sums, counts = _cluster_sums(X, labels, k)
+    # mean feature variance from the totals: sum |x|^2 / n - |mean|^2, over d
+    total_sq = float(x_sq.double().sum())
+    mean = sums.sum(0) / n
+    threshold = tol * max(total_sq / n - float(mean @ mean), 0.0) / d
+    recomputed = [1.0]
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        empty = counts == 0
+        if bool(empty.any()):
+            # scikit-learn's rule: an empty cluster takes the point farthest from its centre
+            far = torch.topk(upper, int(empty.sum())).indices
+            for j, i in zip(torch.nonzero(empty)[:, 0].tolist(), far.tolist()):
+                old = int(labels[i])
+                sums[old] -= X[i].double()
+                counts[old] -= 1
+                sums[j] += X[i].double()
+                counts[j] += 1
+                labels[i] = j
+                lower[i] = -math.inf  # its bounds no longer hold: recompute it below
+        new_C = (sums / counts.clamp(min=1)[:, None]).to(X.dtype)
+        drift = (new_C - C).norm(dim=1)
+        shift = float((drift.double() ** 2).sum())
+        C = new_C
+        c_sq = row_norms_sq(C)
+        # below the tolerance, one last assignment step makes labels match the centres
+        settled = shift <= threshold
+        # loosen the bounds by how far the centres moved (a centre that kept its members
+        # did not move at all, and its bounds stay exact)
+        loosen = torch.where(drift > 0, drift * (1 + _SLACK) + _SLACK, drift)
+        upper += loosen[labels]
+        if elkan:
+            lower -= loosen[None, :]
+            lower.scatter_(1, labels[:, None], math.inf)
+            nearest_other = lower.min(1).values
+        else:
+            lower -= float(loosen.max())
+            nearest_other = lower
+        suspect = torch.nonzero(upper > nearest_other)[:, 0]
+        if len(suspect) > n // 2:  # gathering most rows costs more than a plain full pass
+            suspect = torch.arange(n, device=X.device)
+            Xs, xs_sq = X, x_sq
+        elif len(suspect):
+            Xs, xs_sq = X[suspect], x_sq[suspect]
+        recomputed.append(len(suspect) / n)
+        moved = 0
+        if len(suspect):
+            new_labels, new_upper, new_other = _chunked_min2(Xs, xs_sq, C, c_sq, keep_all=elkan)
+            old_labels = labels[suspect]
+            upper[suspect] = new_upper
+            lower[suspect] = new_other
+            change = new_labels != old_labels
+            moved = int(change.sum())
+            if moved:
+                rows = Xs[change].double()
+                sums.index_add_(0, old_labels[change], -rows)
+                sums.index_add_(0, new_labels[change], rows)
+                counts += torch.bincount(new_labels[change], minlength=k).double()
+                counts -= torch.bincount(old_labels[change], minlength=k).double()
+                labels[suspect] = new_labels
+        if settled or (moved <= label_tol * n and not bool((counts == 0).any())):
+            break
+    C = (sums / counts.clamp(min=1)[:, None]).to(X.dtype)
+    empty = counts == 0
+    if bool(empty.any()):
+        C[empty] = centers.to(X.dtype)[empty]
+    # with centres at the means: sum |x - c|^2 = sum |x|^2 - sum_j |sum_j|^2 / n_j
+    inertia = max(total_sq - float(((sums * sums).sum(1) / counts.clamp(min=1)).sum()), 0.0)
+    return LloydResult(labels=labels, centers=C, inertia=inertia, n_iter=n_iter, recomputed=recomputed)

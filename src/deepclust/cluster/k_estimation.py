@@ -1,0 +1,123 @@
+"""Estimating the number of clusters: the eigengap heuristic and the silhouette curve.
+
+>>> est = estimate_n_clusters(X, method="eigengap", k_max=30)   # doctest: +SKIP
+>>> est.n_clusters, est.curve()                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepclust.cluster._base import as_generator, check_choice, check_int
+from deepclust.errors import DeepclustError
+
+K_METHODS = ("eigengap", "silhouette")
+
+
+@dataclass
+class KEstimate:
+    """A chosen number of clusters and the curve it was chosen from.
+
+    Attributes
+    ----------
+    n_clusters : int
+    method : str
+    ks : ndarray of shape (m,)
+        Candidate numbers of clusters.
+    scores : ndarray of shape (m,)
+        The criterion for each candidate (larger is better): the eigengap
+        ``lambda_k - lambda_{k+1}`` or the mean silhouette.
+    """
+
+    n_clusters: int
+    method: str
+    ks: np.ndarray
+    scores: np.ndarray
+
+    def curve(self) -> list[dict]:
+        """``[{"k": k, "score": s}, ...]``, ready for JSON or CSV."""
+        return [{"k": int(k), "score": float(s)} for k, s in zip(self.ks, self.scores)]
+
+    def to_dict(self) -> dict:
+        return {"n_clusters": int(self.n_clusters), "method": self.method, "curve": self.curve()}
+
+
+def eigengap(values, k_min: int = 2, k_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps ``values[k-1] - values[k]`` for k in ``k_min..k_max`` of descending eigenvalues.
+
+    Parameters
+    ----------
+    values : array of shape (m,)
+        Largest eigenvalues of the normalised affinity, descending (k_max < m).
+
+    Returns
+    -------
+    ks : ndarray of shape (k_max - k_min + 1,)
+    gaps : ndarray of the same shape
+    """
+    values = np.asarray(values, dtype=np.float64)
+    k_max = len(values) - 1 if k_max is None else min(k_max, len(values) - 1)
+    ks = np.arange(k_min, k_max + 1)
+    return ks, values[ks - 1] - values[ks]
+
+
+def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int | None = None,
+                        sample_size: int | None = 5000, n_neighbors: int = 10, random_state=None) -> KEstimate:
+    """Estimate the number of clusters of ``X`` (n, d).
+
+    Parameters
+    ----------
+    method : {"eigengap", "silhouette"}
+        ``eigengap``: the k with the largest gap between the k-th and (k+1)-th
+        eigenvalue of the normalised k-NN affinity (von Luxburg, 2007, sec. 8.3).
+        ``silhouette``: the k whose k-means clustering has the largest mean silhouette
+        (Rousseeuw, 1987).
+    k_min, k_max : int
+        Range of candidates; ``k_max`` defaults to ``min(50, n - 1)``.
+    sample_size : int or None
+        Silhouette only: above this many rows, a random sample of that size is clustered
+        and scored (silhouette costs ``O(n^2)``). None uses every row.
+    n_neighbors : int
+        Eigengap only: neighbours of the affinity graph.
+    random_state : int, numpy Generator or None
+
+    Returns
+    -------
+    KEstimate
+    """
+    from deepclust.cluster.kmeans import KMeans
+    from deepclust.cluster.neighbors import affinity_matrix, knn_graph
+    from deepclust.cluster.spectral import normalized_affinity, top_eigenvectors
+
+    check_choice("method", method, K_METHODS)
+    X = np.asarray(X)
+    n = X.shape[0]
+    if n < 3:
+        raise DeepclustError(f"estimating the number of clusters needs at least 3 samples; got {n}")
+    k_max = min(50, n - 1) if k_max is None else k_max
+    check_int("k_min", k_min, 1)
+    check_int("k_max", k_max, k_min)
+    if k_max > n - 1:
+        raise DeepclustError(f"k_max={k_max} must be <= n_samples - 1 = {n - 1}; ask for fewer clusters")
+    check_int("sample_size", sample_size, 10, optional=True)
+    rng = as_generator(random_state)
+    if method == "eigengap":
+        indices, distances = knn_graph(X, min(n_neighbors, n - 1), random_state=rng)
+        S, _ = normalized_affinity(affinity_matrix(indices, distances))
+        values, _ = top_eigenvectors(S, min(k_max + 1, n), random_state=rng)
+        ks, scores = eigengap(values, k_min, k_max)
+    else:
+        from sklearn.metrics import silhouette_score
+
+        if sample_size is not None and n > sample_size:
+            X = X[np.sort(rng.choice(n, size=sample_size, replace=False))]
+        ks = np.arange(max(k_min, 2), min(k_max, X.shape[0] - 1) + 1)
+        if len(ks) == 0:
+            raise DeepclustError(f"the silhouette needs 2 <= k <= n_samples - 1; got k_min={k_min}, k_max={k_max}")
+        scores = np.array([
+            silhouette_score(X, KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X))
+            for k in ks
+        ])
+    return KEstimate(n_clusters=int(ks[int(np.argmax(scores))]), method=method, ks=ks, scores=scores)

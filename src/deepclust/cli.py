@@ -26,6 +26,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _param(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as YAML (``eps=0.3``, ``linkage=average``, ``n_neighbors=15``)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. eps=0.3)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def _algorithm_help() -> str:
+    from deepclust.cluster import list_clusterers
+
+    return "clustering algorithm: " + ", ".join(list_clusterers()) + " (default kmeans)"
+
+
 def _add_cluster_parser(subparsers) -> None:
     from deepclust.backbones import DEFAULT_BACKBONE
 
@@ -40,8 +60,15 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("images", metavar="IMAGES_DIR", help="folder searched recursively for images")
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder to write (reused to resume)")
     p.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options win")
-    p.add_argument("--n-clusters", metavar="K", help="number of clusters (default with --labels: number of classes)")
-    p.add_argument("--algorithm", metavar="NAME", help="clustering algorithm: kmeans (default), spectral")
+    p.add_argument("--n-clusters", metavar="K", help="number of clusters, or auto to estimate it "
+                   "(default with --labels: number of classes; density algorithms find their own)")
+    p.add_argument("--algorithm", metavar="NAME", help=_algorithm_help())
+    p.add_argument("--param", metavar="KEY=VALUE", dest="cluster_params", action="append", type=_param,
+                   help="a further parameter of the algorithm, e.g. eps=0.3 for dbscan (repeatable)")
+    p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: eigengap or silhouette "
+                   "(default: eigengap for spectral, silhouette otherwise)")
+    p.add_argument("--k-min", metavar="K", type=_positive_int, help="with --n-clusters auto: smallest k tried (default 2)")
+    p.add_argument("--k-max", metavar="K", type=_positive_int, help="with --n-clusters auto: largest k tried (default 50)")
     p.add_argument("--backbone", metavar="NAME", help=f"timm model name (default {DEFAULT_BACKBONE})")
     p.add_argument("--weights", metavar="PATH", help="pretrained (default), random, or a checkpoint / state-dict file")
     p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
@@ -62,9 +89,14 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from deepclust.pipeline import run_cluster
 
     options = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+    if "cluster_params" in options:
+        options["cluster_params"] = dict(options["cluster_params"])
     config = build_config(ClusterConfig, getattr(args, "config", None), **options)
     result = run_cluster(config)
-    print(f"clustered {len(result.paths)} images into {result.summary['counts']['clusters']} clusters"
+    counts, resolved = result.summary["counts"], result.summary["resolved"]
+    print(f"clustered {len(result.paths)} images into {counts['clusters']} clusters"
+          + (f" ({resolved['n_clusters_from']})" if resolved["k_estimate"] else "")
+          + (f", {counts['noise']} as noise" if counts["noise"] else "")
           + (f", skipped {len(result.skipped)}" if result.skipped else ""))
     if result.metrics:
         print("  ".join(f"{k} {result.metrics[k]:.3f}" for k in ("CA", "ACC", "NMI", "AMI", "ARI")))
@@ -80,7 +112,10 @@ def _add_evaluate_parser(subparsers) -> None:
         "evaluation.md, evaluation.csv and evaluation.json with CA, ACC, NMI, AMI and ARI as AVG (SD).",
     )
     p.add_argument("run", metavar="RUN_DIR", help="run folder written by `deepclust cluster --labels folders`")
-    p.add_argument("--algorithm", metavar="NAME", nargs="+", help="algorithms to compare (default: the run's)")
+    p.add_argument("--algorithm", metavar="NAME", nargs="+", help="algorithms to compare (default: the run's); "
+                   + _algorithm_help().split(": ", 1)[1].replace(" (default kmeans)", ""))
+    p.add_argument("--param", metavar="KEY=VALUE", dest="params", action="append", type=_param,
+                   help="a further parameter, given to each algorithm that takes it (repeatable)")
     p.add_argument("--seeds", metavar="N", type=_positive_int, default=5, help="number of seeded runs (default 5)")
     p.add_argument("--n-clusters", metavar="K", type=_positive_int, help="default: the run's number of clusters")
     p.add_argument("--out", metavar="DIR", help="folder for the tables (default RUN_DIR)")
@@ -90,7 +125,8 @@ def _add_evaluate_parser(subparsers) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from deepclust.pipeline import evaluate_run
 
-    evaluation = evaluate_run(args.run, args.algorithm, args.seeds, args.n_clusters, args.out)
+    params = dict(args.params) if args.params else None
+    evaluation = evaluate_run(args.run, args.algorithm, args.seeds, args.n_clusters, args.out, params=params)
     print(evaluation.markdown(), end="")
     print(f"tables in {args.out or args.run}")
     return 0

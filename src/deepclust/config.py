@@ -28,10 +28,20 @@ class ClusterConfig:
         Folder searched recursively for images.
     out : str
         Run folder to write (created if absent; reused to resume).
-    n_clusters : int or None
-        Number of clusters; ``None`` means the number of classes when labels are known.
+    n_clusters : int, "auto" or None
+        Number of clusters; ``None`` means the number of classes when labels are known;
+        ``"auto"`` estimates it (``k_method`` over ``k_min..k_max``). Density algorithms
+        (dbscan, optics, hdbscan) find their own and ignore it.
     algorithm : str
         A name from :func:`deepclust.cluster.list_clusterers`.
+    cluster_params : dict
+        Further parameters of the algorithm, e.g. ``{"eps": 0.3}`` for dbscan or
+        ``{"n_neighbors": 15}`` for spectral.
+    k_method : str or None
+        ``eigengap`` or ``silhouette``; None: the algorithm's own choice (eigengap for
+        spectral, silhouette for the others).
+    k_min, k_max : int
+        Range searched by ``n_clusters="auto"``.
     backbone, weights, image_size
         See :func:`deepclust.backbones.create_backbone`.
     batch_size, num_workers, device
@@ -55,6 +65,10 @@ class ClusterConfig:
     out: str = ""
     n_clusters: int | str | None = None
     algorithm: str = "kmeans"
+    cluster_params: dict = dataclasses.field(default_factory=dict)
+    k_method: str | None = None
+    k_min: int = 2
+    k_max: int = 50
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"
     image_size: int | None = None

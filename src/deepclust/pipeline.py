@@ -16,7 +16,7 @@ import numpy as np
 
 from deepclust import runs
 from deepclust.backbones import create_backbone, resolve_device
-from deepclust.cluster import create_clusterer, get_clusterer_class
+from deepclust.cluster import K_METHODS, create_clusterer, estimate_n_clusters, get_clusterer_class, takes_n_clusters
 from deepclust.config import ClusterConfig, write_config
 from deepclust.data import find_images, load_split
 from deepclust.embeddings import EmbeddingStore, extract_embeddings
@@ -51,30 +51,49 @@ def prepare_features(vectors: np.ndarray, normalize: bool) -> np.ndarray:
     return X
 
 
-def make_clusterer(algorithm: str, n_clusters: int, seed: int):
-    """The clusterer a run uses, so ``evaluate`` repeats exactly what ``cluster`` did."""
-    return create_clusterer(algorithm, n_clusters=n_clusters, random_state=seed)
+def make_clusterer(algorithm: str, n_clusters: int | None, seed: int, params: dict | None = None):
+    """The clusterer a run uses, so ``evaluate`` repeats exactly what ``cluster`` did.
+
+    ``n_clusters`` is passed only to algorithms that take it (density methods find
+    their own); ``params`` are further parameters of the algorithm, checked by name.
+    """
+    cls = get_clusterer_class(algorithm)
+    known = set(cls._get_param_names()) - {"n_clusters", "random_state"}
+    params = dict(params or {})
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise DeepclustError(
+            f"{algorithm} has no parameter {', '.join(unknown)}; its parameters are: {', '.join(sorted(known))}"
+        )
+    if takes_n_clusters(algorithm):
+        params["n_clusters"] = n_clusters
+    return create_clusterer(algorithm, random_state=seed, **params)
 
 
 def distances_to_centres(X: np.ndarray, clusters: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each row of ``X`` to the mean of its cluster, shape (n,)."""
-    ids, inverse = np.unique(clusters, return_inverse=True)
+    """Euclidean distance of each row of ``X`` to the mean of its cluster, shape (n,).
+
+    Noise (cluster ``-1`` of the density methods) has no centre: its distance is NaN.
+    """
+    distances = np.full(len(clusters), np.nan)
+    member = clusters >= 0
+    if not member.any():
+        return distances
+    ids, inverse = np.unique(clusters[member], return_inverse=True)
     centres = np.zeros((len(ids), X.shape[1]), dtype=np.float64)
-    np.add.at(centres, inverse, X)
+    np.add.at(centres, inverse, X[member])
     centres /= np.bincount(inverse)[:, None]
-    return np.linalg.norm(X - centres[inverse], axis=1)
+    distances[member] = np.linalg.norm(X[member] - centres[inverse], axis=1)
+    return distances
 
 
-def check_n_clusters(n_clusters: Any, n_images: int | None = None) -> int | None:
-    """Validate ``--n-clusters``: a positive integer no larger than the number of images."""
+def check_n_clusters(n_clusters: Any, n_images: int | None = None) -> int | str | None:
+    """Validate ``--n-clusters``: ``"auto"`` or a positive integer no larger than the number of images."""
     if n_clusters is None:
         return None
     if isinstance(n_clusters, str):
         if n_clusters.strip().lower() == "auto":
-            raise DeepclustError(
-                "n_clusters='auto' needs a cluster-number estimator, which this version does not "
-                "have yet; pass an integer with --n-clusters K"
-            )
+            return "auto"
         try:
             n_clusters = int(n_clusters)
         except ValueError:
@@ -98,7 +117,17 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         raise DeepclustError("no run folder given; pass --out RUN_DIR")
     if config.labels is not None and config.labels not in LABEL_SOURCES:
         raise DeepclustError(f"labels='{config.labels}' is not known; use one of: {', '.join(LABEL_SOURCES)}")
-    get_clusterer_class(config.algorithm)  # fail before hours of embedding, not after
+    # fail before hours of embedding, not after
+    make_clusterer(config.algorithm, 2, config.seed, config.cluster_params)._check_params()
+    if config.k_method is not None and config.k_method not in K_METHODS:
+        raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
+    for name, minimum in (("k_min", 1), ("k_max", 2)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+    if config.k_max < config.k_min:
+        raise DeepclustError(f"k_max={config.k_max} must be >= k_min={config.k_min}")
+    density = not takes_n_clusters(config.algorithm)
     if (config.split is None) != (config.subset is None):
         raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
     requested_k = check_n_clusters(config.n_clusters)
@@ -118,8 +147,13 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     timings["discover"] = time.perf_counter() - t
     log.info("found %d images in '%s'", len(records), config.images)
     check_n_clusters(requested_k, len(records))
-    if requested_k is None and config.labels is None:
-        raise DeepclustError("the number of clusters is unknown; pass --n-clusters K (or --labels folders to use the number of classes)")
+    if requested_k is None and config.labels is None and not density:
+        raise DeepclustError(
+            "the number of clusters is unknown; pass --n-clusters K, or --n-clusters auto to estimate it "
+            "(or --labels folders to use the number of classes)"
+        )
+    if density and requested_k is not None:
+        log.warning("%s finds its own number of clusters; --n-clusters %s is ignored", config.algorithm, requested_k)
 
     # backbone, embeddings
     t = time.perf_counter()
@@ -147,22 +181,41 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         raise DeepclustError(f"none of the {len(records)} images could be read; see the reasons in {runs.SKIPPED}")
     y_true = [r.folder for r in kept] if config.labels == "folders" else None
     n_classes = len(set(y_true)) if y_true is not None else None
-    n_clusters = requested_k if requested_k is not None else n_classes
+    n_clusters = None if density else (requested_k if requested_k is not None else n_classes)
+    n_clusters_from = "the algorithm" if density else ("--n-clusters" if requested_k is not None else "number of classes")
     check_n_clusters(n_clusters, len(kept))
 
     # cluster
     t = time.perf_counter()
     X = prepare_features(emb.vectors, config.normalize)
-    log.info("clustering %d images into %d clusters with %s", len(kept), n_clusters, config.algorithm)
-    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed)
+    k_estimate = None
+    if n_clusters == "auto":
+        method = config.k_method or get_clusterer_class(config.algorithm).k_method
+        k_max = min(config.k_max, len(kept) - 1)
+        if k_max < config.k_min:
+            raise DeepclustError(f"--n-clusters auto needs more images than k_min={config.k_min}; got {len(kept)}")
+        log.info("estimating the number of clusters (%s, k=%d..%d)", method, config.k_min, k_max)
+        k_estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed)
+        n_clusters = k_estimate.n_clusters
+        n_clusters_from = f"estimated ({method})"
+        log.info("estimated %d clusters", n_clusters)
+        write_csv(runs.run_path(config.out, runs.K_ESTIMATION), ["k", "score"],
+                  [[p["k"], f"{p['score']:.6f}"] for p in k_estimate.curve()])
+    log.info("clustering %d images%s with %s", len(kept),
+             f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
+    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params)
     clusters = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
+    if n_clusters is None:
+        n_clusters = int(clusterer.n_clusters_)
     distances = distances_to_centres(X, clusters)
     timings["cluster"] = time.perf_counter() - t
 
     metrics = None
     if y_true is not None:
         metrics = score_clustering(y_true, clusters)
-        metrics.update(n_clusters=int(len(np.unique(clusters))), n_classes=n_classes, n_images=len(kept))
+        metrics.update(n_clusters=int(len(np.unique(clusters[clusters >= 0]))), n_classes=n_classes, n_images=len(kept))
+        if (clusters < 0).any():
+            metrics["noise_fraction"] = float(np.mean(clusters < 0))
 
     # outputs
     t = time.perf_counter()
@@ -174,13 +227,14 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         runs.write_metrics(config.out, metrics)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
-    sizes = np.bincount(np.unique(clusters, return_inverse=True)[1])
+    sizes = np.bincount(np.unique(clusters[clusters >= 0], return_inverse=True)[1]) if (clusters >= 0).any() else np.zeros(1, int)
     summary = {
         "command": "cluster",
         "config": config.to_dict(),
         "resolved": {
             "n_clusters": n_clusters,
-            "n_clusters_from": "--n-clusters" if requested_k is not None else "number of classes",
+            "n_clusters_from": n_clusters_from,
+            "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
             "backbone": backbone.name,
             "weights": backbone.weights,
             "data_config": {k: v for k, v in backbone.data_config.items()},
@@ -196,7 +250,8 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
             "images_skipped": len(skipped),
             "embeddings_reused": emb.n_reused,
             "embeddings_computed": emb.n_computed,
-            "clusters": int(len(sizes)),
+            "clusters": int((sizes > 0).sum()),
+            "noise": int((clusters < 0).sum()),
             "cluster_size_min": int(sizes.min()),
             "cluster_size_max": int(sizes.max()),
             "classes": n_classes,
@@ -223,7 +278,8 @@ class Evaluation:
         ]
         for algorithm, result in self.scores.items():
             cells = result.formatted()
-            lines.append(f"| {algorithm} | {self.n_clusters} | " + " | ".join(cells[m] for m in metrics) + " |")
+            k = self.n_clusters if takes_n_clusters(algorithm) else "own"
+            lines.append(f"| {algorithm} | {k} | " + " | ".join(cells[m] for m in metrics) + " |")
         return "\n".join(lines) + "\n"
 
     def rows(self) -> tuple[list[str], list[list[Any]]]:
@@ -233,7 +289,7 @@ class Evaluation:
         for algorithm, result in self.scores.items():
             mean, std = result.mean(), result.std()
             rows.append(
-                [algorithm, self.n_clusters, len(result.runs)]
+                [algorithm, self.n_clusters if takes_n_clusters(algorithm) else "own", len(result.runs)]
                 + [f"{v:.6f}" for m in metrics for v in (mean[m], std[m])]
             )
         return header, rows
@@ -245,6 +301,7 @@ def evaluate_run(
     seeds: int = 5,
     n_clusters: int | None = None,
     out: str | os.PathLike | None = None,
+    params: dict | None = None,
 ) -> Evaluation:
     """Repeat clustering of a run's embeddings over seeds; write ``evaluation.md/.csv/.json``.
 
@@ -260,6 +317,9 @@ def evaluate_run(
         Default: the number of clusters of the run.
     out : path, optional
         Folder for the tables; default ``run_dir``.
+    params : dict, optional
+        Further algorithm parameters (e.g. ``{"eps": 0.3}``), each given to the
+        algorithms that take it; default: the run's own for the run's algorithm.
     """
     run = runs.load_run(run_dir)
     if run.labels is None:
@@ -268,8 +328,18 @@ def evaluate_run(
         )
     config = run.summary.get("config", {})
     algorithms = algorithms or [config.get("algorithm", "kmeans")]
+    per_algorithm = {}
     for algorithm in algorithms:
-        get_clusterer_class(algorithm)
+        known = set(get_clusterer_class(algorithm)._get_param_names())
+        if params is None:
+            own = config.get("cluster_params") or {} if algorithm == config.get("algorithm") else {}
+            per_algorithm[algorithm] = dict(own)
+        else:
+            per_algorithm[algorithm] = {k: v for k, v in params.items() if k in known}
+    if params:
+        unused = sorted(set(params) - {k for p in per_algorithm.values() for k in p})
+        if unused:
+            raise DeepclustError(f"no algorithm of {', '.join(algorithms)} has parameter {', '.join(unused)}")
     if not isinstance(seeds, int) or seeds < 1:
         raise DeepclustError(f"seeds={seeds!r} must be a positive integer")
     k = check_n_clusters(n_clusters if n_clusters is not None else run.summary["resolved"]["n_clusters"], len(run.paths))
@@ -278,7 +348,7 @@ def evaluate_run(
     for algorithm in algorithms:
         log.info("evaluating %s with k=%d over %d seeds", algorithm, k, seeds)
         scores[algorithm] = repeat_clustering(
-            X, run.labels, lambda seed, a=algorithm: make_clusterer(a, k, seed), seeds=range(seeds)
+            X, run.labels, lambda seed, a=algorithm: make_clusterer(a, k, seed, per_algorithm[a]), seeds=range(seeds)
         )
     evaluation = Evaluation(n_clusters=k, scores=scores)
     out = os.fspath(out or run_dir)

@@ -9,6 +9,7 @@
       summary.json      resolved config, versions, seed, counts, timings
       metrics.json      CA, ACC, NMI, AMI, ARI, ... (only when true labels are known)
       config.yaml       the resolved config, reusable with --config
+      k_estimation.csv  k, score                          with --n-clusters auto: the curve
       cache/            embedding shards, reused by the next run and on resume
 
 Every file is written atomically.
@@ -34,6 +35,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 CACHE = "cache"
+K_ESTIMATION = "k_estimation.csv"
 
 
 def run_path(run_dir: str | os.PathLike, name: str) -> str:
@@ -47,10 +49,13 @@ def write_assignments(
     distances: np.ndarray,
     labels: Sequence[str] | None = None,
 ) -> None:
-    """Write ``assignments.csv``: one row per image, its cluster and distance to the centre."""
+    """Write ``assignments.csv``: one row per image, its cluster and distance to the centre.
+
+    Noise (cluster ``-1``) has an empty distance.
+    """
     header = ["path", "cluster", "distance"] + (["label"] if labels is not None else [])
     rows = (
-        [p, int(c), f"{d:.6f}"] + ([labels[i]] if labels is not None else [])
+        [p, int(c), f"{d:.6f}" if np.isfinite(d) else ""] + ([labels[i]] if labels is not None else [])
         for i, (p, c, d) in enumerate(zip(paths, clusters, distances))
     )
     write_csv(run_path(run_dir, ASSIGNMENTS), header, rows)

@@ -90,6 +90,58 @@ def test_evaluate_writes_avg_sd_tables_for_several_algorithms(moth_run, tmp_path
     assert "| spectral | 5 |" in capsys.readouterr().out
 
 
+def test_auto_n_clusters_estimates_the_five_species_and_writes_the_curve(moth_run, tmp_path, capsys):
+    root, out = moth_run
+    assert main(["cluster", str(root), "--out", str(out), "--labels", "folders", "--image-size", "128", "--no-progress",
+                 "--algorithm", "spectral", "--n-clusters", "auto", "--k-max", "12"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    estimate = summary["resolved"]["k_estimate"]
+    assert estimate["method"] == "eigengap" and [p["k"] for p in estimate["curve"]] == list(range(2, 13))
+    assert summary["resolved"]["n_clusters"] == estimate["n_clusters"] == 5
+    assert summary["resolved"]["n_clusters_from"] == "estimated (eigengap)"
+    curve = _read_csv(out / "k_estimation.csv")
+    assert [int(r["k"]) for r in curve] == list(range(2, 13))
+    assert max(curve, key=lambda r: float(r["score"]))["k"] == "5"
+    assert "clustered 57 images into 5 clusters (estimated (eigengap))" in capsys.readouterr().out
+
+
+def test_density_algorithms_find_their_own_clusters_and_mark_noise(moth_run, tmp_path):
+    root, _ = moth_run
+    out = tmp_path / "hdb"
+    assert _cluster(root, "--out", out, "--labels", "folders", "--image-size", "128", "--algorithm", "hdbscan",
+                    "--param", "min_cluster_size=4") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["cluster_params"] == {"min_cluster_size": 4}
+    assert summary["resolved"]["n_clusters_from"] == "the algorithm"
+    rows = _read_csv(out / "assignments.csv")
+    noise = [r for r in rows if r["cluster"] == "-1"]
+    assert all(r["distance"] == "" for r in noise)
+    assert all(float(r["distance"]) >= 0 for r in rows if r["cluster"] != "-1")
+    found = len({r["cluster"] for r in rows} - {"-1"})
+    assert summary["counts"]["clusters"] == found == summary["resolved"]["n_clusters"] >= 2
+    assert summary["counts"]["noise"] == len(noise)
+
+
+def test_evaluate_runs_every_registered_algorithm(moth_run, tmp_path):
+    from deepclust.cluster import list_clusterers
+
+    _, out = moth_run
+    names = list_clusterers()
+    assert main(["-q", "evaluate", str(out), "--algorithm", *names, "--seeds", "2", "--out", str(tmp_path),
+                 "--param", "min_samples=3", "--param", "eps=0.6"]) == 0
+    rows = {r["algorithm"]: r for r in _read_csv(tmp_path / "evaluation.csv")}
+    assert set(rows) == set(names)
+    assert rows["dbscan"]["n_clusters"] == "own" and rows["kmeans"]["n_clusters"] == "5"
+    for name in ("kmeans", "spectral", "gmm", "agglomerative"):
+        assert float(rows[name]["ARI_mean"]) > 0.5, name
+
+
+def test_evaluate_refuses_a_parameter_no_algorithm_takes(moth_run, tmp_path, capsys):
+    _, out = moth_run
+    assert main(["evaluate", str(out), "--algorithm", "kmeans", "--param", "eps=0.3", "--out", str(tmp_path)]) == 2
+    assert "no algorithm of kmeans has parameter eps" in capsys.readouterr().err
+
+
 def test_config_file_options_are_used_and_command_line_wins(moth_species_dir, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("n_clusters: 3\nimage_size: 64\nalgorithm: spectral\nlabels: folders\n")
@@ -124,12 +176,14 @@ def _small_folder(root, n=3):
         (lambda p: [p / "empty"], "has no images"),
         (lambda p: [p / "texts"], "has no images"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "5"], r"n_clusters=5 must be <= the number of images \(3\)"),
-        (lambda p: [_small_folder(p / "few"), "--n-clusters", "auto"], "pass an integer with --n-clusters K"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "auto", "--k-method", "elbow"], "k_method='elbow' is not known; use one of: eigengap, silhouette"),
+        (lambda p: [_small_folder(p / "few"), "--algorithm", "dbscan", "--param", "epsilon=0.3"], "dbscan has no parameter epsilon; its parameters are: eps, min_samples"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--param", "n_init=0"], r"n_init=0 must be an integer >= 1"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "0"], "must be a positive integer"),
         (lambda p: [_small_folder(p / "few")], "number of clusters is unknown; pass --n-clusters K"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet5O"], "unknown backbone 'resnet5O'; did you mean: resnet50"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet18", "--weights", p / "w.pt"], "does not fit backbone 'resnet18'"),
-        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--algorithm", "kmedoids"], "choose one of: kmeans, spectral"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--algorithm", "kmedoids"], "choose one of: agglomerative, dbscan, gmm, hdbscan, kmeans, optics, spectral"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--device", "cuda:7"], "use --device cpu|only"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--split", "eu-moths"], "--split and --subset go together"),
     ],

@@ -1,0 +1,247 @@
+"""Time, peak memory and ARI of deepclust's clusterers against scikit-learn, in one run.
+
+Every measurement runs in a fresh subprocess that loads the data from an ``.npy`` file
+and reports its own peak resident memory (``ru_maxrss``), so the figures include the
+data itself (n x d float32) and nothing left over from other measurements. Timings are
+reported as ratios against scikit-learn measured in the same run.
+
+Synthetic data ("deep-feature-like"): ``k`` centres drawn uniformly on the unit sphere
+of R^d; each point is its centre plus isotropic Gaussian noise of total norm about
+``spread`` (per-coordinate sd ``spread / sqrt(d)``), renormalised to unit length; the
+class sizes follow a Dirichlet(5) draw, so they are unequal. ``--spread 2.5`` puts
+k-means ARI at about 0.6-0.85 for d=1024, k=160.
+
+Suites (``--suite``):
+
+* ``spectral10k``: ours vs ``sklearn.cluster.SpectralClustering(affinity="nearest_neighbors")``
+  at n=10,000, d=1024, k=160.
+* ``spectral200k``: ours at n=50k, 100k, 200k (memory against n), d=1024, k=160.
+* ``kmeans200k``: ours (torch backend; also faiss) vs ``sklearn.cluster.KMeans(n_init=1)``
+  at n=200,000, d=1024, k=160, over ``--seeds`` seeds.
+* ``real``: every registered algorithm and scikit-learn's k-means / spectral on EU-moths
+  embeddings of the default backbone (all 200 species) and on the MNIST test set (raw
+  pixels, 784-d), with k = the number of classes.
+
+    python benchmarks/clustering.py --suite spectral10k kmeans200k spectral200k real
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.environ.get("DEEPCLUST_SHARED", os.path.join(HERE, "..", "..", "shared"))
+
+
+def sphere_blobs(n: int, dim: int, k: int, spread: float, seed: int = 0, chunk: int = 50_000):
+    """Deep-feature-like Gaussian clusters on the unit sphere, float32 (n, dim) and labels (n,)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    y = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 5.0)))
+    X = np.empty((n, dim), dtype=np.float32)
+    scale = np.float32(spread / np.sqrt(dim))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = centres[y[start:stop]] + rng.standard_normal((stop - start, dim), dtype=np.float32) * scale
+        X[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return X, y
+
+
+# ---------------------------------------------------------------- child process
+
+
+def _child(spec: dict) -> dict:
+    """Run one clustering as described by ``spec``; return time, ARI and peak memory."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    from sklearn.metrics import adjusted_rand_score
+
+    X = np.load(spec["data"])
+    y = np.load(spec["labels"])
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    name, params = spec["estimator"], spec["params"]
+    if name == "sklearn-kmeans":
+        from sklearn.cluster import KMeans
+
+        est = KMeans(**params)
+    elif name == "sklearn-spectral":
+        from sklearn.cluster import SpectralClustering
+
+        est = SpectralClustering(affinity="nearest_neighbors", assign_labels="kmeans", **params)
+    else:
+        from deepclust.cluster import create_clusterer
+
+        est = create_clusterer(name, **params)
+    start = time.perf_counter()
+    labels = est.fit_predict(X)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "seconds": seconds,
+        "ari": float(adjusted_rand_score(y, labels)),
+        "n_clusters_found": int(len(np.unique(labels[labels >= 0]))),
+        "peak_gib": peak / 2**20,
+        "data_gib": rss_data / 2**20,
+    }
+
+
+def measure(data: str, labels: str, estimator: str, **params) -> dict:
+    """Run ``estimator`` in a fresh Python process; return its figures."""
+    spec = json.dumps({"data": data, "labels": labels, "estimator": estimator, "params": params})
+    proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{estimator} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- suites
+
+
+def _save(folder: str, name: str, X: np.ndarray, y: np.ndarray) -> tuple[str, str]:
+    data, labels = os.path.join(folder, f"{name}-X.npy"), os.path.join(folder, f"{name}-y.npy")
+    np.save(data, X)
+    np.save(labels, y)
+    return data, labels
+
+
+def _row(label: str, r: dict, reference: dict | None = None) -> str:
+    speed = f"{reference['seconds'] / r['seconds']:7.1f}x" if reference else "        "
+    return (f"  {label:<44} {r['seconds']:8.2f} s {speed}  ARI {r['ari']:.4f}  k {r['n_clusters_found']:4d}  "
+            f"peak {r['peak_gib']:.2f} GiB (data {r['data_gib']:.2f})")
+
+
+def suite_spectral10k(tmp: str, args) -> None:
+    X, y = sphere_blobs(10_000, 1024, 160, args.spread, seed=0)
+    data, labels = _save(tmp, "s10k", X, y)
+    print(f"Spectral, n=10,000, d=1024, k=160, spread {args.spread}")
+    for seed in range(args.sklearn_seeds):
+        ref = measure(data, labels, "sklearn-spectral", n_clusters=160, n_neighbors=10, random_state=seed)
+        ours = measure(data, labels, "spectral", n_clusters=160, random_state=seed)
+        print(_row(f"sklearn SpectralClustering (seed {seed})", ref))
+        print(_row(f"deepclust spectral (seed {seed})", ours, ref))
+        km = measure(data, labels, "kmeans", n_clusters=160, n_init=1, random_state=seed)
+        print(_row(f"  (deepclust kmeans n_init=1, seed {seed}, for scale)", km, ref))
+
+
+def suite_spectral200k(tmp: str, args) -> None:
+    print(f"Spectral at scale, d=1024, k=160, spread {args.spread}")
+    for n in (50_000, 100_000, 200_000):
+        X, y = sphere_blobs(n, 1024, 160, args.spread, seed=0)
+        data, labels = _save(tmp, f"s{n}", X, y)
+        del X
+        r = measure(data, labels, "spectral", n_clusters=160, random_state=0)
+        extra = r["peak_gib"] - r["data_gib"]
+        print(_row(f"deepclust spectral n={n:,}", r) + f"  beyond data {extra:.2f} GiB, {extra * 2**30 / n / 1024:.1f} KiB/point")
+
+
+def suite_kmeans200k(tmp: str, args) -> None:
+    X, y = sphere_blobs(200_000, 1024, 160, args.spread, seed=0)
+    data, labels = _save(tmp, "k200k", X, y)
+    del X
+    print(f"K-means, n=200,000, d=1024, k=160, spread {args.spread}, n_init=1")
+    refs, ours, full = [], [], []
+    for seed in range(args.seeds):
+        ref = measure(data, labels, "sklearn-kmeans", n_clusters=160, n_init=1, random_state=seed)
+        r = measure(data, labels, "kmeans", n_clusters=160, n_init=1, random_state=seed)
+        f = measure(data, labels, "kmeans", n_clusters=160, n_init=1, label_tol=0.0, random_state=seed)
+        print(_row(f"sklearn KMeans (seed {seed})", ref))
+        print(_row(f"deepclust kmeans (seed {seed})", r, ref))
+        print(_row(f"deepclust kmeans label_tol=0 (seed {seed})", f, ref))
+        refs.append(ref), ours.append(r), full.append(f)
+    mean = lambda rs, key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    for label, rs in (("deepclust kmeans", ours), ("deepclust kmeans label_tol=0", full)):
+        print(f"  mean over {args.seeds} seeds: {label}: {mean(refs, 'seconds') / mean(rs, 'seconds'):.1f}x faster, "
+              f"ARI {mean(rs, 'ari'):.4f} vs sklearn {mean(refs, 'ari'):.4f} (difference {mean(rs, 'ari') - mean(refs, 'ari'):+.4f})")
+    for per in (None, 256):
+        r = measure(data, labels, "kmeans", n_clusters=160, n_init=1, backend="faiss", max_iter=25,
+                    max_points_per_centroid=per, random_state=0)
+        print(_row(f"faiss backend, 25 iterations, {per or 'all'} points/centroid (seed 0)", r, refs[0]))
+
+
+def _moth_embeddings(cache: str):
+    from deepclust import EmbeddingStore, create_backbone, extract_embeddings, find_images
+
+    records = find_images(os.path.join(SHARED, "data", "eu-moths", "images"))
+    backbone = create_backbone("tf_efficientnet_lite0")
+    store = EmbeddingStore(os.path.join(cache, "eu-moths"), backbone.signature())
+    emb = extract_embeddings(records, backbone, batch_size=32, store=store, progress=False)
+    X = emb.vectors / np.linalg.norm(emb.vectors, axis=1, keepdims=True)
+    y = np.unique([records[i].folder for i in emb.indices], return_inverse=True)[1]
+    return X.astype(np.float32), y
+
+
+def _mnist():
+    with gzip.open(os.path.join(SHARED, "data", "mnist", "t10k-images-idx3-ubyte.gz")) as fh:
+        X = np.frombuffer(fh.read(), dtype=np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
+    with gzip.open(os.path.join(SHARED, "data", "mnist", "t10k-labels-idx1-ubyte.gz")) as fh:
+        y = np.frombuffer(fh.read(), dtype=np.uint8, offset=8).astype(np.int64)
+    return X, y
+
+
+def suite_real(tmp: str, args) -> None:
+    from deepclust.cluster import list_clusterers, takes_n_clusters
+
+    datasets = {
+        "EU moths, Lite0 embeddings (2,205 images, 200 species)": lambda: _moth_embeddings(args.cache),
+        "MNIST test set, raw pixels (10,000 images, 10 digits)": _mnist,
+    }
+    density = {"dbscan": {"eps": 0.5, "min_samples": 3}, "optics": {"min_samples": 3}, "hdbscan": {"min_cluster_size": 5}}
+    for title, load in datasets.items():
+        X, y = load()
+        k = int(len(np.unique(y)))
+        data, labels = _save(tmp, title.split(",")[0].replace(" ", "_"), X, y)
+        print(f"{title}: n={len(X)}, d={X.shape[1]}, k={k}")
+        ref_k = measure(data, labels, "sklearn-kmeans", n_clusters=k, n_init=10, random_state=0)
+        ref_s = measure(data, labels, "sklearn-spectral", n_clusters=k, n_neighbors=10, random_state=0)
+        print(_row("sklearn KMeans n_init=10", ref_k))
+        print(_row("sklearn SpectralClustering nearest_neighbors", ref_s))
+        for name in list_clusterers():
+            if name == "optics" and len(X) > 5000:
+                print(f"  {name:<44} skipped (O(n^2) reachability; minutes at this n)")
+                continue
+            params = {"n_clusters": k} if takes_n_clusters(name) else density.get(name, {})
+            r = measure(data, labels, name, random_state=0, **params)
+            ref = ref_s if name == "spectral" else ref_k
+            print(_row(f"deepclust {name} {params if not takes_n_clusters(name) else ''}".strip(), r, ref))
+
+
+SUITES = {"spectral10k": suite_spectral10k, "spectral200k": suite_spectral200k, "kmeans200k": suite_kmeans200k,
+          "real": suite_real}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES))
+    parser.add_argument("--spread", type=float, default=2.5, help="noise norm of the synthetic clusters")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the k-means comparison")
+    parser.add_argument("--sklearn-seeds", type=int, default=1, help="seeds of the 10k spectral comparison")
+    parser.add_argument("--cache", default=os.path.join(HERE, "..", "runs", "benchmark-cache"),
+                        help="embedding cache for the real-data suite")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return 0
+    print(f"cpus: {os.cpu_count()}; every figure from a fresh process; ratios are sklearn time / ours, same run")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.suite:
+            t = time.perf_counter()
+            SUITES[name](tmp, args)
+            print(f"  [{name}: {time.perf_counter() - t:.0f} s]", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

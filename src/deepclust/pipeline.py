@@ -51,11 +51,13 @@ def prepare_features(vectors: np.ndarray, normalize: bool) -> np.ndarray:
     return X
 
 
-def make_clusterer(algorithm: str, n_clusters: int | None, seed: int, params: dict | None = None):
+def make_clusterer(algorithm: str, n_clusters: int | None, seed: int, params: dict | None = None,
+                   device: str | None = None):
     """The clusterer a run uses, so ``evaluate`` repeats exactly what ``cluster`` did.
 
     ``n_clusters`` is passed only to algorithms that take it (density methods find
-    their own); ``params`` are further parameters of the algorithm, checked by name.
+    their own); ``params`` are further parameters of the algorithm, checked by name;
+    ``device`` goes to the algorithms that can compute on a GPU, unless ``params`` says.
     """
     cls = get_clusterer_class(algorithm)
     known = set(cls._get_param_names()) - {"n_clusters", "random_state"}
@@ -67,6 +69,8 @@ def make_clusterer(algorithm: str, n_clusters: int | None, seed: int, params: di
         )
     if takes_n_clusters(algorithm):
         params["n_clusters"] = n_clusters
+    if device is not None and "device" in known:
+        params.setdefault("device", str(device))
     return create_clusterer(algorithm, random_state=seed, **params)
 
 
@@ -203,7 +207,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
                   [[p["k"], f"{p['score']:.6f}"] for p in k_estimate.curve()])
     log.info("clustering %d images%s with %s", len(kept),
              f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
-    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params)
+    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params, device=config.device)
     clusters = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
     if n_clusters is None:
         n_clusters = int(clusterer.n_clusters_)

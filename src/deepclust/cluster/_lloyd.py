@@ -104,8 +104,8 @@ def _chunked_min2(X, x_sq, C, c_sq, keep_all: bool):
 
 def kmeans_plusplus(X: torch.Tensor, n_clusters: int, rng: np.random.Generator,
                     sample_size: int | None = None, n_local_trials: int | None = None,
-                    projection_dim: int | None = None) -> torch.Tensor:
-    """Greedy k-means++ seeds, shape (n_clusters, d), chosen among the rows of ``X`` (n, d).
+                    n_seeds: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeds chosen among the rows of ``X`` (n, d).
 
     Parameters
     ----------
@@ -116,43 +116,43 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, rng: np.random.Generator,
         Seed on this many rows drawn at random (all rows when None or >= n).
     n_local_trials : int, optional
         Candidates tried per new centre; default ``2 + int(log(n_clusters))``.
-    projection_dim : int, optional
-        Measure the D^2 distances on a random projection to this many dimensions
-        (when the data has more than twice as many); the seeds are still data rows.
+    n_seeds : int, optional
+        Draw this many independent seedings at once (for restarts): the candidates of
+        all of them are measured by one matrix product per step, which matters because
+        a step is otherwise too small to keep the cores busy.
+
+    Returns
+    -------
+    Tensor of shape (n_clusters, d), or (n_seeds, n_clusters, d) when ``n_seeds`` is given
     """
     n = X.shape[0]
     if sample_size is not None and sample_size < n:
         rows = torch.from_numpy(np.sort(rng.choice(n, size=sample_size, replace=False))).to(X.device)
         X = X[rows]
         n = sample_size
-    if n_local_trials is None:
-        n_local_trials = 2 + int(math.log(n_clusters))
-    full = X
-    if projection_dim is not None and X.shape[1] > 2 * projection_dim:
-        # D^2 sampling only needs distances roughly right: a Gaussian random projection
-        # keeps them within a few percent (Johnson-Lindenstrauss) at a fraction of the
-        # memory traffic, which is what k-means++ is bound by
-        R = torch.from_numpy(rng.standard_normal((X.shape[1], projection_dim))).to(X) / math.sqrt(projection_dim)
-        X = X @ R
+    trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(n_clusters))
+    runs = 1 if n_seeds is None else n_seeds
+    every = torch.arange(runs, device=X.device)
     x_sq = row_norms_sq(X)
-    centers = torch.empty((n_clusters, full.shape[1]), dtype=full.dtype, device=full.device)
-    first = int(rng.integers(n))
-    centers[0] = full[first]
-    closest = squared_distances(X, X[first : first + 1], x_sq, x_sq[first : first + 1])[:, 0].double()
+    centers = torch.empty((runs, n_clusters, X.shape[1]), dtype=X.dtype, device=X.device)
+    first = torch.from_numpy(rng.integers(n, size=runs)).to(X.device)
+    centers[:, 0] = X[first]
+    closest = squared_distances(X, X[first], x_sq, x_sq[first]).T.double()  # (runs, n)
     for c in range(1, n_clusters):
-        cumulative = torch.cumsum(closest, 0)
-        total = float(cumulative[-1])
-        if total <= 0.0:  # fewer distinct points than clusters: any point will do
-            candidates = torch.from_numpy(rng.integers(n, size=n_local_trials)).to(X.device)
-        else:
-            draws = torch.from_numpy(rng.random(n_local_trials) * total).to(cumulative)
-            candidates = torch.searchsorted(cumulative, draws).clamp_(max=n - 1)
-        d_cand = squared_distances(X, X[candidates], x_sq, x_sq[candidates]).double()
-        trial = torch.minimum(closest[:, None], d_cand)
-        best = int(trial.sum(0).argmin())
-        closest = trial[:, best].contiguous()
-        centers[c] = full[candidates[best]]
-    return centers
+        cumulative = torch.cumsum(closest, 1)
+        total = cumulative[:, -1:]
+        draws = torch.from_numpy(rng.random((runs, trials))).to(cumulative) * total
+        candidates = torch.searchsorted(cumulative, draws).clamp_(max=n - 1)  # (runs, trials)
+        flat = total[:, 0] <= 0  # fewer distinct points than clusters: any point will do
+        if bool(flat.any()):
+            candidates[flat] = torch.from_numpy(rng.integers(n, size=(int(flat.sum()), trials))).to(candidates)
+        ids = candidates.reshape(-1)
+        d_cand = squared_distances(X, X[ids], x_sq, x_sq[ids]).T.double().reshape(runs, trials, n)
+        trial = torch.minimum(closest[:, None, :], d_cand)
+        best = trial.sum(2).argmin(1)  # (runs,)
+        closest = trial[every, best]
+        centers[:, c] = X[candidates[every, best]]
+    return centers[0] if n_seeds is None else centers
 
 
 def _cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,8 +130,8 @@ class KMeans(BaseClusterer):
         per_centroid = self.max_points_per_centroid or 0
         presolve = per_centroid * k if 0 < per_centroid * k < n // 2 else 0
         best = None
-        for _ in range(self.n_init):
-            centers = kmeans_plusplus(Xt, k, rng, sample_size=self._init_size(n, k))
+        seeds = kmeans_plusplus(Xt, k, rng, sample_size=self._init_size(n, k), n_seeds=self.n_init)
+        for centers in seeds:
             if presolve:
                 rows = torch.from_numpy(np.sort(rng.choice(n, size=presolve, replace=False))).to(device)
                 centers = lloyd(Xt[rows], centers, self.max_iter, self.tol, self.label_tol).centers
@@ -150,8 +150,8 @@ class KMeans(BaseClusterer):
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         per_centroid = self.max_points_per_centroid or math.ceil(n / k) + 1
         best = None
-        for _ in range(self.n_init):
-            seeds = kmeans_plusplus(torch.from_numpy(X32), k, rng, sample_size=self._init_size(n, k)).numpy()
+        all_seeds = kmeans_plusplus(torch.from_numpy(X32), k, rng, sample_size=self._init_size(n, k), n_seeds=self.n_init)
+        for seeds in all_seeds.numpy():
             km = faiss.Kmeans(d, k, niter=self.max_iter, nredo=1, seed=int(rng.integers(2**31 - 1)),
                               max_points_per_centroid=per_centroid, min_points_per_centroid=1, verbose=False)
             km.train(X32, init_centroids=seeds)

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, squared_distances
+from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, row_norms_sq, squared_distances
 
 #: Largest n for which ``method="auto"`` computes exact neighbours.
 EXACT_MAX_SAMPLES = 12_000
@@ -56,29 +56,45 @@ def knn_graph(X, n_neighbors: int, method: str = "auto", pca_dim: int = 128, n_p
     if method == "auto":
         method = "exact" if n <= EXACT_MAX_SAMPLES else "approximate"
     if method == "exact":
-        idx, dist = _exact_knn(Xt, Xt, n_neighbors, offset=0)
+        idx, dist = _exact_self_knn(Xt, n_neighbors)
     else:
         idx, dist = _cell_knn(Xt, n_neighbors, pca_dim, n_probe, as_generator(random_state))
     return idx.numpy(), dist.numpy()
 
 
-def _exact_knn(Q: torch.Tensor, X: torch.Tensor, n_neighbors: int, offset: int | None):
-    """Nearest rows of ``X`` for every row of ``Q``; row ``offset + i`` of X is query i itself."""
-    m = Q.shape[0]
-    x_sq = (X * X).sum(1)
-    q_sq = (Q * Q).sum(1)
-    indices = torch.empty((m, n_neighbors), dtype=torch.long)
-    distances = torch.empty((m, n_neighbors), dtype=torch.float32)
-    for start in range(0, m, _BLOCK):
-        stop = min(start + _BLOCK, m)
-        D = squared_distances(Q[start:stop], X, q_sq[start:stop], x_sq)
-        if offset is not None:
-            rows = torch.arange(stop - start)
-            D[rows, rows + offset + start] = math.inf
-        d, i = D.topk(n_neighbors, dim=1, largest=False)
-        indices[start:stop] = i
-        distances[start:stop] = d.sqrt_()
-    return indices, distances
+def _exact_self_knn(X: torch.Tensor, n_neighbors: int):
+    """Exact neighbours of every row of X among the other rows, computing each block pair once.
+
+    Distances are symmetric, so the product of row blocks I and J (J > I) serves the rows
+    of both: about half the work of querying every row against all rows.
+    """
+    n = X.shape[0]
+    x_sq = row_norms_sq(X)
+    best_d = torch.full((n, n_neighbors), math.inf)
+    best_i = torch.zeros((n, n_neighbors), dtype=torch.long)
+
+    def merge(rows: slice, D: torch.Tensor, offset: int) -> None:
+        cand_d = torch.cat([best_d[rows], D], 1)
+        d, j = cand_d.topk(n_neighbors, dim=1, largest=False)
+        from_block = j >= n_neighbors
+        ids = torch.where(from_block, j - n_neighbors + offset, best_i[rows].gather(1, j.clamp(max=n_neighbors - 1)))
+        best_d[rows], best_i[rows] = d, ids
+
+    starts = list(range(0, n, _BLOCK))
+    for a in starts:
+        rows_a = slice(a, min(a + _BLOCK, n))
+        for b in starts:
+            if b < a:
+                continue
+            rows_b = slice(b, min(b + _BLOCK, n))
+            D = squared_distances(X[rows_a], X[rows_b], x_sq[rows_a], x_sq[rows_b])
+            if a == b:
+                D.fill_diagonal_(math.inf)  # a point is not its own neighbour
+                merge(rows_a, D, b)
+            else:
+                merge(rows_a, D, b)
+                merge(rows_b, D.T, a)
+    return best_i, best_d.sqrt_()
 
 
 def pca_project(X: torch.Tensor, n_components: int, rng: np.random.Generator, sample_size: int = 20_000) -> torch.Tensor:

@@ -212,6 +212,8 @@ class SpectralClustering(BaseClusterer):
     eigen_solver : {"auto", "chebyshev", "lobpcg", "arpack", "dense"}, default "auto"
     n_init : int, default 10
         k-means restarts on the embedding.
+    device : str, default "cpu"
+        Where the final k-means runs (``cuda`` for a GPU).
     random_state : int, numpy Generator or None
 
     Attributes
@@ -226,13 +228,14 @@ class SpectralClustering(BaseClusterer):
     k_method = "eigengap"
 
     def __init__(self, n_clusters=8, n_neighbors=10, affinity="connectivity", neighbors="auto",
-                 eigen_solver="auto", n_init=10, random_state=None):
+                 eigen_solver="auto", n_init=10, device="cpu", random_state=None):
         self.n_clusters = n_clusters
         self.n_neighbors = n_neighbors
         self.affinity = affinity
         self.neighbors = neighbors
         self.eigen_solver = eigen_solver
         self.n_init = n_init
+        self.device = device
         self.random_state = random_state
 
     def _check_params(self):
@@ -254,8 +257,11 @@ class SpectralClustering(BaseClusterer):
             self.eigenvalues_ = np.ones(1)
             return self
         n_neighbors = min(int(self.n_neighbors), n - 1)
+        say = log.info if n >= 50_000 else log.debug  # long steps show progress in the CLI
+        say("spectral: %d-NN graph of %d points", n_neighbors, n)
         indices, distances = knn_graph(X, n_neighbors, method=self.neighbors, random_state=rng)
         S, _ = normalized_affinity(affinity_matrix(indices, distances, self.affinity))
+        say("spectral: eigenvectors of the normalised affinity")
         from deepclust.cluster.k_estimation import KEstimate, eigengap
 
         if isinstance(self.n_clusters, str):  # "auto": validated by _validate_data
@@ -272,7 +278,8 @@ class SpectralClustering(BaseClusterer):
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         self.embedding_ = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
         self.eigenvalues_ = values
-        km = KMeans(n_clusters=k, n_init=self.n_init, random_state=rng).fit(self.embedding_)
+        say("spectral: k-means on the %d-d embedding", k)
+        km = KMeans(n_clusters=k, n_init=self.n_init, device=self.device, random_state=rng).fit(self.embedding_)
         self.labels_ = km.labels_
         self.n_clusters_ = k
         return self

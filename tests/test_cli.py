@@ -103,6 +103,10 @@ def test_auto_n_clusters_estimates_the_five_species_and_writes_the_curve(moth_ru
     assert [int(r["k"]) for r in curve] == list(range(2, 13))
     assert max(curve, key=lambda r: float(r["score"]))["k"] == "5"
     assert "clustered 57 images into 5 clusters (estimated (eigengap))" in capsys.readouterr().out
+    # the next run of the folder with a given k leaves no stale curve behind
+    assert _cluster(root, "--out", out, "--labels", "folders", "--image-size", "128", "--algorithm", "spectral") == 0
+    assert not (out / "k_estimation.csv").exists()
+    assert json.loads((out / "summary.json").read_text())["resolved"]["k_estimate"] is None
 
 
 def test_density_algorithms_find_their_own_clusters_and_mark_noise(moth_run, tmp_path):
@@ -180,6 +184,7 @@ def _small_folder(root, n=3):
         (lambda p: [_small_folder(p / "few"), "--algorithm", "dbscan", "--param", "epsilon=0.3"], "dbscan has no parameter epsilon; its parameters are: eps, min_samples"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--param", "n_init=0"], r"n_init=0 must be an integer >= 1"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "0"], "must be a positive integer"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--k-min", "9", "--k-max", "4"], "k_max=4 must be >= k_min=9"),
         (lambda p: [_small_folder(p / "few")], "number of clusters is unknown; pass --n-clusters K"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet5O"], "unknown backbone 'resnet5O'; did you mean: resnet50"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet18", "--weights", p / "w.pt"], "does not fit backbone 'resnet18'"),

@@ -122,6 +122,8 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     if config.labels is not None and config.labels not in LABEL_SOURCES:
         raise DeepclustError(f"labels='{config.labels}' is not known; use one of: {', '.join(LABEL_SOURCES)}")
     # fail before hours of embedding, not after
+    if not isinstance(config.cluster_params, dict):
+        raise DeepclustError(f"cluster_params={config.cluster_params!r} must be a mapping of parameter: value, e.g. {{eps: 0.3}}")
     make_clusterer(config.algorithm, 2, config.seed, config.cluster_params)._check_params()
     if config.k_method is not None and config.k_method not in K_METHODS:
         raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
@@ -205,6 +207,8 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         log.info("estimated %d clusters", n_clusters)
         write_csv(runs.run_path(config.out, runs.K_ESTIMATION), ["k", "score"],
                   [[p["k"], f"{p['score']:.6f}"] for p in k_estimate.curve()])
+    elif os.path.exists(runs.run_path(config.out, runs.K_ESTIMATION)):
+        os.remove(runs.run_path(config.out, runs.K_ESTIMATION))  # a curve of an earlier run would mislead
     log.info("clustering %d images%s with %s", len(kept),
              f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
     clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params, device=config.device)

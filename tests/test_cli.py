@@ -251,10 +251,11 @@ def test_config_values_of_the_wrong_type_are_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 @needs_moths
-def test_the_50_eu_moths_test_species_cluster_as_measured_for_issue_2(tmp_path):
-    """The README's figures: default backbone at 224 px, Spectral, seed 0 (ARI 0.366 measured)."""
+def test_the_50_eu_moths_test_species_cluster_as_measured(tmp_path):
+    """Default backbone at 224 px, Spectral, seed 0: ARI 0.424, CA 0.607 measured with
+    deepclust's spectral clustering (scikit-learn's, used before issue 3, gave 0.366)."""
     out = tmp_path / "run"
     assert _cluster(MOTHS / "images", "--split", "eu-moths", "--subset", "test", "--labels", "folders", "--algorithm", "spectral", "--out", out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["n_images"], metrics["n_classes"]) == (555, 50)
-    assert 0.30 < metrics["ARI"] < 0.45 and 0.52 < metrics["CA"] < 0.66
+    assert 0.36 < metrics["ARI"] < 0.48 and 0.55 < metrics["CA"] < 0.66

@@ -13,6 +13,12 @@ from deepclust.cluster._registry import register_clusterer
 
 
 class _DensityClusterer(BaseClusterer):
+    def _fit_model(self, X: np.ndarray, model, min_points: int = 1) -> "_DensityClusterer":
+        """Fit a scikit-learn ``model``; with fewer than ``min_points`` samples all are noise."""
+        if X.shape[0] < min_points:
+            return self._finish(np.full(X.shape[0], -1))
+        return self._finish(model.fit(X).labels_)
+
     def _finish(self, labels) -> "_DensityClusterer":
         self.labels_ = np.asarray(labels, dtype=np.int64)
         self.n_clusters_ = int(len(np.unique(self.labels_[self.labels_ >= 0])))
@@ -52,7 +58,7 @@ class DBSCAN(_DensityClusterer):
         from sklearn.cluster import DBSCAN as SkDBSCAN
 
         X = self._validate_data(X)
-        return self._finish(SkDBSCAN(eps=self.eps, min_samples=self.min_samples).fit(X).labels_)
+        return self._fit_model(X, SkDBSCAN(eps=self.eps, min_samples=self.min_samples))
 
 
 @register_clusterer("optics")
@@ -88,10 +94,8 @@ class OPTICS(_DensityClusterer):
         from sklearn.cluster import OPTICS as SkOPTICS
 
         X = self._validate_data(X)
-        if X.shape[0] < self.min_samples:
-            return self._finish(np.full(X.shape[0], -1))
         model = SkOPTICS(min_samples=self.min_samples, xi=self.xi, min_cluster_size=self.min_cluster_size)
-        return self._finish(model.fit(X).labels_)
+        return self._fit_model(X, model, min_points=self.min_samples)
 
 
 @register_clusterer("hdbscan")
@@ -127,9 +131,7 @@ class HDBSCAN(_DensityClusterer):
         from sklearn.cluster import HDBSCAN as SkHDBSCAN
 
         X = self._validate_data(X)
-        needed = self.min_samples or self.min_cluster_size
-        if X.shape[0] <= needed:
-            return self._finish(np.full(X.shape[0], -1))
         model = SkHDBSCAN(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples,
                           cluster_selection_epsilon=self.cluster_selection_epsilon, copy=True)
-        return self._finish(model.fit(X).labels_)
+        # scikit-learn needs more samples than min_samples (default: min_cluster_size)
+        return self._fit_model(X, model, min_points=(self.min_samples or self.min_cluster_size) + 1)

@@ -332,3 +332,33 @@ def test_gaussian_mixture_predicts_like_scikit_learn():
     theirs = SkGM(4, covariance_type="diag", random_state=0).fit(X)
     assert np.array_equal(ours.labels_, theirs.predict(X))
     assert np.allclose(ours.predict_proba(X), theirs.predict_proba(X))
+
+
+# ------------------------------------------------------------ at scale (slow)
+
+
+def _sphere_blobs(n, dim, k, spread, seed=0):
+    """Unit-sphere Gaussian clusters, as benchmarks/clustering.py makes them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    y = rng.integers(k, size=n)
+    X = centres[y] + rng.standard_normal((n, dim), dtype=np.float32) * np.float32(spread / np.sqrt(dim))
+    return X / np.linalg.norm(X, axis=1, keepdims=True), y
+
+
+@pytest.mark.slow
+def test_spectral_clustering_on_the_approximate_graph_at_scale_beats_kmeans():
+    X, y = _sphere_blobs(40_000, 512, 80, spread=3.5)
+    spectral = SpectralClustering(80, random_state=0).fit_predict(X)  # > 12,000 points: approximate graph
+    kmeans = KMeans(80, n_init=1, random_state=0).fit_predict(X)
+    assert adjusted_rand_score(y, spectral) > 0.95
+    assert adjusted_rand_score(y, spectral) > adjusted_rand_score(y, kmeans) + 0.05
+
+
+@pytest.mark.slow
+def test_kmeans_at_scale_is_as_good_as_scikit_learn():
+    X, y = _sphere_blobs(60_000, 256, 60, spread=2.5)
+    ours = [adjusted_rand_score(y, KMeans(60, n_init=1, random_state=s).fit_predict(X)) for s in range(3)]
+    theirs = [adjusted_rand_score(y, SkKMeans(60, n_init=1, random_state=s).fit_predict(X)) for s in range(3)]
+    assert np.mean(ours) >= np.mean(theirs) - 0.01

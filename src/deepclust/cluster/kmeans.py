@@ -60,7 +60,8 @@ class KMeans(BaseClusterer):
         (None or 0: no first solve). faiss: its training set (None means all rows:
         faiss's own default of 256 is faster but costs accuracy).
     device : str, default "cpu"
-        torch backend only: where the distances are computed (``cuda`` for a GPU).
+        torch backend only: where the distances are computed (``cuda`` for a GPU;
+        ``mps`` runs on the CPU, as MPS has no float64 for the centre sums).
     random_state : int, numpy Generator or None
 
     Attributes
@@ -124,6 +125,8 @@ class KMeans(BaseClusterer):
         from deepclust.backbones import resolve_device
 
         device = resolve_device(self.device)
+        if device.type == "mps":  # no float64 there, which the centre sums need
+            device = torch.device("cpu")
         rng = as_generator(self.random_state)
         n = X.shape[0]
         Xt = torch.from_numpy(X).to(device)

@@ -22,7 +22,7 @@ from deepclust.cluster.k_estimation import K_METHODS, KEstimate, eigengap, estim
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster.mixture import GaussianMixture
 from deepclust.cluster.neighbors import affinity_matrix, knn_graph
-from deepclust.cluster.spectral import SpectralClustering, spectral_embedding, top_eigenvectors
+from deepclust.cluster.spectral import SpectralClustering, knn_affinity, spectral_embedding, top_eigenvectors
 
 __all__ = [
     "Agglomerative",
@@ -40,6 +40,7 @@ __all__ = [
     "eigengap",
     "estimate_n_clusters",
     "get_clusterer_class",
+    "knn_affinity",
     "knn_graph",
     "list_clusterers",
     "register_clusterer",

@@ -88,8 +88,7 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
     KEstimate
     """
     from deepclust.cluster.kmeans import KMeans
-    from deepclust.cluster.neighbors import affinity_matrix, knn_graph
-    from deepclust.cluster.spectral import normalized_affinity, top_eigenvectors
+    from deepclust.cluster.spectral import knn_affinity, top_eigenvectors
 
     check_choice("method", method, K_METHODS)
     X = np.asarray(X)
@@ -104,8 +103,7 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
     check_int("sample_size", sample_size, 10, optional=True)
     rng = as_generator(random_state)
     if method == "eigengap":
-        indices, distances = knn_graph(X, min(n_neighbors, n - 1), random_state=rng)
-        S, _ = normalized_affinity(affinity_matrix(indices, distances))
+        S = knn_affinity(X, min(n_neighbors, n - 1), random_state=rng)
         values, _ = top_eigenvectors(S, min(k_max + 1, n), random_state=rng)
         ks, scores = eigengap(values, k_min, k_max)
     else:

@@ -158,6 +158,18 @@ def _chebyshev_subspace(S, n_components, degree, max_iter, tol, initial, rng):
     return theta[:n_components].numpy(), V[:, :n_components].contiguous().numpy()
 
 
+def knn_affinity(X, n_neighbors: int = 10, affinity: str = "connectivity", neighbors: str = "auto",
+                 random_state=None) -> sp.csr_matrix:
+    """The normalised affinity ``D^-1/2 W D^-1/2`` (n, n) of the symmetric k-NN graph of ``X`` (n, d)."""
+    indices, distances = knn_graph(X, n_neighbors, method=neighbors, random_state=random_state)
+    return normalized_affinity(affinity_matrix(indices, distances, affinity))[0]
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def spectral_embedding(X, n_components: int, n_neighbors: int = 10, affinity: str = "connectivity",
                        neighbors: str = "auto", eigen_solver: str = "auto", random_state=None,
                        return_values: bool = False):
@@ -178,12 +190,9 @@ def spectral_embedding(X, n_components: int, n_neighbors: int = 10, affinity: st
     values : ndarray of shape (n_components,), only with ``return_values``
     """
     rng = as_generator(random_state)
-    indices, distances = knn_graph(X, n_neighbors, method=neighbors, random_state=rng)
-    S, _ = normalized_affinity(affinity_matrix(indices, distances, affinity))
+    S = knn_affinity(X, n_neighbors, affinity, neighbors, rng)
     values, vectors = top_eigenvectors(S, n_components, solver=eigen_solver, random_state=rng)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    embedding = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return (embedding, values) if return_values else embedding
+    return (_unit_rows(vectors), values) if return_values else _unit_rows(vectors)
 
 
 @register_clusterer("spectral")
@@ -259,8 +268,7 @@ class SpectralClustering(BaseClusterer):
         n_neighbors = min(int(self.n_neighbors), n - 1)
         say = log.info if n >= 50_000 else log.debug  # long steps show progress in the CLI
         say("spectral: %d-NN graph of %d points", n_neighbors, n)
-        indices, distances = knn_graph(X, n_neighbors, method=self.neighbors, random_state=rng)
-        S, _ = normalized_affinity(affinity_matrix(indices, distances, self.affinity))
+        S = knn_affinity(X, n_neighbors, self.affinity, self.neighbors, rng)
         say("spectral: eigenvectors of the normalised affinity")
         from deepclust.cluster.k_estimation import KEstimate, eigengap
 
@@ -275,8 +283,7 @@ class SpectralClustering(BaseClusterer):
             k = int(self.n_clusters)
             self.k_estimate_ = None
             values, vectors = top_eigenvectors(S, k, solver=self.eigen_solver, random_state=rng)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        self.embedding_ = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        self.embedding_ = _unit_rows(vectors)
         self.eigenvalues_ = values
         say("spectral: k-means on the %d-d embedding", k)
         km = KMeans(n_clusters=k, n_init=self.n_init, device=self.device, random_state=rng).fit(self.embedding_)

@@ -73,6 +73,16 @@ def row_norms_sq(X: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(X, dim=1).square_()
 
 
+def nearest_centers(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of C (k, d) for every row of X (n, d), in row chunks."""
+    c_sq = row_norms_sq(C)
+    labels = torch.empty(X.shape[0], dtype=torch.long, device=X.device)
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, X.shape[0])
+        labels[start:stop] = squared_distances(X[start:stop], C, c_sq=c_sq).argmin(1)
+    return labels
+
+
 def _chunked_min2(X, x_sq, C, c_sq, keep_all: bool):
     """Nearest and second-nearest centre of every row, in row chunks.
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from deepclust.cluster._base import BaseClusterer, as_generator, as_seed, check_choice, check_float, check_int
-from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, squared_distances
+from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, nearest_centers
 from deepclust.cluster._registry import register_clusterer
 from deepclust.errors import DeepclustError
 
@@ -116,7 +116,7 @@ class KMeans(BaseClusterer):
         """Index of the nearest centre for each row of ``X`` (n_samples, n_features)."""
         X = self._validate_predict(X, self.cluster_centers_)
         C = torch.from_numpy(self.cluster_centers_.astype(X.dtype, copy=False))
-        return squared_distances(torch.from_numpy(X), C).argmin(1).numpy().astype(np.int64)
+        return nearest_centers(torch.from_numpy(X), C).numpy()
 
     def _init_size(self, n: int, k: int) -> int:
         return min(n, self.init_size if self.init_size is not None else max(10_000, 64 * k))

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, row_norms_sq, squared_distances
+from deepclust.cluster._lloyd import CHUNK_ROWS, kmeans_plusplus, lloyd, nearest_centers, row_norms_sq, squared_distances
 
 #: Largest n for which ``method="auto"`` computes exact neighbours.
 EXACT_MAX_SAMPLES = 12_000
@@ -111,8 +111,8 @@ def pca_project(X: torch.Tensor, n_components: int, rng: np.random.Generator, sa
     axes = vecs[:, -n_components:].flip(1).to(X.dtype).contiguous()
     out = torch.empty((n, n_components), dtype=X.dtype)
     shift = (mean.to(X.dtype) @ axes)
-    for start in range(0, n, 32768):
-        stop = min(start + 32768, n)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, n)
         out[start:stop] = X[start:stop] @ axes - shift
     return out
 
@@ -125,11 +125,7 @@ def _cell_knn(X: torch.Tensor, n_neighbors: int, pca_dim: int, n_probe: int, rng
     sample = torch.from_numpy(np.sort(rng.choice(n, size=min(n, 64 * n_cells), replace=False)))
     centres = kmeans_plusplus(Z[sample], n_cells, rng, sample_size=min(len(sample), 16 * n_cells))
     centres = lloyd(Z[sample], centres, max_iter=20).centers
-    cell = torch.empty(n, dtype=torch.long)
-    c_sq = (centres * centres).sum(1)
-    for start in range(0, n, 32768):
-        stop = min(start + 32768, n)
-        cell[start:stop] = squared_distances(Z[start:stop], centres, c_sq=c_sq).argmin(1)
+    cell = nearest_centers(Z, centres)
     order = torch.argsort(cell, stable=True)
     bounds = torch.zeros(n_cells + 1, dtype=torch.long)
     bounds[1:] = torch.cumsum(torch.bincount(cell, minlength=n_cells), 0)

@@ -40,10 +40,10 @@ def _param(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), parsed
 
 
-def _algorithm_help() -> str:
+def _algorithm_names() -> str:
     from deepclust.cluster import list_clusterers
 
-    return "clustering algorithm: " + ", ".join(list_clusterers()) + " (default kmeans)"
+    return ", ".join(list_clusterers())
 
 
 def _add_cluster_parser(subparsers) -> None:
@@ -62,7 +62,7 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options win")
     p.add_argument("--n-clusters", metavar="K", help="number of clusters, or auto to estimate it "
                    "(default with --labels: number of classes; density algorithms find their own)")
-    p.add_argument("--algorithm", metavar="NAME", help=_algorithm_help())
+    p.add_argument("--algorithm", metavar="NAME", help=f"clustering algorithm: {_algorithm_names()} (default kmeans)")
     p.add_argument("--param", metavar="KEY=VALUE", dest="cluster_params", action="append", type=_param,
                    help="a further parameter of the algorithm, e.g. eps=0.3 for dbscan (repeatable)")
     p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: eigengap or silhouette "
@@ -112,8 +112,7 @@ def _add_evaluate_parser(subparsers) -> None:
         "evaluation.md, evaluation.csv and evaluation.json with CA, ACC, NMI, AMI and ARI as AVG (SD).",
     )
     p.add_argument("run", metavar="RUN_DIR", help="run folder written by `deepclust cluster --labels folders`")
-    p.add_argument("--algorithm", metavar="NAME", nargs="+", help="algorithms to compare (default: the run's); "
-                   + _algorithm_help().split(": ", 1)[1].replace(" (default kmeans)", ""))
+    p.add_argument("--algorithm", metavar="NAME", nargs="+", help=f"algorithms to compare (default: the run's): {_algorithm_names()}")
     p.add_argument("--param", metavar="KEY=VALUE", dest="params", action="append", type=_param,
                    help="a further parameter, given to each algorithm that takes it (repeatable)")
     p.add_argument("--seeds", metavar="N", type=_positive_int, default=5, help="number of seeded runs (default 5)")

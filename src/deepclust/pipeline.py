@@ -127,23 +127,20 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     make_clusterer(config.algorithm, 2, config.seed, config.cluster_params)._check_params()
     if config.k_method is not None and config.k_method not in K_METHODS:
         raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
-    for name, minimum in (("k_min", 1), ("k_max", 2)):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
-    if config.k_max < config.k_min:
-        raise DeepclustError(f"k_max={config.k_max} must be >= k_min={config.k_min}")
     density = not takes_n_clusters(config.algorithm)
     if (config.split is None) != (config.subset is None):
         raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
     requested_k = check_n_clusters(config.n_clusters)
     # (option, smallest value, None allowed): None workers means "choose by device"
-    for name, minimum, optional in (("batch_size", 1, False), ("seed", 0, False), ("num_workers", 0, True)):
+    for name, minimum, optional in (("batch_size", 1, False), ("seed", 0, False), ("num_workers", 0, True),
+                                    ("k_min", 1, False), ("k_max", 2, False)):
         value = getattr(config, name)
         if value is None and optional:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+    if config.k_max < config.k_min:
+        raise DeepclustError(f"k_max={config.k_max} must be >= k_min={config.k_min}")
     device = resolve_device(config.device)
 
     # data

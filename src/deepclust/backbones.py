@@ -25,6 +25,7 @@ import torch
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
+import deepclust.models  # noqa: F401  registers deepclust's own small networks (conv4) with timm
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write
 

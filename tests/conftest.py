@@ -43,3 +43,28 @@ def tiny_backbone():
     from deepclust.backbones import create_backbone
 
     return create_backbone("test_efficientnet", weights="random", image_size=32)
+
+
+#: Eight EU-moths species for the training tests: 4 to train on, 2 to select on, 2 to test.
+SPLIT_SPECIES = {
+    "train": ("idaea_dimidiata", "mimas_tiliae", "ourapteryx_sambucaria", "sphinx_ligustri"),
+    "val": ("tethea_or", "aglia_tau"),
+    "test": ("agrotis_exclamationis", "biston_betularia"),
+}
+
+
+@pytest.fixture(scope="session")
+def moth_split(tmp_path_factory):
+    """(images folder of symbolic links to 8 species, split file with train/val/test)."""
+    import json
+
+    if not (MOTHS / "images").is_dir():
+        pytest.skip(f"EU moths not found at {MOTHS}")
+    root = tmp_path_factory.mktemp("moth-split")
+    images = root / "images"
+    images.mkdir()
+    for species in sum(SPLIT_SPECIES.values(), ()):
+        os.symlink(MOTHS / "images" / species, images / species, target_is_directory=True)
+    split = root / "split.json"
+    split.write_text(json.dumps({"name": "moths8", "subsets": {k: list(v) for k, v in SPLIT_SPECIES.items()}}))
+    return images, split

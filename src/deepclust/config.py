@@ -86,6 +86,93 @@ class ClusterConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class TrainConfig:
+    """Configuration of ``deepclust train``: fine-tune a backbone on the labelled classes
+    of one subset and select it on the classes of another (Bjerge et al., VISAPP 2025).
+
+    Attributes
+    ----------
+    method : str
+        ``episodic`` (Prototypical-Network tasks plus the scatter loss) or ``classic``
+        (a linear classifier over the training classes).
+    images, split : str
+        Folder of class subfolders, and the class split (shipped name or file).
+    train_subset, val_subset : str
+        Subsets of the split to train on and to select the model on.
+    out : str
+        Training folder: checkpoints (``last.pt``, ``best.pt``), ``history.csv``,
+        ``train_summary.json``. Reused to resume.
+    backbone, weights, image_size
+        See :func:`deepclust.backbones.create_backbone`.
+    trainable_stages : int or None
+        Train only the last N stages of the backbone (and what follows them); None
+        trains all of it.
+    cache_views : int
+        With a frozen part: compute it once for this many augmented views of every
+        training image (and once for every validation image) and train on those; 0
+        augments every image afresh (no cache).
+    cache_dir : str or None
+        Where the frozen-part cache lives (default ``out/cache``); several runs with the
+        same backbone, cut and views can share one.
+    epochs, milestones, gamma, lr, momentum, weight_decay
+        SGD with a multi-step schedule (the paper: 9 epochs, milestones 3 and 6).
+    n_way, n_shot, n_query, n_tasks
+        Episodic tasks: classes per task, support and query images per class, tasks per epoch.
+    alpha : float
+        Weight of the scatter loss: ``alpha * Lm + (1 - alpha) * Lc``.
+    classic_images_per_epoch : int or None
+        Classic fine-tuning: training images per epoch (None: one pass over the data).
+    batch_size : int
+        Classic mini-batch size, and batch size when embedding.
+    scale, hflip, color_jitter
+        Augmentation: random resized crop scale range, flip probability, jitter strength.
+    val_seeds : int
+        K-means runs averaged for the validation cluster accuracy.
+    normalize : bool
+        L2-normalise embeddings before clustering the validation classes.
+    device, seed, num_workers, progress
+    """
+
+    method: str = "episodic"
+    images: str = ""
+    split: str = ""
+    train_subset: str = "train"
+    val_subset: str = "val"
+    out: str = ""
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "pretrained"
+    image_size: int | None = None
+    trainable_stages: int | None = None
+    cache_views: int = 0
+    cache_dir: str | None = None
+    epochs: int = 9
+    milestones: list = dataclasses.field(default_factory=lambda: [3, 6])
+    gamma: float = 0.1
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    n_way: int = 20
+    n_shot: int = 5
+    n_query: int = 6
+    n_tasks: int = 300
+    alpha: float = 0.0
+    classic_images_per_epoch: int | None = None
+    batch_size: int = 64
+    scale: list = dataclasses.field(default_factory=lambda: [0.6, 1.0])
+    hflip: float = 0.5
+    color_jitter: float = 0.3
+    val_seeds: int = 1
+    normalize: bool = True
+    device: str = "cpu"
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping from ``path``."""
     try:

@@ -131,6 +131,83 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a backbone on labelled classes (episodic or classic)",
+        description="Fine-tune a backbone on the training classes of a split and keep the epoch whose "
+        "embeddings cluster the validation classes best (K-means cluster accuracy). Writes best.pt "
+        "(usable as `deepclust cluster --weights`), last.pt, history.csv and train_summary.json to OUT; "
+        "running again resumes. Under `torchrun --nproc_per_node=N -m deepclust train ...` the tasks "
+        "are split over N processes (DDP).",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML file of training options (see TrainConfig)")
+    p.add_argument("--out", metavar="DIR", help="training folder (reused to resume)")
+    p.add_argument("--method", metavar="NAME", help="episodic (default) or classic")
+    p.add_argument("--images", metavar="DIR", help="folder of class subfolders")
+    p.add_argument("--split", metavar="NAME|FILE", help="class split with train and val subsets")
+    p.add_argument("--backbone", metavar="NAME", help="timm model name (default tf_efficientnet_lite0)")
+    p.add_argument("--weights", metavar="W", help="pretrained (default), random, or a checkpoint file")
+    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels")
+    p.add_argument("--alpha", metavar="A", type=float, help="weight of the scatter loss in [0, 1] (default 0)")
+    p.add_argument("--epochs", metavar="N", type=_positive_int, help="epochs (default 9)")
+    p.add_argument("--n-tasks", metavar="N", type=_positive_int, help="episodic tasks per epoch (default 300)")
+    p.add_argument("--n-way", metavar="N", type=_positive_int, help="classes per task (default 20)")
+    p.add_argument("--trainable-stages", metavar="N", type=_positive_int, help="train only the last N stages")
+    p.add_argument("--cache-views", metavar="N", type=int, help="cache the frozen stages for N augmented views")
+    p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--seed", metavar="N", type=int, help="random seed (default 0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deepclust.config import TrainConfig, build_config
+    from deepclust.distributed import shutdown
+    from deepclust.methods import create_method
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+    config = build_config(TrainConfig, getattr(args, "config", None), **options)
+    method = create_method(config.method, config)
+    try:
+        method.fit()
+    finally:
+        if getattr(method, "dist_", None) is not None:
+            shutdown(method.dist_)
+    if method.dist_.is_main:
+        print(f"best epoch {method.best_epoch_}: validation cluster accuracy {method.best_score_:.3f}")
+        print(f"checkpoint {config.out}/best.pt (use: deepclust cluster IMAGES --weights {config.out}/best.pt)")
+    return 0
+
+
+def _add_experiment_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "experiment",
+        help="run a paper protocol from a config file (train, select, cluster the test classes, tables)",
+        description="Train the classic baseline and the episodic method for a list of alphas, select each on "
+        "the validation classes, cluster the test classes with every model over several seeds, and write "
+        "table1.md, results.csv, results.json and figure3.png to the experiment folder. Running again "
+        "resumes; finished steps are not redone.",
+    )
+    p.add_argument("config", metavar="CONFIG", help="experiment YAML file (see configs/)")
+    p.add_argument("--out", metavar="DIR", help="experiment folder (default: the config's out)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    p.set_defaults(func=_cmd_experiment)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from deepclust.experiment import load_experiment, run_experiment
+
+    overrides = {k: v for k, v in (("out", args.out), ("progress", args.progress)) if v is not None}
+    config = load_experiment(args.config, **overrides)
+    summary = run_experiment(config)
+    with open(f"{config.out}/table1.md", encoding="utf-8") as fh:
+        print(fh.read(), end="")
+    print(f"results in {config.out} ({summary['seconds']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import deepclust
 
@@ -144,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     _add_cluster_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    _add_train_parser(subparsers)
+    _add_experiment_parser(subparsers)
     return parser
 
 

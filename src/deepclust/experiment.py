@@ -1,0 +1,255 @@
+"""The core paper's protocol as one resumable command: ``deepclust experiment CONFIG``.
+
+For one dataset (a folder of class subfolders and a train/val/test class split):
+
+1. train the classic baseline and the episodic method for every ``alpha`` of the list,
+   each selected on the validation classes by K-means cluster accuracy;
+2. choose the episodic ``alpha`` whose selected model clusters the validation classes best;
+3. embed the test classes with each model (pretrained, classic, every episodic alpha)
+   through the same path as ``deepclust cluster --weights``, and cluster them with
+   K-means and Spectral clustering over several seeds;
+4. write the paper's Table 1 (CA, NMI, AMI, ARI as AVG (SD)), every run's figures, and
+   the ARI/AMI-against-alpha figure (the paper's Figure 3).
+
+Every step skips what a previous, interrupted invocation finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from deepclust.config import ClusterConfig, TrainConfig, build_config, write_config
+from deepclust.errors import DeepclustError
+from deepclust.io import atomic_write, write_csv, write_json
+
+log = logging.getLogger("deepclust")
+
+TRAININGS = ("pretrained", "classic", "episodic")
+
+
+@dataclass
+class ExperimentConfig:
+    """Configuration of ``deepclust experiment``.
+
+    Attributes
+    ----------
+    name : str
+    out : str
+        Experiment folder (``train/<run>``, ``test/<run>``, ``table1.md``, ``results.csv``,
+        ``results.json``, ``figure3.png``).
+    dataset : dict
+        Optional ``{name: omniglot, source: FOLDER}``: lay out a benchmark distributed
+        in another form as class folders in ``images`` first (once).
+    images, split : str
+        Folder of class subfolders and its class split (with train, val and test subsets).
+        ``~`` and ``$VARS`` in ``images`` and ``out`` are expanded.
+    train : dict
+        :class:`deepclust.config.TrainConfig` settings shared by every training run.
+    classic, episodic : dict
+        Settings for one method only (override ``train``).
+    trainings : list of str
+        Which of ``pretrained``, ``classic``, ``episodic`` to run.
+    alphas : list of float
+        Scatter-loss weights of the episodic runs.
+    algorithms : list of str
+        Clusterers applied to the test classes.
+    seeds : int
+        Seeded clustering runs per algorithm.
+    test_subset : str
+    normalize : bool
+        L2-normalise test embeddings before clustering.
+    """
+
+    name: str = "experiment"
+    out: str = ""
+    dataset: dict = dataclasses.field(default_factory=dict)
+    images: str = ""
+    split: str = ""
+    train: dict = dataclasses.field(default_factory=dict)
+    classic: dict = dataclasses.field(default_factory=dict)
+    episodic: dict = dataclasses.field(default_factory=dict)
+    trainings: list = dataclasses.field(default_factory=lambda: list(TRAININGS))
+    alphas: list = dataclasses.field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
+    algorithms: list = dataclasses.field(default_factory=lambda: ["kmeans", "spectral"])
+    seeds: int = 5
+    test_subset: str = "test"
+    normalize: bool = True
+    progress: bool = True
+
+
+def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConfig:
+    """Read an experiment config; relative data paths are taken from the current folder."""
+    config = build_config(ExperimentConfig, path, **overrides)
+    config.images = os.path.expanduser(os.path.expandvars(config.images))
+    config.out = os.path.expanduser(os.path.expandvars(config.out))
+    if config.dataset and set(config.dataset) != {"name", "source"}:
+        raise DeepclustError(f"dataset={config.dataset!r} must be {{name: omniglot, source: FOLDER}}")
+    if not config.out:
+        raise DeepclustError(f"config '{path}' sets no out: FOLDER for the experiment's results")
+    unknown = [t for t in config.trainings if t not in TRAININGS]
+    if unknown:
+        raise DeepclustError(f"unknown training(s) {', '.join(unknown)}; choose from: {', '.join(TRAININGS)}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for section in ("train", "classic", "episodic"):
+        bad = sorted(set(getattr(config, section)) - known)
+        if bad:
+            raise DeepclustError(
+                f"unknown option(s) {', '.join(bad)} in section '{section}'; known: {', '.join(sorted(known))}"
+            )
+    return config
+
+
+def _train_config(config: ExperimentConfig, method: str, alpha: float | None, run: str) -> TrainConfig:
+    values = {**config.train, **getattr(config, method)}
+    values.update(method=method, images=config.images, split=config.split, progress=config.progress,
+                  out=os.path.join(config.out, "train", run))
+    values.setdefault("cache_dir", os.path.join(config.out, "cache"))
+    if alpha is not None:
+        values["alpha"] = float(alpha)
+    return build_config(TrainConfig, None, **values)
+
+
+def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) the whole protocol; return the results also written to ``config.out``."""
+    from deepclust.methods import create_method
+    from deepclust.pipeline import evaluate_run, run_cluster
+
+    from deepclust.backbones import create_backbone, save_backbone
+    from deepclust.data.datasets import prepare_dataset
+
+    t_start = time.perf_counter()
+    os.makedirs(config.out, exist_ok=True)
+    write_config(os.path.join(config.out, "experiment.yaml"), config)
+    if config.dataset:
+        log.info("preparing %s from %s in %s", config.dataset["name"], config.dataset["source"], config.images)
+        prepare_dataset(config.dataset["name"], config.dataset["source"], config.images)
+    runs: dict[str, dict[str, Any]] = {}  # run name -> {training, alpha, weights, val_CA}
+    base = {**config.train}
+    if "pretrained" in config.trainings:
+        weights = base.get("weights", "pretrained")
+        if weights == "random":
+            # the seeded initial weights every training run starts from, so the row is reproducible
+            initial = os.path.join(config.out, "train", "initial.pt")
+            if not os.path.exists(initial):
+                torch.manual_seed(int(base.get("seed", 0)))
+                init = create_backbone(base.get("backbone", ClusterConfig.backbone), weights="random",
+                                       image_size=base.get("image_size"))
+                save_backbone(init, initial)
+            weights = initial
+        runs["pretrained"] = {"training": "pretrained", "alpha": None, "weights": weights, "val_CA": None}
+    plan = []
+    if "episodic" in config.trainings:
+        plan += [("episodic", a, f"episodic-alpha{a:g}") for a in config.alphas]
+    if "classic" in config.trainings:
+        plan.append(("classic", None, "classic"))
+    for i, (method, alpha, run) in enumerate(plan, 1):
+        train_config = _train_config(config, method, alpha, run)
+        log.info("[%d/%d] training %s", i, len(plan), run)
+        t = time.perf_counter()
+        trainer = create_method(method, train_config)
+        trainer.fit()
+        runs[run] = {"training": method, "alpha": alpha, "weights": os.path.join(train_config.out, "best.pt"),
+                     "val_CA": trainer.best_score_, "best_epoch": trainer.best_epoch_,
+                     "train_seconds": round(time.perf_counter() - t, 1)}
+
+    results: dict[str, Any] = {}
+    for i, (run, info) in enumerate(runs.items(), 1):
+        log.info("[%d/%d] clustering the %s classes with the %s model", i, len(runs), config.test_subset, run)
+        cluster_config = ClusterConfig(
+            images=config.images, out=os.path.join(config.out, "test", run), labels="folders",
+            split=config.split, subset=config.test_subset, algorithm=config.algorithms[0],
+            backbone=base.get("backbone", ClusterConfig.backbone), weights=info["weights"],
+            image_size=base.get("image_size"), batch_size=base.get("batch_size", 32), device=base.get("device", "cpu"),
+            normalize=config.normalize, progress=config.progress,
+        )
+        run_cluster(cluster_config)
+        evaluation = evaluate_run(cluster_config.out, config.algorithms, seeds=config.seeds)
+        results[run] = {**info, "scores": {a: {"runs": r.runs, "mean": r.mean(), "sd": r.std()}
+                                           for a, r in evaluation.scores.items()}}
+
+    episodic = {r: v for r, v in results.items() if v["training"] == "episodic"}
+    best_alpha_run = max(episodic, key=lambda r: episodic[r]["val_CA"]) if episodic else None
+    summary = {"name": config.name, "config": dataclasses.asdict(config), "runs": results,
+               "best_alpha_run": best_alpha_run,
+               "best_alpha": episodic[best_alpha_run]["alpha"] if best_alpha_run else None,
+               "seconds": round(time.perf_counter() - t_start, 1)}
+    write_json(os.path.join(config.out, "results.json"), summary)
+    _write_tables(config, results, best_alpha_run)
+    if episodic:
+        _plot_alpha(config, results)
+    return summary
+
+
+def _cell(score: dict, metric: str) -> str:
+    return f"{score['mean'][metric]:.3f} ({score['sd'][metric]:.3f})"
+
+
+def _write_tables(config: ExperimentConfig, results: dict, best_alpha_run: str | None) -> None:
+    metrics = ("CA", "NMI", "AMI", "ARI")
+    lines = [f"# {config.name}: clustering the {config.test_subset} classes ({config.seeds} seeds)", "",
+             "| Cluster method | Training | Best α | " + " | ".join(f"{m} AVG (SD)" for m in metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    shown = [r for r in results if results[r]["training"] != "episodic"] + ([best_alpha_run] if best_alpha_run else [])
+    for algorithm in config.algorithms:
+        for run in shown:
+            r = results[run]
+            alpha = f"{r['alpha']:g}" if r["alpha"] is not None else "-"
+            lines.append(f"| {algorithm} | {r['training'].capitalize()} | {alpha} | "
+                         + " | ".join(_cell(r["scores"][algorithm], m) for m in metrics) + " |")
+    lines += ["", "Every model (the episodic α is chosen by validation CA; `val CA` is that figure):", "",
+              "| Cluster method | Run | val CA | " + " | ".join(f"{m} AVG (SD)" for m in metrics) + " |",
+              "|---|---|---|" + "---|" * len(metrics)]
+    for algorithm in config.algorithms:
+        for run, r in results.items():
+            val = f"{r['val_CA']:.3f}" if r["val_CA"] is not None else "-"
+            lines.append(f"| {algorithm} | {run} | {val} | "
+                         + " | ".join(_cell(r["scores"][algorithm], m) for m in metrics) + " |")
+    with atomic_write(os.path.join(config.out, "table1.md")) as fh:
+        fh.write("\n".join(lines) + "\n")
+    header = ["run", "training", "alpha", "val_CA", "algorithm"] + [f"{m}_{s}" for m in metrics for s in ("mean", "sd")]
+    rows = [[run, r["training"], "" if r["alpha"] is None else r["alpha"], "" if r["val_CA"] is None else f"{r['val_CA']:.6f}",
+             a] + [f"{r['scores'][a][s][m]:.6f}" for m in metrics for s in ("mean", "sd")]
+            for a in config.algorithms for run, r in results.items()]
+    write_csv(os.path.join(config.out, "results.csv"), header, rows)
+
+
+def _plot_alpha(config: ExperimentConfig, results: dict) -> None:
+    """ARI and AMI of every seeded run against alpha (the paper's Figure 3), one panel per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(config.algorithms), figsize=(5 * len(config.algorithms), 4), squeeze=False)
+    for ax, algorithm in zip(axes[0], config.algorithms):
+        for metric, colour in (("ARI", "tab:blue"), ("AMI", "tab:green")):
+            xs, ys = [], []
+            for r in results.values():
+                if r["training"] == "episodic":
+                    values = [run[metric] for run in r["scores"][algorithm]["runs"]]
+                    xs += [r["alpha"]] * len(values)
+                    ys += values
+            ax.scatter(xs, ys, s=14, color=colour, alpha=0.7, label=f"{metric} episodic")
+            for name, marker in (("classic", "o"), ("pretrained", "s")):
+                if name in results:
+                    values = [run[metric] for run in results[name]["scores"][algorithm]["runs"]]
+                    ax.scatter([0.0] * len(values), values, s=60, marker=marker, facecolors="none",
+                               edgecolors="tab:red" if metric == "AMI" else "tab:orange", label=f"{metric} {name}")
+        ax.set_xlabel("α (weight of the scatter loss)")
+        ax.set_ylabel("score")
+        ax.set_title(f"{config.name}: {algorithm}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(config.out, "figure3.png")
+    tmp = os.path.join(config.out, ".figure3.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

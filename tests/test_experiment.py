@@ -1,0 +1,98 @@
+"""`deepclust train`, `deepclust experiment` and the Omniglot layout, end to end on real images."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from conftest import SHARED
+from deepclust.cli import main
+from deepclust.data import find_images, load_split
+from deepclust.data.datasets import prepare_omniglot
+from deepclust.errors import DeepclustError
+from deepclust.experiment import load_experiment
+
+OMNIGLOT = SHARED / "data" / "omniglot"
+
+TINY_TRAIN = dict(backbone="test_efficientnet", weights="random", image_size=32, n_way=3, n_shot=2, n_query=2,
+                  n_tasks=4, epochs=2, lr=0.05, batch_size=16)
+
+
+@pytest.mark.skipif(not OMNIGLOT.is_dir(), reason="Omniglot not found")
+def test_omniglot_is_laid_out_as_the_class_folders_of_the_shipped_split(tmp_path):
+    dest = prepare_omniglot(OMNIGLOT, tmp_path / "omniglot")
+    split = load_split("omniglot")
+    counts = {}
+    for record in find_images(dest):
+        counts[record.folder] = counts.get(record.folder, 0) + 1
+    assert set(counts) == set(split.classes("train")) | set(split.classes("val")) | set(split.classes("test"))
+    assert (len(split.classes("train")), len(split.classes("val")), len(split.classes("test"))) == (201, 41, 400)
+    assert {counts[c] for c in split.classes("train") + split.classes("val")} == {20}  # Greek, Latin written once
+    assert {counts[c] for c in split.classes("test")} == {2}  # one training and one test image per run class
+    before = os.path.getmtime(dest)
+    assert prepare_omniglot(OMNIGLOT, dest) == dest and os.path.getmtime(dest) == before  # already there
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(DeepclustError, match="is not an Omniglot folder prepared by deepclust"):
+        prepare_omniglot(OMNIGLOT, tmp_path / "other")
+    with pytest.raises(DeepclustError, match="does not hold Omniglot's images_background"):
+        prepare_omniglot(tmp_path, tmp_path / "x")
+
+
+def test_train_cli_writes_a_checkpoint_that_cluster_uses_with_weights(moth_split, tmp_path, capsys):
+    images, split = moth_split
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({**TINY_TRAIN, "images": str(images), "split": str(split)}))
+    assert main(["-q", "train", str(config), "--out", str(tmp_path / "train"), "--alpha", "0.2", "--no-progress"]) == 0
+    assert "best epoch" in capsys.readouterr().out
+    best = tmp_path / "train" / "best.pt"
+    assert main(["-q", "cluster", str(images), "--out", str(tmp_path / "run"), "--backbone", "test_efficientnet",
+                 "--weights", str(best), "--image-size", "32", "--split", str(split), "--subset", "test",
+                 "--labels", "folders", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["resolved"]["weights"].startswith(f"file:{best}")
+    assert summary["counts"]["classes"] == 2
+
+
+def test_experiment_writes_table_1_and_figure_3_and_resumes_without_retraining(moth_split, tmp_path, capsys):
+    images, split = moth_split
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "moths8", "out": str(tmp_path / "exp"), "images": str(images), "split": str(split),
+        "train": TINY_TRAIN, "classic": {"classic_images_per_epoch": 32}, "alphas": [0.0, 0.5], "seeds": 2,
+    }))
+    assert main(["-q", "experiment", str(config), "--no-progress"]) == 0
+    out = tmp_path / "exp"
+    table = (out / "table1.md").read_text()
+    for row in ("| kmeans | Pretrained | - |", "| kmeans | Classic | - |", "| spectral | Episodic |"):
+        assert row in table
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]
+    assert set(runs) == {"pretrained", "classic", "episodic-alpha0", "episodic-alpha0.5"}
+    episodic = {k: v["val_CA"] for k, v in runs.items() if k.startswith("episodic")}
+    assert results["best_alpha_run"] == max(episodic, key=episodic.get)
+    assert len(runs["classic"]["scores"]["spectral"]["runs"]) == 2
+    assert (out / "figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert runs["pretrained"]["weights"].endswith("initial.pt")  # random weights: the seeded start of every run
+    stamp = os.path.getmtime(out / "train" / "classic" / "last.pt")
+    capsys.readouterr()
+    assert main(["-q", "experiment", str(config), "--no-progress"]) == 0
+    assert os.path.getmtime(out / "train" / "classic" / "last.pt") == stamp
+    again = json.loads((out / "results.json").read_text())["runs"]
+    assert again["classic"]["scores"] == runs["classic"]["scores"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"out": "x", "trainings": ["maml"]}, "unknown training.s. maml"),
+    ({"out": "x", "episodic": {"alpah": 0.1}}, "unknown option.s. alpah in section 'episodic'"),
+    ({"images": "x"}, "sets no out"),
+    ({"out": "x", "dataset": {"name": "omniglot"}}, "must be .name: omniglot, source: FOLDER."),
+])
+def test_bad_experiment_configs_are_refused_up_front(tmp_path, content, message):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(DeepclustError, match=message):
+        load_experiment(path)

@@ -158,3 +158,14 @@ def test_train_config_round_trips_through_yaml(tmp_path):
     config = TrainConfig(method="classic", alpha=0.2, milestones=[2, 4], scale=[0.5, 1.0])
     write_config(tmp_path / "c.yaml", config)
     assert dataclasses.asdict(build_config(TrainConfig, tmp_path / "c.yaml")) == dataclasses.asdict(config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paper_name, n_stages, sequential", [
+    ("ResNet50v2", 4, True), ("EfficientNet-B3", 7, True), ("ConvNeXt-B", 4, True), ("ViT-B/16", 12, False),
+])
+def test_the_papers_four_backbones_can_be_frozen_by_stage(paper_name, n_stages, sequential):
+    backbone = create_backbone(paper_name, weights="random", image_size=64 if sequential else 224)
+    layers, stages = feature_layers(backbone.model)
+    assert len(stages) == n_stages
+    assert is_sequential(backbone.model, layers, backbone.image_size) is sequential

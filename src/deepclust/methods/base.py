@@ -78,6 +78,28 @@ def feature_layers(model: nn.Module) -> tuple[list[nn.Module], list[int]]:
     return layers, stages
 
 
+def freeze_stages(model: nn.Module, trainable_stages: int | None, name: str = "") -> tuple[list[nn.Module], int]:
+    """Freeze every stage of ``model`` but the last ``trainable_stages`` (None: freeze nothing).
+
+    Returns the modules of :func:`feature_layers` and the position of the first
+    trainable one (0 when everything trains).
+    """
+    layers, stages = feature_layers(model)
+    if trainable_stages is None:
+        return layers, 0
+    if trainable_stages > len(stages):
+        raise DeepclustError(
+            f"trainable_stages={trainable_stages} but {name or type(model).__name__} has {len(stages)} stages; "
+            f"use 1..{len(stages)} or null for all"
+        )
+    start = stages[-trainable_stages]
+    for layer in layers[:start]:
+        layer.requires_grad_(False)
+    for p in model.parameters(recurse=False):  # e.g. a ViT's cls_token and pos_embed
+        p.requires_grad_(False)
+    return layers, start
+
+
 @torch.no_grad()
 def is_sequential(model: nn.Module, layers: Sequence[nn.Module], image_size: int) -> bool:
     """Whether running ``layers`` in order reproduces ``model.forward_features`` (eval mode)."""
@@ -259,19 +281,7 @@ class FineTuning:
         backbone = create_backbone(c.backbone, weights=c.weights, image_size=c.image_size)
         self._data_config = backbone.data_config
         model = backbone.model
-        layers, stages = feature_layers(model)
-        start = 0
-        if c.trainable_stages is not None:
-            if c.trainable_stages > len(stages):
-                raise DeepclustError(
-                    f"trainable_stages={c.trainable_stages} but {backbone.name} has {len(stages)} stages; "
-                    f"use 1..{len(stages)} or null for all"
-                )
-            start = stages[-c.trainable_stages]
-            for layer in layers[:start]:
-                layer.requires_grad_(False)
-            for pname, p in model.named_parameters(recurse=False):  # e.g. ViT cls_token, pos_embed
-                p.requires_grad_(False)
+        layers, start = freeze_stages(model, c.trainable_stages, backbone.name)
         cached = c.cache_views > 0
         if cached and not is_sequential(model, layers, backbone.image_size):
             raise DeepclustError(

@@ -90,9 +90,36 @@ def test_experiment_writes_table_1_and_figure_3_and_resumes_without_retraining(m
     ({"out": "x", "episodic": {"alpah": 0.1}}, "unknown option.s. alpah in section 'episodic'"),
     ({"images": "x"}, "sets no out"),
     ({"out": "x", "dataset": {"name": "omniglot"}}, "must be .name: omniglot, source: FOLDER."),
+    ({"out": "x", "test_group_by": "run\\d+"}, "is not a regular expression with one group"),
+    ({"out": "x", "cluster_params": {"spectral": {"n_neigbors": 2}}}, "SpectralClustering|n_neigbors"),
+    ({"out": "x", "cluster_params": {"gmm": {}}}, "cluster_params names gmm, which is not in algorithms"),
 ])
 def test_bad_experiment_configs_are_refused_up_front(tmp_path, content, message):
     path = tmp_path / "e.yaml"
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(DeepclustError, match=message):
         load_experiment(path)
+
+
+def test_grouped_scores_cluster_each_group_on_its_own(tmp_path):
+    """Two groups whose classes sit on the same two points: together they cannot be told
+    apart (4 classes, 2 places), group by group each is perfectly separable."""
+    import numpy as np
+
+    from deepclust import runs
+    from deepclust.experiment import grouped_scores
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0], [0.0, 1.0]])
+    labels = [f"run{g}-class{c}" for g in (1, 2) for c in (0, 1) for _ in range(5)]
+    X = np.concatenate([centres[c] + 0.01 * rng.standard_normal((5, 2)) for g in (1, 2) for c in (0, 1)])
+    runs.write_embeddings(tmp_path, X)
+    runs.write_assignments(tmp_path, [f"{i}.png" for i in range(20)], np.zeros(20, int), np.zeros(20), labels)
+    runs.write_summary(tmp_path, {})
+    scores = grouped_scores(str(tmp_path), ["kmeans", "spectral"], 2, r"^(run\d)-",
+                            {"spectral": {"n_neighbors": 3}})
+    for algorithm in ("kmeans", "spectral"):
+        assert scores[algorithm].seeds == [0, 1]
+        assert scores[algorithm].mean()["ARI"] == pytest.approx(1.0)
+    with pytest.raises(DeepclustError, match="does not match test_group_by"):
+        grouped_scores(str(tmp_path), ["kmeans"], 1, r"^(group\d)-")

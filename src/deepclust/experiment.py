@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,9 +61,15 @@ class ExperimentConfig:
         Scatter-loss weights of the episodic runs.
     algorithms : list of str
         Clusterers applied to the test classes.
+    cluster_params : dict
+        Further parameters per algorithm, e.g. ``{spectral: {n_neighbors: 2}}``.
     seeds : int
         Seeded clustering runs per algorithm.
     test_subset : str
+    test_group_by : str or None
+        A regular expression with one group over class names: the test classes are
+        clustered group by group (each into its own number of classes) and the scores
+        averaged over groups, per seed. Omniglot's one-shot runs: ``eval-(run\\d+)-``.
     normalize : bool
         L2-normalise test embeddings before clustering.
     """
@@ -78,8 +85,10 @@ class ExperimentConfig:
     trainings: list = dataclasses.field(default_factory=lambda: list(TRAININGS))
     alphas: list = dataclasses.field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
     algorithms: list = dataclasses.field(default_factory=lambda: ["kmeans", "spectral"])
+    cluster_params: dict = dataclasses.field(default_factory=dict)
     seeds: int = 5
     test_subset: str = "test"
+    test_group_by: str | None = None
     normalize: bool = True
     progress: bool = True
 
@@ -89,6 +98,22 @@ def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConf
     config = build_config(ExperimentConfig, path, **overrides)
     config.images = os.path.expanduser(os.path.expandvars(config.images))
     config.out = os.path.expanduser(os.path.expandvars(config.out))
+    if config.test_group_by is not None:
+        try:
+            if re.compile(config.test_group_by).groups != 1:
+                raise re.error("needs exactly one group")
+        except re.error as exc:
+            raise DeepclustError(f"test_group_by={config.test_group_by!r} is not a regular expression with one "
+                                 f"group ({exc}); e.g. 'eval-(run\\d+)-'") from None
+    from deepclust.pipeline import make_clusterer
+
+    if not isinstance(config.cluster_params, dict):
+        raise DeepclustError(f"cluster_params={config.cluster_params!r} must map algorithm: {{parameter: value}}")
+    for algorithm in config.algorithms:
+        make_clusterer(algorithm, 2, 0, config.cluster_params.get(algorithm))._check_params()
+    extra = sorted(set(config.cluster_params) - set(config.algorithms))
+    if extra:
+        raise DeepclustError(f"cluster_params names {', '.join(extra)}, which is not in algorithms")
     if config.dataset and set(config.dataset) != {"name", "source"}:
         raise DeepclustError(f"dataset={config.dataset!r} must be {{name: omniglot, source: FOLDER}}")
     if not config.out:
@@ -170,9 +195,16 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
             normalize=config.normalize, progress=config.progress,
         )
         run_cluster(cluster_config)
-        evaluation = evaluate_run(cluster_config.out, config.algorithms, seeds=config.seeds)
+        if config.test_group_by:
+            scores = grouped_scores(cluster_config.out, config.algorithms, config.seeds, config.test_group_by,
+                                    config.cluster_params)
+        else:
+            # one call per algorithm, each with its own parameters and tables folder
+            scores = {a: evaluate_run(cluster_config.out, [a], seeds=config.seeds, params=config.cluster_params.get(a, {}),
+                                      out=os.path.join(cluster_config.out, "evaluation", a)).scores[a]
+                      for a in config.algorithms}
         results[run] = {**info, "scores": {a: {"runs": r.runs, "mean": r.mean(), "sd": r.std()}
-                                           for a, r in evaluation.scores.items()}}
+                                           for a, r in scores.items()}}
 
     episodic = {r: v for r, v in results.items() if v["training"] == "episodic"}
     best_alpha_run = max(episodic, key=lambda r: episodic[r]["val_CA"]) if episodic else None
@@ -187,13 +219,51 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     return summary
 
 
+def grouped_scores(run_dir: str, algorithms: list[str], seeds: int, pattern: str,
+                   params: dict | None = None) -> dict[str, Any]:
+    """Cluster each group of classes of a run on its own; per seed, average the scores over groups.
+
+    Returns ``{algorithm: RepeatedScores}`` whose runs are the per-seed group averages.
+    """
+    import numpy as np
+
+    from deepclust import runs as run_folders
+    from deepclust.metrics import RepeatedScores, score_clustering
+    from deepclust.pipeline import make_clusterer, prepare_features
+
+    run = run_folders.load_run(run_dir)
+    X = prepare_features(run.embeddings, True)
+    labels = np.asarray(run.labels)
+    keys = []
+    for label in labels:
+        match = re.search(pattern, label)
+        if match is None:
+            raise DeepclustError(f"test class '{label}' does not match test_group_by={pattern!r}")
+        keys.append(match.group(1))
+    keys = np.asarray(keys)
+    groups = [np.flatnonzero(keys == g) for g in sorted(set(keys))]
+    out = {}
+    for algorithm in algorithms:
+        per_seed = []
+        for seed in range(seeds):
+            group_scores = []
+            for idx in groups:
+                k = len(set(labels[idx]))
+                pred = make_clusterer(algorithm, k, seed, (params or {}).get(algorithm)).fit_predict(X[idx])
+                group_scores.append(score_clustering(labels[idx], pred))
+            per_seed.append({m: float(np.mean([g[m] for g in group_scores])) for m in group_scores[0]})
+        out[algorithm] = RepeatedScores(seeds=list(range(seeds)), runs=per_seed)
+    return out
+
+
 def _cell(score: dict, metric: str) -> str:
     return f"{score['mean'][metric]:.3f} ({score['sd'][metric]:.3f})"
 
 
 def _write_tables(config: ExperimentConfig, results: dict, best_alpha_run: str | None) -> None:
     metrics = ("CA", "NMI", "AMI", "ARI")
-    lines = [f"# {config.name}: clustering the {config.test_subset} classes ({config.seeds} seeds)", "",
+    grouped = f", group by group ('{config.test_group_by}'), scores averaged over groups" if config.test_group_by else ""
+    lines = [f"# {config.name}: clustering the {config.test_subset} classes ({config.seeds} seeds{grouped})", "",
              "| Cluster method | Training | Best α | " + " | ".join(f"{m} AVG (SD)" for m in metrics) + " |",
              "|---|---|---|" + "---|" * len(metrics)]
     shown = [r for r in results if results[r]["training"] != "episodic"] + ([best_alpha_run] if best_alpha_run else [])

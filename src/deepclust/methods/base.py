@@ -315,8 +315,9 @@ class FineTuning:
             scheduler.load_state_dict(state["scheduler"])
             history, best = state["history"], state["best"]
             first_epoch = state["epoch"] + 1
-            if info.world_size == len(state["rng"]):  # else: a new world size draws new tasks
-                numpy_state, torch_state, python_state = state["rng"][info.rank]
+            saved_rng = state.get("rng", [])
+            if info.world_size == len(saved_rng):  # else: new random states (e.g. a new world size)
+                numpy_state, torch_state, python_state = saved_rng[info.rank]
                 rng.bit_generator.state = numpy_state
                 torch.set_rng_state(torch_state)
                 random.setstate(python_state)

@@ -327,9 +327,8 @@ class FineTuning:
 
         ddp_net = net
         if info.enabled:
-            ddp_net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
-            )
+            # buffers follow rank 0 at every forward (DDP's default); averaged after each epoch below
+            ddp_net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         if not history and info.is_main:
             history.append({"epoch": 0, **self._validate(net, backbone, val, val_inputs, device), "lr": c.lr})
             log.info("epoch 0 (before training): validation CA %.3f", history[0]["val_CA"])

@@ -27,3 +27,25 @@ def training_transform(data_config: dict, scale: tuple[float, float] = (0.6, 1.0
 def eval_transform(data_config: dict):
     """The backbone's own evaluation preprocessing (resize, centre crop, normalise)."""
     return create_transform(**data_config, is_training=False)
+
+
+def sobel(images):
+    """Sobel pre-processing of unsupervised clustering (NAT, DeepCluster, IIC, MMDC): the
+    grey level of each image, then its horizontal and vertical Sobel gradients, so that
+    a network cannot group images by colour alone.
+
+    Parameters
+    ----------
+    images : Tensor of shape (B, C, H, W)
+
+    Returns
+    -------
+    Tensor of shape (B, 2, H, W): the x and y gradients (zero padding at the border).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    grey = images.mean(dim=1, keepdim=True)
+    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype, device=images.device)
+    kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    return F.conv2d(grey, kernels, padding=1)

@@ -1,0 +1,102 @@
+"""MMDC's pieces: targets, the per-batch Hungarian step, the cluster rule, the ensemble vote."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from deepclust.data.transforms import sobel
+from deepclust.errors import DeepclustError
+from deepclust.methods.mmdc import align_labels, gmm_targets, majority_vote, nearest_mean, reassign_targets
+
+
+def test_targets_lie_on_the_sphere_and_cluster_around_the_one_hot_means():
+    targets, components = gmm_targets(10_000, 10, sigma=0.05, random_state=0)
+    assert targets.shape == (10_000, 10) and targets.dtype == np.float32
+    assert np.allclose(np.linalg.norm(targets, axis=1), 1.0, atol=1e-6)
+    counts = np.bincount(components, minlength=10)
+    assert counts.min() > 900 and counts.max() < 1100  # equally likely components
+    assert np.mean(nearest_mean(targets) == components) > 0.95
+    for k in range(10):  # each component's mean direction is its one-hot vector
+        assert np.argmax(targets[components == k].mean(axis=0)) == k
+    tight, tight_components = gmm_targets(10_000, 10, sigma=0.005, random_state=0)
+    spread = lambda t, c: np.mean(t[np.arange(len(c)), c])  # noqa: E731  mean cosine to the own mean
+    assert spread(tight, tight_components) > spread(targets, components)
+
+
+def test_targets_are_seeded():
+    a, ca = gmm_targets(50, 4, random_state=3)
+    b, cb = gmm_targets(50, 4, random_state=3)
+    c, _ = gmm_targets(50, 4, random_state=4)
+    assert np.array_equal(a, b) and np.array_equal(ca, cb) and not np.array_equal(a, c)
+    with pytest.raises(DeepclustError, match="n_clusters=1 must be an integer >= 2"):
+        gmm_targets(10, 1)
+    with pytest.raises(DeepclustError, match="sigma=0 must be a positive number"):
+        gmm_targets(10, 3, sigma=0)
+
+
+def test_the_batch_hungarian_step_never_increases_the_total_distance_and_is_optimal():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        b = 6 if trial < 5 else 64
+        outputs = torch.nn.functional.normalize(torch.randn(b, 5, generator=g), dim=1)
+        targets = torch.nn.functional.normalize(torch.randn(b, 5, generator=g), dim=1)
+        order = reassign_targets(outputs, targets)
+        assert sorted(order.tolist()) == list(range(b))  # a permutation of the batch's own targets
+        before = (outputs - targets).norm(dim=1).sum()
+        after = (outputs - targets[order]).norm(dim=1).sum()
+        assert after <= before + 1e-6
+        if b == 6:
+            best = min((outputs - targets[list(p)]).norm(dim=1).sum() for p in itertools.permutations(range(6)))
+            assert after == pytest.approx(float(best), abs=1e-5)
+
+
+def test_nearest_mean_is_the_closest_one_hot_vector():
+    outputs = torch.nn.functional.normalize(torch.randn(100, 7, generator=torch.Generator().manual_seed(1)), dim=1)
+    distances = torch.cdist(outputs, torch.eye(7))
+    assert np.array_equal(nearest_mean(outputs), distances.argmin(dim=1).numpy())
+
+
+def test_label_alignment_undoes_a_renaming():
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 6, size=200)
+    renamed = rng.permutation(6)[reference]
+    assert np.array_equal(align_labels(reference, renamed, 6), reference)
+
+
+def test_majority_vote_is_invariant_to_renaming_the_clusters_of_any_run():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 4, size=300)
+    runs = []
+    for _ in range(5):
+        noisy = truth.copy()
+        flip = rng.random(300) < 0.2
+        noisy[flip] = rng.integers(0, 4, size=flip.sum())
+        runs.append(noisy)
+    vote = majority_vote(runs, reference=0, n_clusters=4)
+    renamed = [runs[0]] + [rng.permutation(4)[r] for r in runs[1:]]
+    assert np.array_equal(majority_vote(renamed, reference=0, n_clusters=4), vote)
+    assert np.mean(vote == truth) > max(np.mean(r == truth) for r in runs)  # the ensemble beats every member
+
+
+def test_majority_vote_ties_go_to_the_reference_run():
+    reference = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    other = reference.copy()
+    other[0] = 1  # one disagreement: alignment stays the identity, image 0 is a 1-1 tie
+    assert majority_vote([reference, other], reference=0, n_clusters=3).tolist() == reference.tolist()
+    assert majority_vote([other, reference], reference=0, n_clusters=3).tolist() == other.tolist()
+
+
+def test_sobel_responds_to_edges_across_its_direction_only():
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 4:] = 1.0  # a vertical edge
+    grad = sobel(image)
+    assert grad.shape == (1, 2, 8, 8)
+    assert grad[0, 0, 2:6, 3:5].abs().min() > 0  # x-gradient at the edge
+    assert grad[0, 1, 1:7, 1:7].abs().max() == 0  # no y-gradient away from the border
+    assert torch.allclose(sobel(2 * image), 2 * grad)  # linear
+    shifted = sobel(image + 0.3)  # a constant offset changes nothing away from the zero-padded border
+    assert torch.allclose(shifted[..., 1:-1, 1:-1], grad[..., 1:-1, 1:-1], atol=1e-5)

@@ -30,7 +30,6 @@ Suites (``--suite``):
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -202,11 +201,10 @@ def _moth_embeddings(cache: str):
 
 
 def _mnist():
-    with gzip.open(os.path.join(SHARED, "data", "mnist", "t10k-images-idx3-ubyte.gz")) as fh:
-        X = np.frombuffer(fh.read(), dtype=np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
-    with gzip.open(os.path.join(SHARED, "data", "mnist", "t10k-labels-idx1-ubyte.gz")) as fh:
-        y = np.frombuffer(fh.read(), dtype=np.uint8, offset=8).astype(np.int64)
-    return X, y
+    from deepclust.data.datasets import load_mnist
+
+    images, y = load_mnist(os.path.join(SHARED, "data", "mnist"))
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0, y
 
 
 def suite_real(tmp: str, args) -> None:

@@ -123,3 +123,45 @@ def test_grouped_scores_cluster_each_group_on_its_own(tmp_path):
         assert scores[algorithm].mean()["ARI"] == pytest.approx(1.0)
     with pytest.raises(DeepclustError, match="does not match test_group_by"):
         grouped_scores(str(tmp_path), ["kmeans"], 1, r"^(group\d)-")
+
+
+MNIST = SHARED / "data" / "mnist"
+COIL20 = SHARED / "data" / "coil20"
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST not found")
+def test_mnist_idx_files_load_as_images_and_labels(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from deepclust.data.datasets import load_mnist
+
+    images, labels = load_mnist(MNIST)
+    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+    assert labels[:5].tolist() == [7, 2, 1, 0, 4]  # the test set's well-known first digits
+    assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    raw = gzip.open(MNIST / "t10k-images-idx3-ubyte.gz").read()
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:-100])  # truncated, not gzipped
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(DeepclustError, match="is truncated"):
+        load_mnist(tmp_path)
+    with pytest.raises(DeepclustError, match="has no train-images-idx3-ubyte"):
+        load_mnist(tmp_path, subset="train")
+
+
+@pytest.mark.skipif(not COIL20.is_dir(), reason="COIL-20 not found")
+def test_coil20_loads_upright_images_of_20_objects():
+    import numpy as np
+
+    from deepclust.data.datasets import load_coil20
+
+    images, labels = load_coil20(COIL20)
+    assert images.shape == (1440, 32, 32) and 0.0 <= images.min() and images.max() <= 1.0
+    assert np.bincount(labels).tolist() == [72] * 20
+    # each sample is stored column-major (README of ../shared/data): image = column.reshape(32, 32).T
+    from scipy.io import loadmat
+
+    mat = loadmat(COIL20 / "COIL20.mat")
+    fea = mat["fea"] if mat["fea"].shape[0] == 1440 else mat["fea"].T
+    assert np.array_equal(images[100], fea[100].reshape(32, 32).T.astype(np.float32))

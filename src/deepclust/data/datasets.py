@@ -1,4 +1,7 @@
-"""Standard benchmarks laid out as deepclust reads any data set: one folder per class.
+"""Standard benchmarks: as arrays (MNIST, COIL-20) and as class folders (Omniglot).
+
+:func:`load_mnist` and :func:`load_coil20` read the files as distributed into
+``(images, labels)`` arrays, for the methods that train on pixels.
 
 Omniglot is distributed as zip files (Lake et al., 2015; github brendenlake/omniglot):
 ``images_background*.zip`` hold ``<alphabet>/<character>/*.png`` and ``all_runs.zip``
@@ -14,11 +17,14 @@ with one ``training/classNN.png`` and one ``test/itemNN.png`` image.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+
+import numpy as np
 
 from deepclust.errors import DeepclustError
 from deepclust.io import write_json
@@ -103,3 +109,69 @@ def prepare_omniglot(source: str | os.PathLike, dest: str | os.PathLike) -> str:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return dest
+
+
+def _read_idx(path: str, expected_dims: int) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, optionally gzipped) as an array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise DeepclustError(f"cannot read '{path}' ({exc}); pass the folder of the MNIST IDX files") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or data[3] != expected_dims:
+        raise DeepclustError(f"'{path}' is not an IDX file of unsigned bytes with {expected_dims} dimension(s)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * expected_dims)
+    if body.size != int(np.prod(shape)):
+        raise DeepclustError(f"'{path}' is truncated: header says {shape}, file holds {body.size} values")
+    return body.reshape(shape)
+
+
+def load_mnist(folder: str | os.PathLike, subset: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST from its IDX files (``<subset>-images-idx3-ubyte[.gz]`` and labels).
+
+    Returns
+    -------
+    images : uint8 ndarray of shape (n, 28, 28)
+    labels : int64 ndarray of shape (n,)
+    """
+    folder = os.path.expanduser(os.fspath(folder))
+
+    def find(kind: str, dims: int) -> np.ndarray:
+        for name in (f"{subset}-{kind}-idx{dims}-ubyte.gz", f"{subset}-{kind}-idx{dims}-ubyte"):
+            if os.path.isfile(os.path.join(folder, name)):
+                return _read_idx(os.path.join(folder, name), dims)
+        raise DeepclustError(f"'{folder}' has no {subset}-{kind}-idx{dims}-ubyte[.gz]; pass the folder of the MNIST files")
+
+    images, labels = find("images", 3), find("labels", 1)
+    if len(images) != len(labels):
+        raise DeepclustError(f"MNIST in '{folder}': {len(images)} images but {len(labels)} labels")
+    return images, labels.astype(np.int64)
+
+
+def load_coil20(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """COIL-20 from ``COIL20.mat`` (``fea``: one 32x32 image per row or column, stored
+    column-major; ``gnd``: labels 1-20).
+
+    Returns
+    -------
+    images : float32 ndarray of shape (1440, 32, 32), values in [0, 1]
+    labels : int64 ndarray of shape (1440,), values 0-19
+    """
+    from scipy.io import loadmat
+
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(path):
+        path = os.path.join(path, "COIL20.mat")
+    try:
+        mat = loadmat(path)
+        fea, gnd = np.asarray(mat["fea"]), np.asarray(mat["gnd"]).ravel()
+    except (OSError, ValueError, KeyError) as exc:
+        raise DeepclustError(f"cannot read COIL-20 from '{path}' ({type(exc).__name__}); pass COIL20.mat") from None
+    if fea.shape[0] != len(gnd):  # some copies store one image per column
+        fea = fea.T
+    if fea.shape != (len(gnd), 1024):
+        raise DeepclustError(f"'{path}': fea has shape {fea.shape}; expected one 32x32 image per sample")
+    images = fea.reshape(-1, 32, 32).transpose(0, 2, 1).astype(np.float32)
+    return images, (gnd.astype(np.int64) - gnd.min())

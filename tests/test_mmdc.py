@@ -100,3 +100,32 @@ def test_sobel_responds_to_edges_across_its_direction_only():
     assert torch.allclose(sobel(2 * image), 2 * grad)  # linear
     shifted = sobel(image + 0.3)  # a constant offset changes nothing away from the zero-padded border
     assert torch.allclose(shifted[..., 1:-1, 1:-1], grad[..., 1:-1, 1:-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, size, in_chans, n_blocks, width", [
+    ("mmdc_vgg3", 28, 1, 3, 256), ("mmdc_vgg3", 32, 2, 3, 256), ("mmdc_vgg4", 96, 3, 4, 512),
+])
+def test_vgg_trunks_are_blocks_of_two_conv_bn_relu_then_max_pool(name, size, in_chans, n_blocks, width):
+    import timm
+
+    from deepclust.methods.base import feature_layers
+
+    model = timm.create_model(name, in_chans=in_chans, num_classes=0)
+    assert len(model.blocks) == n_blocks and len(feature_layers(model)[1]) == n_blocks
+    kinds = [type(m).__name__ for m in model.blocks[0]]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert model.blocks[0][0].in_channels == in_chans
+    assert model(torch.zeros(2, in_chans, size, size)).shape == (2, width) == (2, model.num_features)
+
+
+def test_rotations_turn_each_image_four_times_with_matching_labels():
+    from deepclust.data.transforms import rotations
+
+    image = torch.arange(9.0).reshape(1, 1, 3, 3)  # [[0,1,2],[3,4,5],[6,7,8]]
+    rotated, labels = rotations(torch.cat([image, image + 10]))
+    assert rotated.shape == (8, 1, 3, 3) and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert rotated[0, 0].tolist() == image[0, 0].tolist()
+    assert rotated[2, 0].tolist() == [[2, 5, 8], [1, 4, 7], [0, 3, 6]]  # 90 degrees counter-clockwise
+    assert rotated[4, 0].tolist() == [[8, 7, 6], [5, 4, 3], [2, 1, 0]]  # 180 degrees
+    assert torch.equal(rotated[1], image[0] + 10)  # all images at 0 degrees come first
+    assert torch.equal(rotated[3], rotated[2] + 10)  # then all at 90 degrees

@@ -49,3 +49,27 @@ def sobel(images):
     gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype, device=images.device)
     kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
     return F.conv2d(grey, kernels, padding=1)
+
+
+def rotations(images):
+    """RotNet's auxiliary task (Gidaris et al., 2018): every image at 0, 90, 180 and 270
+    degrees (counter-clockwise).
+
+    Parameters
+    ----------
+    images : Tensor of shape (B, C, H, W) with H == W
+
+    Returns
+    -------
+    rotated : Tensor of shape (4B, C, H, W)
+        All images at 0 degrees, then all at 90, 180, 270.
+    labels : LongTensor of shape (4B,)
+        0, 1, 2, 3: the rotation of each row.
+    """
+    import torch
+
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotations need square images; got {tuple(images.shape[-2:])}")
+    rotated = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+    labels = torch.arange(4, device=images.device).repeat_interleave(len(images))
+    return rotated, labels

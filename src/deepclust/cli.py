@@ -46,6 +46,11 @@ def _algorithm_names() -> str:
     return ", ".join(list_clusterers())
 
 
+def _given_options(args: argparse.Namespace) -> dict:
+    """The options given on the command line (parsers use SUPPRESS: absent ones are not set)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+
+
 def _add_cluster_parser(subparsers) -> None:
     from deepclust.backbones import DEFAULT_BACKBONE
 
@@ -88,7 +93,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from deepclust.config import ClusterConfig, build_config
     from deepclust.pipeline import run_cluster
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+    options = _given_options(args)
     if "cluster_params" in options:
         options["cluster_params"] = dict(options["cluster_params"])
     config = build_config(ClusterConfig, getattr(args, "config", None), **options)
@@ -167,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from deepclust.distributed import shutdown
     from deepclust.methods import create_method
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+    options = _given_options(args)
     config = build_config(TrainConfig, getattr(args, "config", None), **options)
     method = create_method(config.method, config)
     try:

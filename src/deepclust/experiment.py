@@ -318,8 +318,6 @@ def _plot_alpha(config: ExperimentConfig, results: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(config.out, "figure3.png")
-    tmp = os.path.join(config.out, ".figure3.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(os.path.join(config.out, "figure3.png"), "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -88,11 +88,10 @@ def prototypes(support: torch.Tensor, support_labels: torch.Tensor, n_classes: i
     -------
     Tensor of shape (n_classes, d)
     """
-    sums = support.new_zeros((n_classes, support.shape[1])).index_add(0, support_labels, support)
-    counts = torch.bincount(support_labels, minlength=n_classes).to(support.dtype)
-    if bool((counts == 0).any()):
+    means, _ = class_means(support, support_labels)
+    if len(means) != n_classes:
         raise ValueError("every class needs at least one support sample")
-    return sums / counts[:, None]
+    return means
 
 
 def prototypical_logits(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:

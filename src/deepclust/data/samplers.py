@@ -7,7 +7,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from deepclust.cluster._base import check_int
 from deepclust.errors import DeepclustError
+
+
+def episode_labels(n_way: int, n_shot: int, n_query: int) -> tuple[np.ndarray, np.ndarray]:
+    """Episode labels ``0 .. n_way-1`` of the support and query positions of a task, in the
+    class-by-class order in which :class:`EpisodeSampler` lays them out."""
+    return np.repeat(np.arange(n_way), n_shot), np.repeat(np.arange(n_way), n_query)
 
 
 class EpisodeSampler:
@@ -39,8 +46,7 @@ class EpisodeSampler:
     def __init__(self, labels: Sequence, n_way: int, n_shot: int, n_query: int, n_tasks: int, random_state=0):
         for name, value, minimum in (("n_way", n_way, 2), ("n_shot", n_shot, 1), ("n_query", n_query, 0),
                                      ("n_tasks", n_tasks, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+            check_int(name, value, minimum)
         by_class: dict = defaultdict(list)
         for i, label in enumerate(labels):
             by_class[label].append(i)
@@ -73,7 +79,7 @@ class EpisodeSampler:
 
     def task_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Episode labels of the support and query positions of every task."""
-        return (np.repeat(np.arange(self.n_way), self.n_shot), np.repeat(np.arange(self.n_way), self.n_query))
+        return episode_labels(self.n_way, self.n_shot, self.n_query)
 
     def get_state(self) -> dict:
         """The generator state, so that a resumed run draws the same tasks."""

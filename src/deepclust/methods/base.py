@@ -33,13 +33,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from deepclust.backbones import Backbone, create_backbone, resolve_device, save_backbone
+from deepclust.cluster._base import check_float, check_int
 from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
 from deepclust.data.folders import ImageRecord, describe_load_error
 from deepclust.data.transforms import eval_transform, training_transform
 from deepclust.distributed import DistInfo, average_buffers, barrier, init_distributed
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write, write_csv, write_json
+from deepclust.io import atomic_write, write_csv, write_json, write_npy
 
 log = logging.getLogger("deepclust")
 
@@ -241,24 +242,17 @@ class FineTuning:
             raise DeepclustError("training needs a class split (train and val classes); set split: NAME|FILE")
         for name, minimum in (("epochs", 1), ("n_tasks", 1), ("batch_size", 1), ("val_seeds", 1),
                               ("cache_views", 0), ("seed", 0), ("num_workers", 0)):
-            value = getattr(c, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
-        for name, value, low, high in (("alpha", c.alpha, 0.0, 1.0), ("hflip", c.hflip, 0.0, 1.0),
-                                       ("color_jitter", c.color_jitter, 0.0, 1.0), ("gamma", c.gamma, 0.0, 1.0),
-                                       ("momentum", c.momentum, 0.0, 1.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise DeepclustError(f"{name}={value!r} must be a number in [{low}, {high}]")
+            check_int(name, getattr(c, name), minimum)
+        for name in ("alpha", "hflip", "color_jitter", "gamma", "momentum"):
+            check_float(name, getattr(c, name), 0.0, 1.0)
         if not isinstance(c.lr, (int, float)) or c.lr <= 0 or not isinstance(c.weight_decay, (int, float)) or c.weight_decay < 0:
             raise DeepclustError(f"lr={c.lr!r} must be > 0 and weight_decay={c.weight_decay!r} >= 0")
         if not isinstance(c.milestones, (list, tuple)) or not all(isinstance(m, int) and m >= 1 for m in c.milestones):
             raise DeepclustError(f"milestones={c.milestones!r} must be a list of epochs >= 1, e.g. [3, 6]")
         if not (isinstance(c.scale, (list, tuple)) and len(c.scale) == 2 and 0 < c.scale[0] <= c.scale[1] <= 1):
             raise DeepclustError(f"scale={c.scale!r} must be [low, high] with 0 < low <= high <= 1, e.g. [0.6, 1.0]")
-        ts = c.trainable_stages
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 1):
-            raise DeepclustError(f"trainable_stages={ts!r} must be an integer >= 1, or null to train every stage")
-        if c.cache_views and ts is None:
+        check_int("trainable_stages", c.trainable_stages, 1, optional=True)
+        if c.cache_views and c.trainable_stages is None:
             raise DeepclustError("cache_views needs a frozen part; set trainable_stages (e.g. 1) or cache_views: 0")
 
     def fit(self) -> Backbone:
@@ -279,7 +273,7 @@ class FineTuning:
 
         torch.manual_seed(c.seed)  # identical random weights on every rank
         backbone = create_backbone(c.backbone, weights=c.weights, image_size=c.image_size)
-        self._data_config = backbone.data_config
+        self._train_transform = training_transform(backbone.data_config, tuple(c.scale), c.hflip, c.color_jitter)
         model = backbone.model
         layers, start = freeze_stages(model, c.trainable_stages, backbone.name)
         cached = c.cache_views > 0
@@ -379,8 +373,6 @@ class FineTuning:
                          row["val_CA"], row["val_ARI"], " (best so far)" if improved else "")
             barrier(info)
 
-        if info.is_main:
-            self._write_history(history, best)
         if info.enabled:  # rank 0 validated: share what it found
             shared = [history, best]
             torch.distributed.broadcast_object_list(shared, src=0)
@@ -392,11 +384,6 @@ class FineTuning:
         return self.backbone_
 
     # -- pieces of the loop ----------------------------------------------------
-    @property
-    def _train_transform(self):
-        c = self.config
-        return training_transform(self._data_config, tuple(c.scale), c.hflip, c.color_jitter)
-
     def _prefix_cache(self, net: TrainNet, backbone: Backbone, train: LabelledImages, val: LabelledImages,
                       device: torch.device, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of the frozen prefix for ``cache_views`` augmented views of every training
@@ -429,8 +416,7 @@ class FineTuning:
                                   unit="batch", disable=not c.progress, dynamic_ncols=True):
                         idx = range(s, min(s + c.batch_size, len(data)))
                         out.append(net.prefix(data.batch(idx, transform).to(device)).half().cpu().numpy())
-                with atomic_write(os.path.join(folder, name + ".npy"), "wb", encoding=None) as fh:
-                    np.save(fh, np.concatenate(out))
+                write_npy(os.path.join(folder, name + ".npy"), np.concatenate(out))
         barrier(info)
         val_inputs = torch.from_numpy(np.load(os.path.join(folder, "val.npy")))
         views = torch.stack([torch.from_numpy(np.load(os.path.join(folder, f"train-view{v}.npy")))
@@ -440,7 +426,7 @@ class FineTuning:
     @torch.no_grad()
     def _validate(self, net: TrainNet, backbone: Backbone, val: LabelledImages, val_inputs, device) -> dict[str, float]:
         """Cluster accuracy (and ARI, NMI) of K-means on the validation classes."""
-        from deepclust.metrics import adjusted_rand, cluster_accuracy, normalized_mutual_info
+        from deepclust.metrics import score_clustering
         from deepclust.pipeline import make_clusterer, prepare_features
 
         c = self.config
@@ -455,13 +441,9 @@ class FineTuning:
                 f, _ = net(val.batch(idx, transform).to(device))
             feats.append(f.float().cpu().numpy())
         X = prepare_features(np.concatenate(feats), c.normalize)
-        scores = {"val_CA": [], "val_ARI": [], "val_NMI": []}
-        for s in range(c.val_seeds):
-            pred = make_clusterer("kmeans", len(val.classes), c.seed + s).fit_predict(X)
-            scores["val_CA"].append(cluster_accuracy(val.labels, pred))
-            scores["val_ARI"].append(adjusted_rand(val.labels, pred))
-            scores["val_NMI"].append(normalized_mutual_info(val.labels, pred))
-        return {k: float(np.mean(v)) for k, v in scores.items()}
+        runs = [score_clustering(val.labels, make_clusterer("kmeans", len(val.classes), c.seed + s).fit_predict(X),
+                                 ("CA", "ARI", "NMI")) for s in range(c.val_seeds)]
+        return {f"val_{m}": float(np.mean([r[m] for r in runs])) for m in runs[0]}
 
     def _save_last(self, path, net, optimizer, scheduler, epoch, history, best, rng_states) -> None:
         payload = {

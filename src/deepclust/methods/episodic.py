@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepclust.data.samplers import EpisodeSampler
+from deepclust.data.samplers import EpisodeSampler, episode_labels
 from deepclust.losses import prototypical_loss, scatter_loss
 from deepclust.methods.base import FineTuning
 
@@ -45,9 +45,7 @@ class EpisodicFineTuning(FineTuning):
     def batch_loss(self, features, head_out, labels):
         c = self.config
         n_support = c.n_way * c.n_shot
-        # episode labels 0..n_way-1, in the sampler's class-by-class order
-        ys = torch.arange(c.n_way, device=features.device).repeat_interleave(c.n_shot)
-        yq = torch.arange(c.n_way, device=features.device).repeat_interleave(c.n_query)
+        ys, yq = (torch.as_tensor(y, device=features.device) for y in episode_labels(c.n_way, c.n_shot, c.n_query))
         support, query = features[:n_support], features[n_support:]
         lc = prototypical_loss(support, ys, query, yq) if c.n_query > 0 else features.new_zeros(())
         lm = scatter_loss(support, ys)

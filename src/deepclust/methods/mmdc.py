@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from deepclust.cluster._base import as_generator
+from deepclust.cluster._base import as_generator, check_int
 from deepclust.errors import DeepclustError
 
 
@@ -48,9 +48,8 @@ def gmm_targets(n: int, n_clusters: int, sigma: float = 0.05, random_state=None)
     components : int64 ndarray of shape (n,)
         The component each target was drawn from.
     """
-    for name, value, minimum in (("n", n, 1), ("n_clusters", n_clusters, 2)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+    check_int("n", n, 1)
+    check_int("n_clusters", n_clusters, 2)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise DeepclustError(f"sigma={sigma!r} must be a positive number (the paper uses 0.05)")
     rng = as_generator(random_state)
@@ -240,10 +239,8 @@ class MMDC:
         x_all = torch.as_tensor(np.asarray(images), dtype=torch.float32)
         if x_all.ndim != 4:
             raise DeepclustError(f"images must have shape (n, C, H, W); got {tuple(x_all.shape)}")
-        for name, value, minimum in (("repetitions", self.repetitions, 1), ("epochs", self.epochs, 1),
-                                     ("batch_size", self.batch_size, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+        for name, minimum in (("repetitions", 1), ("epochs", 1), ("batch_size", 2)):
+            check_int(name, getattr(self, name), minimum)
         n = len(x_all)
         if n < self.n_clusters:
             raise DeepclustError(f"n_clusters={self.n_clusters} must be <= the number of images ({n})")

@@ -10,8 +10,8 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from deepclust.errors import DeepclustError
-from deepclust.methods.c2m import (Critic, GraphAutoencoder, cem_search, clip_weights, clustering_embedding, propagate,
-                                   relabel, standardize, wgan_critic_loss)
+from deepclust.methods.c2m import (Critic, GraphAutoencoder, cem_search, clip_weights, clustering_embedding,
+                                   nearest_neighbours, propagate, relabel, standardize, wgan_critic_loss)
 
 
 def test_standardize_pads_small_and_projects_large_dimensions():
@@ -54,6 +54,40 @@ def test_the_embedding_ignores_point_order_label_names_and_dataset_size():
     assert not torch.allclose(other, e, atol=1e-3)
     batch = clustering_embedding(gae, x, torch.stack([labels, renamed]), n_clusters=4)  # a population at once
     assert torch.allclose(batch[0], e, atol=1e-5) and torch.allclose(batch[1], e, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph", ["cliques+self", "cliques+knn"])
+def test_the_richer_graphs_keep_the_invariances(graph):
+    torch.manual_seed(0)
+    gae = GraphAutoencoder(input_dim=2, hidden=8, embed=5, graph=graph)
+    x = torch.randn(40, 2)
+    labels = torch.randint(0, 3, (40,))
+    e = clustering_embedding(gae, x, labels, neighbours=nearest_neighbours(x, 5))
+    order = torch.randperm(40)
+    moved = clustering_embedding(gae, x[order], labels[order], neighbours=nearest_neighbours(x[order], 5))
+    assert torch.allclose(moved, e, atol=1e-5)
+    renamed = clustering_embedding(gae, x, torch.tensor([2, 0, 1])[labels], neighbours=nearest_neighbours(x, 5))
+    assert torch.allclose(renamed, e, atol=1e-5)
+
+
+def test_only_the_richer_graphs_tell_rings_from_a_cross():
+    # Eight points on two rings; "rings" (inner / outer) and "cross" (horizontal / vertical)
+    # both make two clusters of four points centred on the origin. The paper's clique graph
+    # sees only cluster means and sizes, so it cannot tell them apart.
+    x = torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1], [2, 0], [-2, 0], [0, 2], [0, -2]])
+    rings = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    cross = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    neighbours = nearest_neighbours(x, 2)
+    assert neighbours.shape == (8, 2) and not (neighbours == torch.arange(8)[:, None]).any()
+    for graph, same in [("cliques", True), ("cliques+self", False), ("cliques+knn", False)]:
+        torch.manual_seed(0)
+        gae = GraphAutoencoder(2, 16, 8, graph=graph)
+        a, b = (clustering_embedding(gae, x, y, neighbours=neighbours) for y in (rings, cross))
+        assert torch.allclose(a, b, atol=1e-6) == same, graph
+    with pytest.raises(DeepclustError, match="not one of"):
+        GraphAutoencoder(2, graph="knn")
+    with pytest.raises(DeepclustError, match="needs the points' nearest neighbours"):
+        GraphAutoencoder(2, graph="cliques+knn")(x, rings)
 
 
 def test_the_autoencoder_learns_to_reconstruct_cliques():
@@ -118,6 +152,11 @@ def test_cem_climbs_a_toy_score_and_finds_the_blobs():
     assert set(labels.tolist()) == set(range(len(set(labels.tolist()))))  # renumbered 0..k-1
     with pytest.raises(DeepclustError, match="population >= 2"):
         cem_search(score, x, 4, population=1)
+    _, _, elite = cem_search(score, x, max_clusters=8, population=50, iterations=3, with_elite=True,
+                             generator=torch.Generator().manual_seed(0))
+    as_tuples = [tuple(c.tolist()) for c in elite]
+    assert 1 <= len(elite) <= 5 and len(set(as_tuples)) == len(elite)  # the distinct clusterings of the elite
+    assert all(c.tolist() == relabel(c).tolist() for c in elite)
 
 
 def test_relabel_keeps_the_clusters():
@@ -139,6 +178,14 @@ def test_c2m_learns_from_labelled_datasets_and_clusters_a_new_one_with_its_own_k
     assert labels.shape == (80,) and 1 <= model.n_clusters_ <= 6 and set(labels) == set(range(model.n_clusters_))
     with pytest.raises(DeepclustError, match="more than max_clusters=2"):
         C2M(max_clusters=2).fit(train)
+    # the richer graph with the embedding trained by the critic's loss: the autoencoder moves
+    settings = dict(max_clusters=6, input_dim=2, gae_epochs=0, epochs=1, batch_size=3, population=10, iterations=2,
+                    graph="cliques+knn", random_state=0)
+    frozen = C2M(**settings).fit(train)  # gae_epochs=0: its autoencoder is the seeded initialisation
+    joint = C2M(train_embedding=True, **settings).fit(train)
+    pairs = list(zip(frozen.autoencoder_.parameters(), joint.autoencoder_.parameters()))
+    assert len(pairs) == 6 and any(not torch.allclose(a, b) for a, b in pairs)
+    assert joint.fit_predict(X).shape == (80,)
     with pytest.raises(DeepclustError, match="must be an .X, y. pair"):
         C2M().fit([np.zeros((5, 2))])
     with pytest.raises(DeepclustError, match="has not learned a metric yet"):

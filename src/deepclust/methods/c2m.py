@@ -83,25 +83,69 @@ def propagate(h: torch.Tensor, labels: torch.Tensor, n_clusters: int | None = No
     return onehot @ (sums / counts)
 
 
+def nearest_neighbours(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, k) indices of each point's ``k`` nearest other points (Euclidean)."""
+    k = min(k, len(x) - 1)
+    distances = torch.cdist(x, x)
+    distances.fill_diagonal_(float("inf"))
+    return distances.topk(k, largest=False).indices
+
+
+def neighbour_mean(h: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Mean of every point's neighbours' rows: ``h`` (..., n, f), ``neighbours`` (n, k)."""
+    return h[..., neighbours, :].mean(-2)
+
+
+GRAPHS = ("cliques", "cliques+self", "cliques+knn")
+
+
 class GraphAutoencoder(nn.Module):
     """Kipf and Welling's graph autoencoder on a clustering's clique graph: two
     graph-convolution layers (``hidden`` then ``embed`` units, ReLU between) give node
-    embeddings Z; the decoder ``sigmoid(Z Z^T)`` reconstructs the adjacency."""
+    embeddings Z; the decoder ``sigmoid(Z Z^T)`` reconstructs the adjacency.
 
-    def __init__(self, input_dim: int, hidden: int = 32, embed: int = 16):
+    ``graph`` chooses what a layer sees:
+
+    - ``"cliques"`` (the paper): ``A_hat H W`` on the clique graph, which averages each
+      cluster, so Z depends only on the cluster means and sizes;
+    - ``"cliques+self"``: plus a separate weight on the point's own row
+      (``A_hat H W_c + H W_s``, GraphSAGE's root weight), so Z also sees how a point sits
+      relative to its cluster (the within-cluster spread);
+    - ``"cliques+knn"``: plus the mean of the point's nearest neighbours in the data
+      (``... + N H W_n``, a second relation as in relational GCNs), so Z also sees whether
+      a clustering cuts through the data's neighbourhoods (what separates moons and rings).
+    """
+
+    def __init__(self, input_dim: int, hidden: int = 32, embed: int = 16, graph: str = "cliques"):
         super().__init__()
-        self.input_dim, self.embed = input_dim, embed
-        self.layer1 = nn.Linear(input_dim, hidden, bias=False)
-        self.layer2 = nn.Linear(hidden, embed, bias=False)
+        if graph not in GRAPHS:
+            raise DeepclustError(f"graph={graph!r} is not one of {', '.join(GRAPHS)}")
+        self.input_dim, self.embed, self.graph = input_dim, embed, graph
+        widths = [(input_dim, hidden), (hidden, embed)]
+        self.cluster = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in widths)
+        self.own = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in widths) if graph != "cliques" else None
+        self.near = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in widths) if graph == "cliques+knn" else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, n_clusters: int | None = None) -> torch.Tensor:
-        h = F.relu(propagate(self.layer1(x), labels, n_clusters))
-        return propagate(self.layer2(h), labels, n_clusters)
+    def _layer(self, i: int, h, labels, n_clusters, neighbours):
+        out = propagate(self.cluster[i](h), labels, n_clusters)
+        if self.own is not None:
+            out = out + self.own[i](h)
+        if self.near is not None:
+            if neighbours is None:
+                raise DeepclustError("graph='cliques+knn' needs the points' nearest neighbours")
+            out = out + self.near[i](neighbour_mean(h, neighbours))
+        return out
 
-    def reconstruction_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, n_clusters: int | None = None,
+                neighbours: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.relu(self._layer(0, x, labels, n_clusters, neighbours))
+        return self._layer(1, h, labels, n_clusters, neighbours)
+
+    def reconstruction_loss(self, x: torch.Tensor, labels: torch.Tensor,
+                            neighbours: torch.Tensor | None = None) -> torch.Tensor:
         """Binary cross-entropy of ``sigmoid(Z Z^T)`` against the clique adjacency (self-loops
         included), positives weighted up to balance the two classes of pairs."""
-        z = self(x, labels)
+        z = self(x, labels, neighbours=neighbours)
         logits = z @ z.t()
         target = (labels[:, None] == labels[None, :]).to(torch.float32)
         positives = target.sum()
@@ -110,13 +154,13 @@ class GraphAutoencoder(nn.Module):
 
 
 def clustering_embedding(autoencoder: GraphAutoencoder, x: torch.Tensor, labels: torch.Tensor,
-                         n_clusters: int | None = None) -> torch.Tensor:
+                         n_clusters: int | None = None, neighbours: torch.Tensor | None = None) -> torch.Tensor:
     """The vector of a clustering: the upper triangle (diagonal included) of ``Z^T Z / n``,
     ``embed * (embed + 1) / 2`` numbers whatever the number of points. Dividing by n makes
     datasets of different sizes comparable (the gap the paper notes). Invariant to the
     order of the points and to renaming the clusters. Batched over leading dimensions of
     ``labels`` (a population of clusterings of the same ``x``)."""
-    z = autoencoder(x, labels, n_clusters)
+    z = autoencoder(x, labels, n_clusters, neighbours)
     gram = z.transpose(-1, -2) @ z / z.shape[-2]
     rows, cols = torch.triu_indices(gram.shape[-1], gram.shape[-1])
     return gram[..., rows, cols]
@@ -174,7 +218,7 @@ class _Population:
 
 def cem_search(score, x: torch.Tensor, max_clusters: int, population: int = 100, elite: float = 0.1,
                iterations: int = 30, init_std: float = 1.0, extra_std: float = 0.1, generator=None,
-               hidden: int = 16) -> tuple[torch.Tensor, list[float]]:
+               hidden: int = 16, with_elite: bool = False):
     """Algorithm 1: the Cross-Entropy Method over the weights of a clustering network.
 
     Parameters
@@ -201,6 +245,9 @@ def cem_search(score, x: torch.Tensor, max_clusters: int, population: int = 100,
         The best clustering seen (labels renumbered 0..k-1 in order of appearance).
     curve : list of float
         The best score after each iteration (non-decreasing).
+    elite : list of LongTensor
+        With ``with_elite=True``: the distinct clusterings of the last iteration's elite
+        (what a critic in training should learn to score lower).
     """
     if not 0 < elite <= 1 or population < 2 or iterations < 1:
         raise DeepclustError(f"need population >= 2, 0 < elite <= 1, iterations >= 1; got {population}, {elite}, {iterations}")
@@ -220,7 +267,10 @@ def cem_search(score, x: torch.Tensor, max_clusters: int, population: int = 100,
         top = weights[order[:n_elite]]
         mean, std = top.mean(0), (top.var(0, unbiased=False) + extra_std ** 2).sqrt()
         curve.append(best_score)
-    return relabel(best_labels), curve
+    if not with_elite:
+        return relabel(best_labels), curve
+    distinct = {tuple(relabel(c).tolist()) for c in labels[order[:n_elite]]}
+    return relabel(best_labels), curve, [torch.tensor(c) for c in sorted(distinct)]
 
 
 def relabel(labels: torch.Tensor) -> torch.Tensor:
@@ -285,6 +335,16 @@ class C2M:
         WGAN weight clipping of the critic.
     population, elite, iterations, extra_std, init_std
         The Cross-Entropy Method (:func:`cem_search`).
+    graph : {"cliques", "cliques+self", "cliques+knn"}
+        What the autoencoder's layers see (:class:`GraphAutoencoder`): the paper's clique
+        graph alone, plus each point's own features, plus its ``n_neighbours`` nearest
+        neighbours in the data.
+    n_neighbours : int
+    critic_steps, critic_batch : int
+        Critic updates after each batch of searches, and wrong clusterings per update.
+    replay : int
+        The most recent wrong clusterings kept as the critic's negatives (their embeddings:
+        the embedding is frozen, so they stay valid). Each search adds its last elite.
     baseline_negatives : bool
         Besides the searched clustering, show the critic the :func:`near_misses` of every
         training dataset as negatives (not in the paper; without them the search exploits
@@ -309,8 +369,15 @@ class C2M:
                  gae_epochs: int = 200, epochs: int = 10, batch_size: int = 4, critic_lr: float = 0.01,
                  critic_decay: float = 0.95, clip: float = 0.01, population: int = 100, elite: float = 0.1,
                  iterations: int = 30, extra_std: float = 0.1, init_std: float = 1.0, baseline_negatives: bool = True,
-                 random_state=None, verbose: bool = False):
+                 graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
+                 replay: int = 5000, train_embedding: bool = False, random_state=None, verbose: bool = False):
+        self.critic_steps = critic_steps
+        self.critic_batch = critic_batch
+        self.replay = replay
+        self.train_embedding = train_embedding
         self.max_clusters = max_clusters
+        self.graph = graph
+        self.n_neighbours = n_neighbours
         self.baseline_negatives = baseline_negatives
         self.input_dim = input_dim
         self.gae_hidden = gae_hidden
@@ -329,16 +396,39 @@ class C2M:
         self.random_state = random_state
         self.verbose = verbose
 
-    def _embed(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        k = int(labels.max()) + 1 if labels.numel() else 1
-        return clustering_embedding(self.autoencoder_, x, labels, max(k, self.max_clusters))
+    def _points(self, X) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A dataset in the metric's input space, with its nearest neighbours when the graph uses them."""
+        x = standardize(X, self.input_dim)
+        return x, nearest_neighbours(x, self.n_neighbours) if self.graph == "cliques+knn" else None
 
-    def _search(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
+    def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
+        x, neighbours = points
+        k = int(labels.max()) + 1 if labels.numel() else 1
+        return clustering_embedding(self.autoencoder_, x, labels, max(k, self.max_clusters), neighbours)
+
+    def _embed_many(self, pairs, items) -> torch.Tensor:
+        """Embeddings of ``(dataset index, labels)`` items, one batched call per dataset."""
+        groups: dict[int, list[int]] = {}
+        for i, (j, _) in enumerate(items):
+            groups.setdefault(j, []).append(i)
+        out = [None] * len(items)
+        for j, where in groups.items():
+            labels = [items[i][1] for i in where]
+            k = max(int(t.max()) + 1 for t in labels)
+            x, neighbours = pairs[j][0]
+            e = clustering_embedding(self.autoencoder_, x, torch.stack(labels), max(k, self.max_clusters), neighbours)
+            for i, row in zip(where, e):
+                out[i] = row
+        return torch.stack(out)
+
+    def _search(self, points, generator: torch.Generator, with_elite: bool = False):
+        x = points[0]
+
         def score(labels):
-            return self.critic_(self._embed(x, labels))
+            return self.critic_(self._embed(points, labels))
 
         return cem_search(score, x, self.max_clusters, self.population, self.elite, self.iterations, self.init_std,
-                          self.extra_std, generator)
+                          self.extra_std, generator, with_elite=with_elite)
 
     def fit(self, datasets) -> "C2M":
         """Learn the metric from ``datasets``: a list of labelled ``(X, y)`` pairs (X of shape
@@ -353,56 +443,61 @@ class C2M:
         for i, item in enumerate(datasets):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise DeepclustError(f"datasets[{i}] must be an (X, y) pair")
-            x = standardize(item[0], self.input_dim)
-            y = _label_tensor(item[1])
+            points = self._points(item[0])
+            x, y = points[0], _label_tensor(item[1])
             if len(y) != len(x):
                 raise DeepclustError(f"datasets[{i}]: X has {len(x)} rows but y has {len(y)} labels")
             if int(y.max()) + 1 > self.max_clusters:
                 raise DeepclustError(f"datasets[{i}] has {int(y.max()) + 1} clusters, more than max_clusters="
                                      f"{self.max_clusters}; raise max_clusters")
-            pairs.append((x, y))
+            pairs.append((points, y))
         if not pairs:
             raise DeepclustError("C2M needs at least one labelled (X, y) dataset to learn from")
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         order_rng = np.random.default_rng(seed)
-        self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed)
+        self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed, self.graph)
         optimizer = torch.optim.Adam(self.autoencoder_.parameters(), lr=0.01)
         for _ in range(self.gae_epochs):  # the embedding g: reconstruct the true cliques
             optimizer.zero_grad()
-            loss = torch.stack([self.autoencoder_.reconstruction_loss(x, y) for x, y in pairs]).mean()
+            loss = torch.stack([self.autoencoder_.reconstruction_loss(p[0], y, p[1]) for p, y in pairs]).mean()
             loss.backward()
             optimizer.step()
-        self.autoencoder_.requires_grad_(False)
+        if not self.train_embedding:
+            self.autoencoder_.requires_grad_(False)
         self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2)
-        critic_opt = torch.optim.RMSprop(self.critic_.parameters(), lr=self.critic_lr, alpha=self.critic_decay)
+        params = list(self.critic_.parameters()) + (list(self.autoencoder_.parameters()) if self.train_embedding else [])
+        critic_opt = torch.optim.RMSprop(params, lr=self.critic_lr, alpha=self.critic_decay)
+        replay = []  # (dataset index, wrong clustering) seen so far, the most recent last
         self.history_ = []
         for epoch in range(self.epochs):
             t0 = time.perf_counter()
             real_scores, fake_scores, aris = [], [], []
             order = order_rng.permutation(len(pairs))
             for start in range(0, len(order), self.batch_size):
-                real, fake = [], []
-                for j in order[start: start + self.batch_size]:
-                    x, y = pairs[j]
+                batch = order[start: start + self.batch_size]
+                for j in batch:
+                    points, y = pairs[j]
                     with torch.no_grad():
-                        found, _ = self._search(x, generator)
-                        real.append(self._embed(x, y))
-                        fake.append(self._embed(x, found))
-                        if self.baseline_negatives:  # clusterings the search may not propose yet
-                            for wrong in near_misses(x, y, generator):
-                                fake.append(self._embed(x, wrong))
+                        found, _, elite = self._search(points, generator, with_elite=True)
+                    wrong = [c for c in elite if adjusted_rand_score(y.numpy(), c.numpy()) < 1.0]
+                    if self.baseline_negatives:  # clusterings the search may not propose yet
+                        wrong += near_misses(points[0], y, generator)
+                    replay += [(j, c) for c in wrong]
                     aris.append(adjusted_rand_score(y.numpy(), found.numpy()))
-                real, fake = torch.stack(real), torch.stack(fake)
-                critic_opt.zero_grad()
-                loss = wgan_critic_loss(self.critic_, real, fake)
-                loss.backward()
-                critic_opt.step()
-                clip_weights(self.critic_, self.clip)
+                replay = replay[-self.replay:]
+                for _ in range(self.critic_steps):
+                    pick = torch.randint(len(replay), (self.critic_batch,), generator=generator).tolist()
+                    critic_opt.zero_grad()
+                    loss = wgan_critic_loss(self.critic_, self._embed_many(pairs, [(j, y) for j, (_, y) in enumerate(pairs)]),
+                                            self._embed_many(pairs, [replay[i] for i in pick]))
+                    loss.backward()
+                    critic_opt.step()
+                    clip_weights(self.critic_, self.clip)
                 with torch.no_grad():
-                    real_scores.append(float(self.critic_(real).mean()))
-                    fake_scores.append(float(self.critic_(fake).mean()))
+                    real_scores.append(float(self.critic_(self._embed_many(pairs, [(j, pairs[j][1]) for j in batch])).mean()))
+                    fake_scores.append(float(self.critic_(self._embed_many(pairs, replay[-len(batch) * 4:])).mean()))
             row = {"epoch": epoch + 1, "real": float(np.mean(real_scores)), "fake": float(np.mean(fake_scores)),
                    "ari": float(np.mean(aris)), "seconds": time.perf_counter() - t0}
             self.history_.append(row)
@@ -421,15 +516,14 @@ class C2M:
         self._fitted()
         labels = _label_tensor(y)
         with torch.no_grad():
-            return float(self.critic_(self._embed(standardize(X, self.input_dim), labels)))
+            return float(self.critic_(self._embed(self._points(X), labels)))
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Cluster a new dataset by maximising the learned metric; sets ``labels_`` and
         ``n_clusters_`` (the estimated number of clusters)."""
         self._fitted()
-        x = standardize(X, self.input_dim)
         with torch.no_grad():
-            labels, self.search_curve_ = self._search(x, self._generator)
+            labels, self.search_curve_ = self._search(self._points(X), self._generator)
         self.labels_ = labels.numpy().astype(np.int64)
         self.n_clusters_ = int(len(np.unique(self.labels_)))
         return self.labels_

@@ -159,6 +159,31 @@ def test_cem_climbs_a_toy_score_and_finds_the_blobs():
     assert all(c.tolist() == relabel(c).tolist() for c in elite)
 
 
+def test_size_features_count_clusters_whatever_their_names_order_and_number_of_points():
+    from deepclust.methods.c2m import size_features
+
+    labels = torch.tensor([[0, 0, 1, 1], [3, 3, 3, 3], [0, 1, 2, 3]])
+    f = size_features(labels, max_clusters=4)
+    assert torch.allclose(f[:, 0], torch.tensor([0.5, 0.25, 1.0]))
+    assert torch.allclose(f[:, 1], torch.tensor([0.5, 0.0, 1.0]), atol=1e-6)
+    assert torch.allclose(size_features(torch.tensor([1, 1, 0, 0, 1, 1, 0, 0]), 4), f[0])
+
+
+def test_the_ranking_loss_compares_each_wrong_clustering_with_its_own_truth():
+    from deepclust.methods.c2m import ranking_critic_loss
+
+    critic = Critic(1, widths=())  # a linear score: c(e) = w e + b
+    with torch.no_grad():
+        critic.net[0].weight.fill_(1.0)
+        critic.net[0].bias.zero_()
+    # dataset A's truth scores 10 and its wrong clustering 9; dataset B's truth 0 and its wrong one -1:
+    # the pooled Wasserstein loss sees wrong clusterings of A above the truth of B, the ranking loss does not
+    real, fake = torch.tensor([[10.0], [0.0]]), torch.tensor([[9.0], [-1.0]])
+    assert float(ranking_critic_loss(critic, real, fake)) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-1.0))))
+    swapped = ranking_critic_loss(critic, real.flip(0), fake)  # pairing matters
+    assert float(swapped) > 4.0
+
+
 def test_relabel_keeps_the_clusters():
     labels = torch.tensor([5, 5, 2, 9, 2])
     assert relabel(labels).tolist() == [0, 0, 1, 2, 1]
@@ -183,6 +208,10 @@ def test_c2m_learns_from_labelled_datasets_and_clusters_a_new_one_with_its_own_k
                     graph="cliques+knn", random_state=0)
     frozen = C2M(**settings).fit(train)  # gae_epochs=0: its autoencoder is the seeded initialisation
     joint = C2M(train_embedding=True, **settings).fit(train)
+    ranked = C2M(objective="ranking", size_features=True, **settings).fit(train)
+    assert ranked.critic_.net[0].in_features == 16 * 17 // 2 + 2 and len(ranked.history_) == 1
+    with pytest.raises(DeepclustError, match="is not 'wgan' or 'ranking'"):
+        C2M(objective="hinge", **settings).fit(train)
     pairs = list(zip(frozen.autoencoder_.parameters(), joint.autoencoder_.parameters()))
     assert len(pairs) == 6 and any(not torch.allclose(a, b) for a, b in pairs)
     assert joint.fit_predict(X).shape == (80,)

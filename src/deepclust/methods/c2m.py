@@ -189,6 +189,26 @@ def wgan_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> 
     return critic(fake).mean() - critic(real).mean()
 
 
+def ranking_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The per-dataset form of the paper's eq. 5 constraint (the true clustering above every
+    other clustering of the *same* data): ``softplus(c(fake_i) - c(real_i))`` averaged, with
+    ``real[i]`` the truth of the dataset ``fake[i]`` was made from. The pooled Wasserstein
+    loss only separates the two crowds, and datasets with different numbers of clusters sit
+    in different places of the embedding, so a truth can lose to its own wrong clusterings."""
+    return F.softplus(critic(fake) - critic(real)).mean()
+
+
+def size_features(labels: torch.Tensor, max_clusters: int) -> torch.Tensor:
+    """(..., n) labels -> (..., 2): the number of clusters used over ``max_clusters`` and the
+    entropy of the cluster sizes over ``log(max_clusters)``. Independent of point order,
+    label names and the number of points."""
+    k = max(int(labels.max()) + 1 if labels.numel() else 1, max_clusters)
+    share = _one_hot(labels, k).mean(-2)
+    used = (share > 0).sum(-1, keepdim=True).to(torch.float32)
+    entropy = -(share * share.clamp_min(1e-12).log()).sum(-1, keepdim=True)
+    return torch.cat([used / max_clusters, entropy / np.log(max(max_clusters, 2))], -1)
+
+
 def clip_weights(critic: Critic, clip: float = 0.01) -> None:
     """The original WGAN's Lipschitz constraint: every weight clipped to [-clip, clip]."""
     with torch.no_grad():
@@ -345,6 +365,14 @@ class C2M:
     replay : int
         The most recent wrong clusterings kept as the critic's negatives (their embeddings:
         the embedding is frozen, so they stay valid). Each search adds its last elite.
+    objective : {"wgan", "ranking"}
+        The critic's loss: the paper's Wasserstein loss (eq. 6) between all true and all
+        wrong clusterings, or :func:`ranking_critic_loss` (each wrong clustering against the
+        truth of its own dataset).
+    size_features : bool
+        Append :func:`size_features` (number of clusters, entropy of their sizes) to the
+        embedding: ``Z^T Z / n`` of the clique graph is a size-weighted sum over clusters and
+        does not see how many there are.
     baseline_negatives : bool
         Besides the searched clustering, show the critic the :func:`near_misses` of every
         training dataset as negatives (not in the paper; without them the search exploits
@@ -370,11 +398,14 @@ class C2M:
                  critic_decay: float = 0.95, clip: float = 0.01, population: int = 100, elite: float = 0.1,
                  iterations: int = 30, extra_std: float = 0.1, init_std: float = 1.0, baseline_negatives: bool = True,
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
-                 replay: int = 5000, train_embedding: bool = False, random_state=None, verbose: bool = False):
+                 replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
+                 size_features: bool = False, random_state=None, verbose: bool = False):
         self.critic_steps = critic_steps
         self.critic_batch = critic_batch
         self.replay = replay
         self.train_embedding = train_embedding
+        self.objective = objective
+        self.size_features = size_features
         self.max_clusters = max_clusters
         self.graph = graph
         self.n_neighbours = n_neighbours
@@ -402,9 +433,11 @@ class C2M:
         return x, nearest_neighbours(x, self.n_neighbours) if self.graph == "cliques+knn" else None
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
+        """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
         x, neighbours = points
-        k = int(labels.max()) + 1 if labels.numel() else 1
-        return clustering_embedding(self.autoencoder_, x, labels, max(k, self.max_clusters), neighbours)
+        k = max(int(labels.max()) + 1 if labels.numel() else 1, self.max_clusters)
+        e = clustering_embedding(self.autoencoder_, x, labels, k, neighbours)
+        return torch.cat([e, size_features(labels, self.max_clusters)], -1) if self.size_features else e
 
     def _embed_many(self, pairs, items) -> torch.Tensor:
         """Embeddings of ``(dataset index, labels)`` items, one batched call per dataset."""
@@ -413,10 +446,7 @@ class C2M:
             groups.setdefault(j, []).append(i)
         out = [None] * len(items)
         for j, where in groups.items():
-            labels = [items[i][1] for i in where]
-            k = max(int(t.max()) + 1 for t in labels)
-            x, neighbours = pairs[j][0]
-            e = clustering_embedding(self.autoencoder_, x, torch.stack(labels), max(k, self.max_clusters), neighbours)
+            e = self._embed(pairs[j][0], torch.stack([items[i][1] for i in where]))
             for i, row in zip(where, e):
                 out[i] = row
         return torch.stack(out)
@@ -451,6 +481,8 @@ class C2M:
                 raise DeepclustError(f"datasets[{i}] has {int(y.max()) + 1} clusters, more than max_clusters="
                                      f"{self.max_clusters}; raise max_clusters")
             pairs.append((points, y))
+        if self.objective not in ("wgan", "ranking"):
+            raise DeepclustError(f"objective={self.objective!r} is not 'wgan' or 'ranking'")
         if not pairs:
             raise DeepclustError("C2M needs at least one labelled (X, y) dataset to learn from")
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
@@ -466,7 +498,7 @@ class C2M:
             optimizer.step()
         if not self.train_embedding:
             self.autoencoder_.requires_grad_(False)
-        self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2)
+        self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 + (2 if self.size_features else 0))
         params = list(self.critic_.parameters()) + (list(self.autoencoder_.parameters()) if self.train_embedding else [])
         critic_opt = torch.optim.RMSprop(params, lr=self.critic_lr, alpha=self.critic_decay)
         replay = []  # (dataset index, wrong clustering) seen so far, the most recent last
@@ -490,8 +522,14 @@ class C2M:
                 for _ in range(self.critic_steps):
                     pick = torch.randint(len(replay), (self.critic_batch,), generator=generator).tolist()
                     critic_opt.zero_grad()
-                    loss = wgan_critic_loss(self.critic_, self._embed_many(pairs, [(j, y) for j, (_, y) in enumerate(pairs)]),
-                                            self._embed_many(pairs, [replay[i] for i in pick]))
+                    wrong = [replay[i] for i in pick]
+                    fake = self._embed_many(pairs, wrong)
+                    if self.objective == "wgan":
+                        real = self._embed_many(pairs, [(j, y) for j, (_, y) in enumerate(pairs)])
+                        loss = wgan_critic_loss(self.critic_, real, fake)
+                    else:  # each wrong clustering against the truth of its own dataset
+                        real = self._embed_many(pairs, [(j, pairs[j][1]) for j, _ in wrong])
+                        loss = ranking_critic_loss(self.critic_, real, fake)
                     loss.backward()
                     critic_opt.step()
                     clip_weights(self.critic_, self.clip)

@@ -179,6 +179,7 @@ def test_the_ranking_loss_compares_each_wrong_clustering_with_its_own_truth():
     # dataset A's truth scores 10 and its wrong clustering 9; dataset B's truth 0 and its wrong one -1:
     # the pooled Wasserstein loss sees wrong clusterings of A above the truth of B, the ranking loss does not
     real, fake = torch.tensor([[10.0], [0.0]]), torch.tensor([[9.0], [-1.0]])
+    critic.requires_grad_(False)
     assert float(ranking_critic_loss(critic, real, fake)) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-1.0))))
     swapped = ranking_critic_loss(critic, real.flip(0), fake)  # pairing matters
     assert float(swapped) > 4.0

@@ -185,6 +185,30 @@ def test_the_ranking_loss_compares_each_wrong_clustering_with_its_own_truth():
     assert float(swapped) > 4.0
 
 
+def test_rotations_keep_distances_and_padding():
+    from deepclust.methods.c2m import rotate_points
+
+    x = standardize(np.random.default_rng(0).normal(size=(30, 3)), 5)  # 3 real coordinates + 2 of padding
+    turned = rotate_points(x, 3, torch.Generator().manual_seed(0))
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.allclose(torch.cdist(turned, turned, compute_mode=exact), torch.cdist(x, x, compute_mode=exact), atol=1e-5)
+    assert torch.all(turned[:, 3:] == 0) and not torch.allclose(turned, x)
+
+
+def test_classic_candidates_hold_the_blobs_and_the_moons():
+    from sklearn.datasets import make_moons
+
+    from deepclust.methods.c2m import classic_candidates
+
+    for x_np, y_np, k in [make_blobs(150, centers=3, cluster_std=0.5, random_state=0) + (3,),
+                          make_moons(150, noise=0.03, random_state=0) + (2,)]:
+        candidates = classic_candidates(standardize(x_np, 2), max_clusters=5, random_state=0)
+        assert candidates.shape[1] == 150 and len(candidates) <= 3 * 4  # k = 2..5, three algorithms, no repeats
+        assert len({tuple(c.tolist()) for c in candidates}) == len(candidates)
+        assert max(adjusted_rand_score(y_np, c.numpy()) for c in candidates) > 0.99  # single linkage follows the moons
+        assert {len(c.unique()) for c in candidates} == {2, 3, 4, 5}
+
+
 def test_relabel_keeps_the_clusters():
     labels = torch.tensor([5, 5, 2, 9, 2])
     assert relabel(labels).tolist() == [0, 0, 1, 2, 1]
@@ -211,6 +235,14 @@ def test_c2m_learns_from_labelled_datasets_and_clusters_a_new_one_with_its_own_k
     joint = C2M(train_embedding=True, **settings).fit(train)
     ranked = C2M(objective="ranking", size_features=True, **settings).fit(train)
     assert ranked.critic_.net[0].in_features == 16 * 17 // 2 + 2 and len(ranked.history_) == 1
+    searched = C2M(search="cem+candidates", rotate=True, **dict(settings, epochs=2)).fit(train)
+    from deepclust.methods.c2m import classic_candidates
+
+    found = searched.fit_predict(X)  # the best clustering by the metric: none of the candidates scores higher
+    candidates = classic_candidates(standardize(X, 2), 6, random_state=0)
+    assert searched.score(X, found) >= max(searched.score(X, c.numpy()) for c in candidates) - 1e-5
+    with pytest.raises(DeepclustError, match=r"is not 'cem' or 'cem\+candidates'"):
+        C2M(search="grid", **settings).fit(train)
     with pytest.raises(DeepclustError, match="is not 'wgan' or 'ranking'"):
         C2M(objective="hinge", **settings).fit(train)
     pairs = list(zip(frozen.autoencoder_.parameters(), joint.autoencoder_.parameters()))

@@ -302,6 +302,38 @@ def relabel(labels: torch.Tensor) -> torch.Tensor:
     return mapping[labels]
 
 
+def classic_candidates(x: torch.Tensor, max_clusters: int, random_state=None) -> torch.Tensor:
+    """Clusterings of ``x`` by classic algorithms for every k from 2 to ``max_clusters``:
+    k-means and Ward's and single-linkage agglomerative clustering (the last two skipped
+    above 5,000 points, where their n x n memory grows large). The learned metric chooses
+    among them and the Cross-Entropy Method's result (the "better optimisation" the paper
+    asks for; single linkage follows non-convex shapes such as moons and rings).
+    Returns a LongTensor of shape (n_candidates, n)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from sklearn.cluster import KMeans
+
+    data = x.numpy().astype(np.float64)
+    top = min(max_clusters, len(data) - 1)
+    out = [KMeans(k, n_init=3, random_state=random_state).fit_predict(data) for k in range(2, top + 1)]
+    if len(data) <= 5000:
+        for method in ("ward", "single"):
+            tree = linkage(data, method)
+            out += [fcluster(tree, k, criterion="maxclust") - 1 for k in range(2, top + 1)]
+    unique = {tuple(relabel(torch.as_tensor(c, dtype=torch.long)).tolist()) for c in out}
+    return torch.tensor(sorted(unique), dtype=torch.long)
+
+
+def rotate_points(x: torch.Tensor, dims: int, generator: torch.Generator) -> torch.Tensor:
+    """``x`` turned by a random orthogonal map of its first ``dims`` coordinates (the rest,
+    zero padding, untouched). Distances, nearest neighbours and any clustering's quality are
+    unchanged; the metric's layers see a new view of the same labelled set."""
+    q, r = torch.linalg.qr(torch.randn(dims, dims, generator=generator))
+    q = q * torch.sign(torch.diagonal(r))  # Haar-distributed
+    out = x.clone()
+    out[:, :dims] = x[:, :dims] @ q
+    return out
+
+
 def near_misses(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
     """Wrong clusterings close to the true one ``y``: everything in one cluster, random
     labels with the true k, one true cluster split in two (by the side of a random
@@ -373,6 +405,13 @@ class C2M:
         Append :func:`size_features` (number of clusters, entropy of their sizes) to the
         embedding: ``Z^T Z / n`` of the clique graph is a size-weighted sum over clusters and
         does not see how many there are.
+    search : {"cem", "cem+candidates"}
+        The paper's Cross-Entropy Method alone, or also the :func:`classic_candidates`
+        (k-means, Ward, single linkage for every k), keeping whichever the metric scores
+        highest; in training, the wrong candidates are negatives too.
+    rotate : bool
+        From the second epoch on, show every labelled set under a new random rotation
+        (:func:`rotate_points`): more views of few labelled sets, against over-fitting them.
     baseline_negatives : bool
         Besides the searched clustering, show the critic the :func:`near_misses` of every
         training dataset as negatives (not in the paper; without them the search exploits
@@ -399,13 +438,15 @@ class C2M:
                  iterations: int = 30, extra_std: float = 0.1, init_std: float = 1.0, baseline_negatives: bool = True,
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
-                 size_features: bool = False, random_state=None, verbose: bool = False):
+                 size_features: bool = False, search: str = "cem", rotate: bool = False, random_state=None, verbose: bool = False):
         self.critic_steps = critic_steps
         self.critic_batch = critic_batch
         self.replay = replay
         self.train_embedding = train_embedding
         self.objective = objective
         self.size_features = size_features
+        self.search = search
+        self.rotate = rotate
         self.max_clusters = max_clusters
         self.graph = graph
         self.n_neighbours = n_neighbours
@@ -427,14 +468,17 @@ class C2M:
         self.random_state = random_state
         self.verbose = verbose
 
-    def _points(self, X) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A dataset in the metric's input space, with its nearest neighbours when the graph uses them."""
+    def _points(self, X):
+        """A dataset in the metric's input space: (x, its nearest neighbours when the graph uses
+        them, the classic clusterings the search starts from when it uses them)."""
         x = standardize(X, self.input_dim)
-        return x, nearest_neighbours(x, self.n_neighbours) if self.graph == "cliques+knn" else None
+        neighbours = nearest_neighbours(x, self.n_neighbours) if self.graph == "cliques+knn" else None
+        candidates = classic_candidates(x, self.max_clusters, self.random_state) if self.search != "cem" else None
+        return x, neighbours, candidates
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
-        x, neighbours = points
+        x, neighbours = points[0], points[1]
         k = max(int(labels.max()) + 1 if labels.numel() else 1, self.max_clusters)
         e = clustering_embedding(self.autoencoder_, x, labels, k, neighbours)
         return torch.cat([e, size_features(labels, self.max_clusters)], -1) if self.size_features else e
@@ -457,8 +501,17 @@ class C2M:
         def score(labels):
             return self.critic_(self._embed(points, labels))
 
-        return cem_search(score, x, self.max_clusters, self.population, self.elite, self.iterations, self.init_std,
-                          self.extra_std, generator, with_elite=with_elite)
+        out = cem_search(score, x, self.max_clusters, self.population, self.elite, self.iterations, self.init_std,
+                         self.extra_std, generator, with_elite=with_elite)
+        candidates = points[2]
+        if candidates is None:
+            return out
+        scores = score(candidates)
+        best = int(scores.argmax())
+        found, curve = out[0], out[1]
+        if float(scores[best]) > curve[-1]:  # a classic clustering beats what the CEM found
+            found, curve = relabel(candidates[best]), curve + [float(scores[best])]
+        return (found, curve, list(out[2]) + list(candidates)) if with_elite else (found, curve)
 
     def fit(self, datasets) -> "C2M":
         """Learn the metric from ``datasets``: a list of labelled ``(X, y)`` pairs (X of shape
@@ -469,7 +522,11 @@ class C2M:
         from sklearn.metrics import adjusted_rand_score
 
         log = logging.getLogger(__name__)
-        pairs = []
+        if self.search not in ("cem", "cem+candidates"):
+            raise DeepclustError(f"search={self.search!r} is not 'cem' or 'cem+candidates'")
+        if self.objective not in ("wgan", "ranking"):
+            raise DeepclustError(f"objective={self.objective!r} is not 'wgan' or 'ranking'")
+        pairs, dims = [], []
         for i, item in enumerate(datasets):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise DeepclustError(f"datasets[{i}] must be an (X, y) pair")
@@ -481,8 +538,7 @@ class C2M:
                 raise DeepclustError(f"datasets[{i}] has {int(y.max()) + 1} clusters, more than max_clusters="
                                      f"{self.max_clusters}; raise max_clusters")
             pairs.append((points, y))
-        if self.objective not in ("wgan", "ranking"):
-            raise DeepclustError(f"objective={self.objective!r} is not 'wgan' or 'ranking'")
+            dims.append(min(np.shape(item[0])[1], self.input_dim))
         if not pairs:
             raise DeepclustError("C2M needs at least one labelled (X, y) dataset to learn from")
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
@@ -503,8 +559,12 @@ class C2M:
         critic_opt = torch.optim.RMSprop(params, lr=self.critic_lr, alpha=self.critic_decay)
         replay = []  # (dataset index, wrong clustering) seen so far, the most recent last
         self.history_ = []
+        originals = list(pairs)
         for epoch in range(self.epochs):
             t0 = time.perf_counter()
+            if self.rotate and epoch > 0:  # new views of the same labelled sets
+                pairs = [((rotate_points(p[0], d, generator),) + tuple(p[1:]), y)
+                         for (p, y), d in zip(originals, dims)]
             real_scores, fake_scores, aris = [], [], []
             order = order_rng.permutation(len(pairs))
             for start in range(0, len(order), self.batch_size):

@@ -264,3 +264,41 @@ def test_near_misses_are_wrong_in_the_ways_they_say():
     assert len(split.unique()) == 4 and adjusted_rand_score(y, split) < 1
     assert all(len(split[y == c].unique()) <= 2 for c in range(3))  # one cluster cut in two, nothing else moved
     assert len(merged.unique()) == 2 and all(len(merged[y == c].unique()) == 1 for c in range(3))
+
+
+def test_the_synthetic_families_have_the_promised_shapes_and_numbers_of_clusters():
+    from deepclust.data.synthetic import synthetic_clusters, synthetic_collection
+
+    blobs = synthetic_collection("blobs", 30, max_clusters=9, random_state=0)
+    ks = [len(np.unique(y)) for _, y in blobs]
+    assert all(X.shape == (200, 2) for X, _ in blobs) and min(ks) >= 2 and max(ks) <= 9 and len(set(ks)) >= 5
+    for kind in ("moons", "circles"):
+        X, y = synthetic_clusters(kind, 100, random_state=1)
+        assert X.shape == (100, 2) and sorted(np.unique(y)) == [0, 1]
+    a, b = synthetic_clusters("aniso", random_state=3), synthetic_clusters("aniso", random_state=3)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])  # reproducible
+    X, y = a  # sheared: the clusters are elongated (covariance far from isotropic)
+    eig = np.linalg.eigvalsh(np.cov((X[y == 0] - X[y == 0].mean(0)).T))
+    assert eig[1] / eig[0] > 3
+    with pytest.raises(DeepclustError, match="not one of"):
+        synthetic_clusters("spirals")
+
+
+def test_critic_checks_mislabel_the_asked_fraction_and_rank_the_truth():
+    from deepclust.methods import C2M
+    from deepclust.methods.c2m import mislabel, mislabel_scores, truth_rank
+
+    X, y = make_blobs(60, centers=3, random_state=0)
+    moved = mislabel(y, 0.25, np.random.default_rng(0))
+    assert (moved != y).sum() == 15 and set(moved) == set(y)
+    model = C2M(max_clusters=4, input_dim=2, gae_epochs=5, epochs=1, batch_size=2, population=10, iterations=2,
+                random_state=0).fit([make_blobs(60, centers=k, random_state=k) for k in (2, 3)])
+    scores = mislabel_scores(model, X, y, fractions=(0.0, 0.5), copies=3, random_state=0)
+    assert scores.shape == (2, 3) and np.allclose(scores[0], model.score(X, y))  # nothing mislabelled: the truth
+    renamed = (y + 1) % 3
+    assert truth_rank(model, X, y, [renamed]) == 1  # a renaming is the truth, not a rival
+    rivals = [np.zeros_like(y), moved]
+    better = sum(model.score(X, c) > model.score(X, y) for c in rivals)
+    assert truth_rank(model, X, y, rivals) == 1 + better
+    with pytest.raises(DeepclustError, match="at least two clusters"):
+        mislabel(np.zeros(5, dtype=int), 0.5, np.random.default_rng(0))

@@ -625,3 +625,35 @@ class C2M:
         self.labels_ = labels.numpy().astype(np.int64)
         self.n_clusters_ = int(len(np.unique(self.labels_)))
         return self.labels_
+
+
+def mislabel(y, fraction: float, generator: np.random.Generator) -> np.ndarray:
+    """A copy of the labels ``y`` with ``round(fraction * n)`` random points moved to another
+    (random, different) existing cluster."""
+    y = np.asarray(y).copy()
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DeepclustError("mislabelling needs at least two clusters")
+    picked = generator.choice(len(y), int(round(fraction * len(y))), replace=False)
+    for i in picked:
+        y[i] = generator.choice(classes[classes != y[i]])
+    return y
+
+
+def mislabel_scores(metric: "C2M", X, y, fractions=tuple(np.linspace(0, 1, 11)), copies: int = 10,
+                    random_state=None) -> np.ndarray:
+    """The paper's critic check (its Figure 2): the metric's score of ``copies`` clusterings
+    with each fraction of the points mislabelled. Returns (len(fractions), copies) scores; a
+    good metric falls as the fraction grows."""
+    generator = np.random.default_rng(random_state)
+    return np.array([[metric.score(X, mislabel(y, f, generator)) for _ in range(copies)] for f in fractions])
+
+
+def truth_rank(metric: "C2M", X, y, candidates) -> int:
+    """The paper's Table 4 measure for one dataset: the rank of the true clustering among
+    ``candidates`` by the metric (1 = best; candidates equal to the truth are left out)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    truth = metric.score(X, y)
+    wrong = [c for c in candidates if adjusted_rand_score(y, np.asarray(c)) < 1.0]
+    return 1 + sum(metric.score(X, c) > truth for c in wrong)

@@ -128,7 +128,7 @@ def test_a_wasserstein_critic_trained_on_true_and_random_clusterings_separates_t
     real, fake = torch.stack([r for r, _ in train]), torch.stack([f for _, f in train])
     for _ in range(300):
         optimizer.zero_grad()
-        loss = wgan_critic_loss(critic, real, fake)
+        loss = wgan_critic_loss(critic(real), critic(fake))
         loss.backward()
         optimizer.step()
         clip_weights(critic, 0.05)
@@ -170,7 +170,7 @@ def test_size_features_count_clusters_whatever_their_names_order_and_number_of_p
 
 
 def test_the_ranking_loss_compares_each_wrong_clustering_with_its_own_truth():
-    from deepclust.methods.c2m import ranking_critic_loss
+    from deepclust.losses import ranking_critic_loss
 
     critic = Critic(1, widths=())  # a linear score: c(e) = w e + b
     with torch.no_grad():
@@ -180,8 +180,8 @@ def test_the_ranking_loss_compares_each_wrong_clustering_with_its_own_truth():
     # the pooled Wasserstein loss sees wrong clusterings of A above the truth of B, the ranking loss does not
     real, fake = torch.tensor([[10.0], [0.0]]), torch.tensor([[9.0], [-1.0]])
     critic.requires_grad_(False)
-    assert float(ranking_critic_loss(critic, real, fake)) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-1.0))))
-    swapped = ranking_critic_loss(critic, real.flip(0), fake)  # pairing matters
+    assert float(ranking_critic_loss(critic(real), critic(fake))) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-1.0))))
+    swapped = ranking_critic_loss(critic(real.flip(0)), critic(fake))  # pairing matters
     assert float(swapped) > 4.0
 
 
@@ -302,3 +302,23 @@ def test_critic_checks_mislabel_the_asked_fraction_and_rank_the_truth():
     assert truth_rank(model, X, y, rivals) == 1 + better
     with pytest.raises(DeepclustError, match="at least two clusters"):
         mislabel(np.zeros(5, dtype=int), 0.5, np.random.default_rng(0))
+
+
+def test_a_saved_metric_scores_and_clusters_as_before(tmp_path):
+    from deepclust.methods import C2M
+
+    train = [make_blobs(60, centers=k, random_state=k) for k in (2, 3)]
+    model = C2M(max_clusters=4, input_dim=2, gae_epochs=5, epochs=1, batch_size=2, population=10, iterations=2,
+                graph="cliques+knn", size_features=True, random_state=0).fit(train)
+    path = tmp_path / "metric.pt"
+    model.save(path)
+    back = C2M.load(path, random_state=5)
+    X, y = make_blobs(50, centers=3, random_state=4)
+    assert back.score(X, y) == pytest.approx(model.score(X, y), abs=1e-6)
+    assert back.graph == "cliques+knn" and back.history_ == model.history_
+    assert np.array_equal(back.fit_predict(X), C2M.load(path, random_state=5).fit_predict(X))  # seeded search
+    with pytest.raises(DeepclustError, match="no C2M metric at"):
+        C2M.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DeepclustError, match="not a readable C2M metric"):
+        C2M.load(tmp_path / "junk.pt")

@@ -227,3 +227,19 @@ def multi_view_information_loss(ys: list[torch.Tensor], us: list[torch.Tensor], 
     if len(ys) != len(us) or not ys:
         raise ValueError(f"need the same number of views of Y and U; got {len(ys)} and {len(us)}")
     return torch.stack([information_loss(y, u, beta) for u in us for y in ys]).mean()
+
+
+def wgan_critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The Wasserstein critic's loss to minimise (C2M's eq. 6): ``mean(fake) - mean(real)``
+    of the critic's scores (it raises the true clusterings' scores and lowers the others')."""
+    return fake.mean() - real.mean()
+
+
+def ranking_critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The per-dataset form of C2M's eq. 5 constraint (the true clustering above every other
+    clustering of the *same* data): ``softplus(fake_i - real_i)`` averaged over the critic's
+    scores, ``real[i]`` being the score of the truth of the dataset ``fake[i]`` was made from.
+    The pooled Wasserstein loss only separates the two crowds, and datasets with different
+    numbers of clusters sit in different places of the embedding, so a truth can lose to its
+    own wrong clusterings."""
+    return F.softplus(fake - real).mean()

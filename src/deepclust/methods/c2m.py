@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepclust.errors import DeepclustError
+from deepclust.losses import ranking_critic_loss, wgan_critic_loss
 
 
 def standardize(X, input_dim: int) -> torch.Tensor:
@@ -181,21 +182,6 @@ class Critic(nn.Module):
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.net(e).squeeze(-1)
-
-
-def wgan_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 as a loss to minimise: ``E[c(fake)] - E[c(real)]`` (the critic raises the
-    score of true clusterings and lowers that of the proposed ones)."""
-    return critic(fake).mean() - critic(real).mean()
-
-
-def ranking_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """The per-dataset form of the paper's eq. 5 constraint (the true clustering above every
-    other clustering of the *same* data): ``softplus(c(fake_i) - c(real_i))`` averaged, with
-    ``real[i]`` the truth of the dataset ``fake[i]`` was made from. The pooled Wasserstein
-    loss only separates the two crowds, and datasets with different numbers of clusters sit
-    in different places of the embedding, so a truth can lose to its own wrong clusterings."""
-    return F.softplus(critic(fake) - critic(real)).mean()
 
 
 def size_features(labels: torch.Tensor, max_clusters: int) -> torch.Tensor:
@@ -586,10 +572,10 @@ class C2M:
                     fake = self._embed_many(pairs, wrong)
                     if self.objective == "wgan":
                         real = self._embed_many(pairs, [(j, y) for j, (_, y) in enumerate(pairs)])
-                        loss = wgan_critic_loss(self.critic_, real, fake)
+                        loss = wgan_critic_loss(self.critic_(real), self.critic_(fake))
                     else:  # each wrong clustering against the truth of its own dataset
                         real = self._embed_many(pairs, [(j, pairs[j][1]) for j, _ in wrong])
-                        loss = ranking_critic_loss(self.critic_, real, fake)
+                        loss = ranking_critic_loss(self.critic_(real), self.critic_(fake))
                     loss.backward()
                     critic_opt.step()
                     clip_weights(self.critic_, self.clip)
@@ -604,6 +590,49 @@ class C2M:
                          self.epochs, row["real"], row["fake"], row["ari"], row["seconds"])
         self._generator = generator
         return self
+
+    _SETTINGS = ("max_clusters", "input_dim", "gae_hidden", "gae_embed", "gae_epochs", "epochs", "batch_size",
+                 "critic_lr", "critic_decay", "clip", "population", "elite", "iterations", "extra_std", "init_std",
+                 "baseline_negatives", "graph", "n_neighbours", "critic_steps", "critic_batch", "replay",
+                 "train_embedding", "objective", "size_features", "search", "rotate", "random_state")
+
+    def save(self, path) -> None:
+        """Write the learned metric (settings, autoencoder and critic weights, history) to
+        ``path``, atomically; :meth:`load` reads it back to score or cluster new data."""
+        from deepclust.io import atomic_write
+
+        self._fitted()
+        state = {"format": "deepclust-c2m/1", "settings": {name: getattr(self, name) for name in self._SETTINGS},
+                 "autoencoder": self.autoencoder_.state_dict(), "critic": self.critic_.state_dict(),
+                 "history": self.history_}
+        with atomic_write(path, "wb", encoding=None) as fh:
+            torch.save(state, fh)
+
+    @classmethod
+    def load(cls, path, random_state=None) -> "C2M":
+        """A metric written by :meth:`save`, ready for :meth:`score` and :meth:`fit_predict`
+        (its searches seeded by ``random_state``, default the saved one)."""
+        import os
+
+        if not os.path.isfile(path):
+            raise DeepclustError(f"no C2M metric at '{path}'; train one with C2M(...).fit(datasets).save(path)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+            raise DeepclustError(f"'{path}' is not a readable C2M metric ({exc})") from exc
+        if not isinstance(state, dict) or state.get("format") != "deepclust-c2m/1":
+            raise DeepclustError(f"'{path}' is not a C2M metric written by C2M.save")
+        model = cls(**state["settings"])
+        model.autoencoder_ = GraphAutoencoder(model.input_dim, model.gae_hidden, model.gae_embed, model.graph)
+        model.autoencoder_.load_state_dict(state["autoencoder"])
+        model.autoencoder_.requires_grad_(False)
+        model.critic_ = Critic(model.gae_embed * (model.gae_embed + 1) // 2 + (2 if model.size_features else 0))
+        model.critic_.load_state_dict(state["critic"])
+        model.critic_.requires_grad_(False)
+        model.history_ = state["history"]
+        seed = model.random_state if random_state is None else random_state
+        model._generator = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**31 - 1)))
+        return model
 
     def _fitted(self) -> None:
         if not hasattr(self, "critic_"):

@@ -381,8 +381,8 @@ class C2M:
     critic_steps, critic_batch : int
         Critic updates after each batch of searches, and wrong clusterings per update.
     replay : int
-        The most recent wrong clusterings kept as the critic's negatives (their embeddings:
-        the embedding is frozen, so they stay valid). Each search adds its last elite.
+        The most recent wrong clusterings kept as the critic's negatives (as labels, embedded
+        afresh at each update). Each search adds its last elite.
     objective : {"wgan", "ranking"}
         The critic's loss: the paper's Wasserstein loss (eq. 6) between all true and all
         wrong clusterings, or :func:`ranking_critic_loss` (each wrong clustering against the
@@ -454,13 +454,20 @@ class C2M:
         self.random_state = random_state
         self.verbose = verbose
 
-    def _points(self, X):
+    def _points(self, X, for_search: bool = True):
         """A dataset in the metric's input space: (x, its nearest neighbours when the graph uses
-        them, the classic clusterings the search starts from when it uses them)."""
+        them, the classic clusterings the search starts from when it uses them and
+        ``for_search``; scoring a given clustering does not need them)."""
         x = standardize(X, self.input_dim)
         neighbours = nearest_neighbours(x, self.n_neighbours) if self.graph == "cliques+knn" else None
-        candidates = classic_candidates(x, self.max_clusters, self.random_state) if self.search != "cem" else None
+        wanted = for_search and self.search != "cem"
+        candidates = classic_candidates(x, self.max_clusters, self.random_state) if wanted else None
         return x, neighbours, candidates
+
+    def _networks(self) -> None:
+        """Fresh ``autoencoder_`` and ``critic_`` shaped by the settings."""
+        self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed, self.graph)
+        self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 + (2 if self.size_features else 0))
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
@@ -531,7 +538,7 @@ class C2M:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         order_rng = np.random.default_rng(seed)
-        self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed, self.graph)
+        self._networks()
         optimizer = torch.optim.Adam(self.autoencoder_.parameters(), lr=0.01)
         for _ in range(self.gae_epochs):  # the embedding g: reconstruct the true cliques
             optimizer.zero_grad()
@@ -540,7 +547,6 @@ class C2M:
             optimizer.step()
         if not self.train_embedding:
             self.autoencoder_.requires_grad_(False)
-        self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 + (2 if self.size_features else 0))
         params = list(self.critic_.parameters()) + (list(self.autoencoder_.parameters()) if self.train_embedding else [])
         critic_opt = torch.optim.RMSprop(params, lr=self.critic_lr, alpha=self.critic_decay)
         replay = []  # (dataset index, wrong clustering) seen so far, the most recent last
@@ -591,18 +597,16 @@ class C2M:
         self._generator = generator
         return self
 
-    _SETTINGS = ("max_clusters", "input_dim", "gae_hidden", "gae_embed", "gae_epochs", "epochs", "batch_size",
-                 "critic_lr", "critic_decay", "clip", "population", "elite", "iterations", "extra_std", "init_std",
-                 "baseline_negatives", "graph", "n_neighbours", "critic_steps", "critic_batch", "replay",
-                 "train_embedding", "objective", "size_features", "search", "rotate", "random_state")
-
     def save(self, path) -> None:
         """Write the learned metric (settings, autoencoder and critic weights, history) to
         ``path``, atomically; :meth:`load` reads it back to score or cluster new data."""
         from deepclust.io import atomic_write
 
         self._fitted()
-        state = {"format": "deepclust-c2m/1", "settings": {name: getattr(self, name) for name in self._SETTINGS},
+        import inspect
+
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "verbose")]
+        state = {"format": "deepclust-c2m/1", "settings": {name: getattr(self, name) for name in names},
                  "autoencoder": self.autoencoder_.state_dict(), "critic": self.critic_.state_dict(),
                  "history": self.history_}
         with atomic_write(path, "wb", encoding=None) as fh:
@@ -623,10 +627,9 @@ class C2M:
         if not isinstance(state, dict) or state.get("format") != "deepclust-c2m/1":
             raise DeepclustError(f"'{path}' is not a C2M metric written by C2M.save")
         model = cls(**state["settings"])
-        model.autoencoder_ = GraphAutoencoder(model.input_dim, model.gae_hidden, model.gae_embed, model.graph)
+        model._networks()
         model.autoencoder_.load_state_dict(state["autoencoder"])
         model.autoencoder_.requires_grad_(False)
-        model.critic_ = Critic(model.gae_embed * (model.gae_embed + 1) // 2 + (2 if model.size_features else 0))
         model.critic_.load_state_dict(state["critic"])
         model.critic_.requires_grad_(False)
         model.history_ = state["history"]
@@ -643,7 +646,7 @@ class C2M:
         self._fitted()
         labels = _label_tensor(y)
         with torch.no_grad():
-            return float(self.critic_(self._embed(self._points(X), labels)))
+            return float(self.critic_(self._embed(self._points(X, for_search=False), labels)))
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Cluster a new dataset by maximising the learned metric; sets ``labels_`` and

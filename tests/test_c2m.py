@@ -322,3 +322,104 @@ def test_a_saved_metric_scores_and_clusters_as_before(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DeepclustError, match="not a readable C2M metric"):
         C2M.load(tmp_path / "junk.pt")
+
+
+def test_neighbour_components_match_scipy_and_structure_features_see_cuts_and_merges():
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from deepclust.data.synthetic import synthetic_clusters
+    from deepclust.methods.c2m import neighbour_components, structure_features
+
+    X, y = synthetic_clusters("moons", random_state=3)
+    x = standardize(X, 2)
+    nb = nearest_neighbours(x, 10)
+    y = torch.as_tensor(y)
+    g = torch.Generator().manual_seed(0)
+    straight = (x[:, 0] > 0).long()  # a straight cut: compact halves that cut both moons
+    labels = torch.stack([y, straight, torch.randint(0, 4, (200,), generator=g), torch.zeros_like(y)])
+    rows, cols = np.repeat(np.arange(200), 10), nb.reshape(-1).numpy()
+    for lab, comp in zip(labels, neighbour_components(labels, nb)):  # batched, as the search scores a population
+        keep = (lab[rows] == lab[cols]).numpy()
+        graph = csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(200, 200))
+        count, reference = connected_components(graph, directed=False)
+        assert len(set(comp.tolist())) == count and adjusted_rand_score(reference, comp.numpy()) == 1.0
+    cut, outside, small = structure_features(labels, nb).T
+    assert cut[0] < 0.01 and outside[0] == 0 and small[0] == 0  # the moons are the dense, separate pieces
+    assert cut[1] > 5 * cut[0] + 0.02 and cut[2] > 0.5 and outside[2] > 0.5
+    order = torch.randperm(200, generator=g)  # the same clustering, points in another order
+    assert torch.allclose(structure_features(y[order], nearest_neighbours(x[order], 10)), structure_features(y, nb))
+    blobs = torch.as_tensor(make_blobs(90, centers=[[-9, 0], [0, 0], [9, 0]], random_state=0)[0], dtype=torch.float32)
+    truth = torch.as_tensor(make_blobs(90, centers=[[-9, 0], [0, 0], [9, 0]], random_state=0)[1])
+    merged = truth.masked_fill(truth == 2, 0)  # two far blobs in one cluster: one of them is outside
+    feats = structure_features(torch.stack([truth, merged]), nearest_neighbours(blobs, 5))
+    assert feats[0].tolist() == [0.0, 0.0, 0.0] and feats[1, 0] == 0 and abs(float(feats[1, 1]) - 1 / 3) < 0.05
+    stray = truth.clone()
+    stray[:3] = 3  # three points split off as a fourth cluster, smaller than a neighbourhood
+    assert float(structure_features(stray, nearest_neighbours(blobs, 5))[2]) == pytest.approx(1 / 4)
+
+
+def test_a_feature_only_metric_and_the_smallest_number_of_clusters():
+    from deepclust.methods import C2M
+
+    train = [make_blobs(60, centers=k, random_state=k) for k in (2, 3, 4)]
+    settings = dict(max_clusters=6, input_dim=2, epochs=1, batch_size=3, population=10, iterations=2, random_state=0)
+    model = C2M(gae=False, size_features=True, structure_features=True, objective="ranking", **settings).fit(train)
+    assert model.critic_.net[0].in_features == 5  # 2 size + 3 structure features
+    shaped = C2M(gae=False, size_features=True, structure_features=True, monotone=True, objective="ranking",
+                 **settings).fit(train)
+    assert shaped.critic_.net[0].in_features == 2 and shaped.critic_.penalty.shape == (3,)
+    base = torch.tensor([0.3, 0.5, 0.02, 0.0, 0.0])
+    for j in (2, 3, 4):  # more cut pairs, stray points or small clusters never score higher
+        worse = base.clone()
+        worse[j] += 0.2
+        assert float(shaped.critic_(worse)) < float(shaped.critic_(base))
+    X, _ = make_blobs(80, centers=3, random_state=9)
+    assert model.fit_predict(X).shape == (80,) and model.n_clusters_ >= 2  # min_clusters=2: never one cluster
+    assert C2M(gae=False, structure_features=True, min_clusters=3, **settings).fit(train).fit_predict(X).max() >= 2
+    with pytest.raises(DeepclustError, match="nothing to see"):
+        C2M(gae=False, **settings).fit(train)
+    with pytest.raises(DeepclustError, match="min_clusters=7 must be between"):
+        C2M(min_clusters=7, **settings).fit(train)
+
+
+def test_the_learned_metric_as_a_clusterer_and_as_a_k_estimator(tmp_path):
+    from deepclust.cluster import create_clusterer, estimate_n_clusters
+    from deepclust.methods import C2M
+
+    train = [make_blobs(60, centers=k, random_state=k) for k in (2, 3, 4)]
+    model = C2M(max_clusters=6, input_dim=2, gae_epochs=10, epochs=1, batch_size=3, population=10, iterations=2,
+                size_features=True, objective="ranking", random_state=0).fit(train)
+    model.save(tmp_path / "metric.pt")
+    X, y = make_blobs(70, centers=3, random_state=5)
+    clusterer = create_clusterer("c2m", metric=str(tmp_path / "metric.pt"), random_state=1).fit(X)
+    assert clusterer.labels_.shape == (70,) and 2 <= clusterer.n_clusters_ <= 6
+    assert clusterer.score_ == pytest.approx(model.score(X, clusterer.labels_), abs=1e-5)
+    again = create_clusterer("c2m", metric=C2M.load(tmp_path / "metric.pt"), random_state=1).fit(X)
+    assert np.array_equal(again.labels_, clusterer.labels_)  # a path or the model: the same seeded search
+    estimate = estimate_n_clusters(X, method="c2m", k_max=6, metric=model, random_state=0)
+    assert [p["k"] for p in estimate.curve()] == [2, 3, 4, 5, 6]
+    assert estimate.n_clusters == estimate.ks[int(np.argmax(estimate.scores))]
+    assert np.allclose(estimate_n_clusters(X, method="c2m", k_max=6, metric=model, random_state=0).scores,
+                       estimate.scores)
+    with pytest.raises(DeepclustError, match="no C2M metric at"):
+        create_clusterer("c2m", metric=str(tmp_path / "none.pt")).fit(X)
+    with pytest.raises(DeepclustError, match="needs a learned metric"):
+        create_clusterer("c2m").fit(X)
+    with pytest.raises(DeepclustError, match="needs a learned metric"):
+        estimate_n_clusters(X, method="c2m", k_max=4)
+
+
+def test_sample_datasets_draws_class_subsets_of_the_asked_size():
+    from deepclust.methods.c2m_training import sample_datasets
+
+    y = np.repeat([f"c{i}" for i in range(12)], 30)
+    subsets = sample_datasets(y, count=40, size=50, max_classes=5, random_state=0)
+    counts = [len(np.unique(y[s])) for s in subsets]
+    assert len(subsets) == 40 and all(len(s) == 50 and len(set(s)) == 50 for s in subsets)
+    assert min(counts) == 2 and max(counts) == 5  # 2 to max_classes classes, each size possible
+    small = sample_datasets(y, count=3, size=500, max_classes=2, random_state=0)
+    assert all(len(s) == 60 for s in small)  # fewer points than asked: all of the two classes
+    assert all(np.array_equal(a, b) for a, b in zip(subsets, sample_datasets(y, 40, 50, 5, random_state=0)))
+    with pytest.raises(DeepclustError, match="at least 2 classes"):
+        sample_datasets(np.zeros(10), 3, 5, 4)

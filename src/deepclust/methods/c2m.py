@@ -169,19 +169,32 @@ def clustering_embedding(autoencoder: GraphAutoencoder, x: torch.Tensor, labels:
 
 class Critic(nn.Module):
     """The metric's scoring function c_theta: an MLP 256-256-512-512-1 with LeakyReLU(0.2)
-    (no activation on the output), trained as a Wasserstein GAN critic."""
+    (no activation on the output), trained as a Wasserstein GAN critic.
 
-    def __init__(self, input_dim: int, widths=(256, 256, 512, 512)):
+    With ``penalised > 0`` the last ``penalised`` inputs bypass the MLP and lower the score
+    linearly with learned non-negative weights (``- softplus(w) . e[-penalised:]``): a
+    shape constraint for features where less is always better (the structure features).
+    A free MLP fitted to a few labelled sets can reward them in some range (overlapping
+    true blobs cut some neighbour pairs) and then prefers cutting clusters it never saw.
+    """
+
+    def __init__(self, input_dim: int, widths=(256, 256, 512, 512), penalised: int = 0):
         super().__init__()
-        layers, last = [], input_dim
+        layers, last = [], input_dim - penalised
         for w in widths:
             layers += [nn.Linear(last, w), nn.LeakyReLU(0.2)]
             last = w
         layers.append(nn.Linear(last, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers) if input_dim > penalised else None
+        self.penalised = penalised
+        self.penalty = nn.Parameter(torch.zeros(penalised)) if penalised else None
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.net(e).squeeze(-1)
+        free = e[..., :e.shape[-1] - self.penalised]
+        score = self.net(free).squeeze(-1) if self.net is not None else e.new_zeros(e.shape[:-1])
+        if self.penalised:
+            score = score - (F.softplus(self.penalty) * e[..., -self.penalised:]).sum(-1)
+        return score
 
 
 def size_features(labels: torch.Tensor, max_clusters: int) -> torch.Tensor:
@@ -193,6 +206,51 @@ def size_features(labels: torch.Tensor, max_clusters: int) -> torch.Tensor:
     used = (share > 0).sum(-1, keepdim=True).to(torch.float32)
     entropy = -(share * share.clamp_min(1e-12).log()).sum(-1, keepdim=True)
     return torch.cat([used / max_clusters, entropy / np.log(max(max_clusters, 2))], -1)
+
+
+def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Connected components of each cluster in the nearest-neighbour graph: (..., n) labels,
+    (n, m) neighbour indices -> (..., n) component ids (the smallest point index in the
+    component). Two points are joined when one is among the other's neighbours and both
+    carry the same label. Batched min-label propagation with pointer jumping, no n x n
+    matrix."""
+    n = labels.shape[-1]
+    same = labels[..., :, None] == labels[..., neighbours]  # (..., n, m)
+    comp = torch.arange(n).expand(labels.shape).clone()
+    big = torch.tensor(n)
+    flat = neighbours.reshape(-1).expand(*labels.shape[:-1], -1)
+    for _ in range(n):
+        pulled = torch.where(same, comp[..., neighbours], big).amin(-1)  # from my neighbours
+        pushed = torch.where(same, comp[..., :, None].expand(same.shape), big).reshape(*labels.shape[:-1], -1)
+        new = torch.minimum(comp, pulled).scatter_reduce(-1, flat, pushed, "amin")  # to them
+        new = new.gather(-1, new)  # pointer jumping: a point's root's root is in its component too
+        if torch.equal(new, comp):
+            break
+        comp = new
+    return comp
+
+
+def structure_features(labels: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """(..., n) labels -> (..., 3): how a clustering sits on the data's nearest-neighbour
+    graph, whatever the clusters' shapes. The share of neighbour pairs it cuts (a cluster
+    split through a dense region cuts many), the share of points outside their cluster's
+    largest connected piece (two separate groups merged into one cluster leave one of them
+    outside), and the share of clusters no larger than a neighbourhood (a few stray points
+    split off). A clustering whose clusters are the graph's dense, separate pieces scores
+    (0, 0, 0) whether they are blobs, moons or rings; what a metric learns from blobs with
+    these features can carry over to shapes it never saw. Independent of point order,
+    label names and the number of points."""
+    n = labels.shape[-1]
+    cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
+    comp = neighbour_components(labels, neighbours)
+    sizes = torch.zeros(labels.shape, dtype=torch.float32).scatter_add(-1, comp, torch.ones(labels.shape))
+    k = int(labels.max()) + 1
+    largest = torch.zeros(*labels.shape[:-1], k).scatter_reduce(-1, labels, sizes.gather(-1, comp), "amax")
+    outside = 1 - largest.sum(-1) / n
+    counts = _one_hot(labels, k).sum(-2)
+    used = (counts > 0).sum(-1).clamp_min(1)
+    small = ((counts > 0) & (counts <= neighbours.shape[1])).sum(-1) / used
+    return torch.stack([cut, outside, small], -1)
 
 
 def clip_weights(critic: Critic, clip: float = 0.01) -> None:
@@ -268,7 +326,7 @@ def cem_search(score, x: torch.Tensor, max_clusters: int, population: int = 100,
         with torch.no_grad():
             scores = torch.as_tensor(score(labels), dtype=torch.float32)
         order = torch.argsort(scores, descending=True)
-        if float(scores[order[0]]) > best_score:
+        if best_labels is None or float(scores[order[0]]) > best_score:
             best_score, best_labels = float(scores[order[0]]), labels[order[0]].clone()
         top = weights[order[:n_elite]]
         mean, std = top.mean(0), (top.var(0, unbiased=False) + extra_std ** 2).sqrt()
@@ -395,6 +453,20 @@ class C2M:
         The paper's Cross-Entropy Method alone, or also the :func:`classic_candidates`
         (k-means, Ward, single linkage for every k), keeping whichever the metric scores
         highest; in training, the wrong candidates are negatives too.
+    structure_features : bool
+        Append :func:`structure_features` (the share of nearest-neighbour pairs cut, the share
+        of points outside their cluster's largest connected piece), computed on the data's
+        ``n_neighbours`` graph: what a blob-trained metric needs to judge moons and rings.
+    gae : bool
+        Give the critic the graph autoencoder's embedding (the paper). With ``False`` it
+        sees only the size and structure features: a learned combination of
+        scale-free statistics of a clustering, which carries over to unseen shapes.
+    monotone : bool
+        With ``structure_features``: the critic can only lower its score as they grow
+        (:class:`Critic` ``penalised``); the other inputs go through the MLP.
+    min_clusters : int
+        The search's answers use at least this many clusters (the paper's datasets have
+        2 or more; one cluster is no clustering).
     rotate : bool
         From the second epoch on, show every labelled set under a new random rotation
         (:func:`rotate_points`): more views of few labelled sets, against over-fitting them.
@@ -424,13 +496,19 @@ class C2M:
                  iterations: int = 30, extra_std: float = 0.1, init_std: float = 1.0, baseline_negatives: bool = True,
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
-                 size_features: bool = False, search: str = "cem", rotate: bool = False, random_state=None, verbose: bool = False):
+                 size_features: bool = False, structure_features: bool = False, gae: bool = True,
+                 monotone: bool = False, min_clusters: int = 2, search: str = "cem",
+                 rotate: bool = False, random_state=None, verbose: bool = False):
         self.critic_steps = critic_steps
         self.critic_batch = critic_batch
         self.replay = replay
         self.train_embedding = train_embedding
         self.objective = objective
         self.size_features = size_features
+        self.structure_features = structure_features
+        self.gae = gae
+        self.min_clusters = min_clusters
+        self.monotone = monotone
         self.search = search
         self.rotate = rotate
         self.max_clusters = max_clusters
@@ -459,7 +537,8 @@ class C2M:
         them, the classic clusterings the search starts from when it uses them and
         ``for_search``; scoring a given clustering does not need them)."""
         x = standardize(X, self.input_dim)
-        neighbours = nearest_neighbours(x, self.n_neighbours) if self.graph == "cliques+knn" else None
+        wanted = self.graph == "cliques+knn" or self.structure_features
+        neighbours = nearest_neighbours(x, self.n_neighbours) if wanted else None
         wanted = for_search and self.search != "cem"
         candidates = classic_candidates(x, self.max_clusters, self.random_state) if wanted else None
         return x, neighbours, candidates
@@ -467,14 +546,20 @@ class C2M:
     def _networks(self) -> None:
         """Fresh ``autoencoder_`` and ``critic_`` shaped by the settings."""
         self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed, self.graph)
-        self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 + (2 if self.size_features else 0))
+        extra = 2 * self.size_features + 3 * self.structure_features
+        self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 * self.gae + extra,
+                              penalised=3 if self.structure_features and self.monotone else 0)
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
         x, neighbours = points[0], points[1]
         k = max(int(labels.max()) + 1 if labels.numel() else 1, self.max_clusters)
-        e = clustering_embedding(self.autoencoder_, x, labels, k, neighbours)
-        return torch.cat([e, size_features(labels, self.max_clusters)], -1) if self.size_features else e
+        parts = [clustering_embedding(self.autoencoder_, x, labels, k, neighbours)] if self.gae else []
+        if self.size_features:
+            parts.append(size_features(labels, self.max_clusters))
+        if self.structure_features:
+            parts.append(structure_features(labels, neighbours))
+        return torch.cat(parts, -1)
 
     def _embed_many(self, pairs, items) -> torch.Tensor:
         """Embeddings of ``(dataset index, labels)`` items, one batched call per dataset."""
@@ -492,7 +577,11 @@ class C2M:
         x = points[0]
 
         def score(labels):
-            return self.critic_(self._embed(points, labels))
+            scores = self.critic_(self._embed(points, labels))
+            if self.min_clusters > 1:  # too few clusters is no answer
+                used = _one_hot(labels, self.max_clusters).amax(-2).sum(-1)
+                scores = scores.masked_fill(used < self.min_clusters, -float("inf"))
+            return scores
 
         out = cem_search(score, x, self.max_clusters, self.population, self.elite, self.iterations, self.init_std,
                          self.extra_std, generator, with_elite=with_elite)
@@ -519,6 +608,12 @@ class C2M:
             raise DeepclustError(f"search={self.search!r} is not 'cem' or 'cem+candidates'")
         if self.objective not in ("wgan", "ranking"):
             raise DeepclustError(f"objective={self.objective!r} is not 'wgan' or 'ranking'")
+        if not (self.gae or self.size_features or self.structure_features):
+            raise DeepclustError("gae=False leaves the critic nothing to see; set size_features and/or "
+                                 "structure_features too")
+        if not 1 <= self.min_clusters <= self.max_clusters:
+            raise DeepclustError(f"min_clusters={self.min_clusters} must be between 1 and max_clusters="
+                                 f"{self.max_clusters}")
         pairs, dims = [], []
         for i, item in enumerate(datasets):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
@@ -540,7 +635,7 @@ class C2M:
         order_rng = np.random.default_rng(seed)
         self._networks()
         optimizer = torch.optim.Adam(self.autoencoder_.parameters(), lr=0.01)
-        for _ in range(self.gae_epochs):  # the embedding g: reconstruct the true cliques
+        for _ in range(self.gae_epochs if self.gae else 0):  # the embedding g: reconstruct the true cliques
             optimizer.zero_grad()
             loss = torch.stack([self.autoencoder_.reconstruction_loss(p[0], y, p[1]) for p, y in pairs]).mean()
             loss.backward()
@@ -633,9 +728,13 @@ class C2M:
         model.critic_.load_state_dict(state["critic"])
         model.critic_.requires_grad_(False)
         model.history_ = state["history"]
-        seed = model.random_state if random_state is None else random_state
-        model._generator = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**31 - 1)))
+        model.seed_search(model.random_state if random_state is None else random_state)
         return model
+
+    def seed_search(self, random_state) -> "C2M":
+        """Seed the searches of :meth:`fit_predict` (the same seed, the same clustering)."""
+        self._generator = torch.Generator().manual_seed(int(np.random.default_rng(random_state).integers(2**31 - 1)))
+        return self
 
     def _fitted(self) -> None:
         if not hasattr(self, "critic_"):

@@ -70,10 +70,12 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--algorithm", metavar="NAME", help=f"clustering algorithm: {_algorithm_names()} (default kmeans)")
     p.add_argument("--param", metavar="KEY=VALUE", dest="cluster_params", action="append", type=_param,
                    help="a further parameter of the algorithm, e.g. eps=0.3 for dbscan (repeatable)")
-    p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: eigengap or silhouette "
+    p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: eigengap, silhouette or c2m "
                    "(default: eigengap for spectral, silhouette otherwise)")
     p.add_argument("--k-min", metavar="K", type=_positive_int, help="with --n-clusters auto: smallest k tried (default 2)")
     p.add_argument("--k-max", metavar="K", type=_positive_int, help="with --n-clusters auto: largest k tried (default 50)")
+    p.add_argument("--k-metric", metavar="FILE", help="with --k-method c2m: a learned metric (metric.pt of "
+                   "`deepclust train --method c2m`)")
     p.add_argument("--backbone", metavar="NAME", help=f"timm model name (default {DEFAULT_BACKBONE})")
     p.add_argument("--weights", metavar="PATH", help="pretrained (default), random, or a checkpoint / state-dict file")
     p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
@@ -139,8 +141,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="fine-tune a backbone on labelled classes (episodic, classic), or train a clustering network "
-        "(mmdc, imc_swav)",
+        help="fine-tune a backbone on labelled classes (episodic, classic), train a clustering network "
+        "(mmdc, imc_swav), or learn a clustering metric (c2m)",
         description="episodic / classic: fine-tune a backbone on the training classes of a split and keep "
         "the epoch whose embeddings cluster the validation classes best (K-means cluster accuracy). Writes "
         "best.pt (usable as `deepclust cluster --weights`), last.pt, history.csv and train_summary.json to "
@@ -148,13 +150,14 @@ def _add_train_parser(subparsers) -> None:
         "processes (DDP). mmdc, imc_swav: train Multi-Modal Deep Clustering or IMC-SwAV networks from "
         "scratch on a folder of images (--images DIR --n-clusters K) and write a run folder like "
         "`deepclust cluster` does (assignments.csv, embeddings.npy, summary.json, metrics.json with "
-        "--labels folders); imc_swav also runs under torchrun. "
+        "--labels folders); imc_swav also runs under torchrun. c2m: learn a clustering metric from the labelled "
+        "images (class subfolders) and write metric.pt, for `deepclust cluster --algorithm c2m`. "
         "Running again resumes.",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML file of training options (see TrainConfig)")
     p.add_argument("--out", metavar="DIR", help="training folder (reused to resume)")
-    p.add_argument("--method", metavar="NAME", help="episodic (default), classic, mmdc or imc_swav")
+    p.add_argument("--method", metavar="NAME", help="episodic (default), classic, mmdc, imc_swav or c2m")
     p.add_argument("--images", metavar="DIR", help="folder of images (class subfolders for episodic/classic)")
     p.add_argument("--split", metavar="NAME|FILE", help="class split with train and val subsets")
     p.add_argument("--backbone", metavar="NAME", help="timm model name (default tf_efficientnet_lite0)")
@@ -162,7 +165,8 @@ def _add_train_parser(subparsers) -> None:
     p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels")
     p.add_argument("--alpha", metavar="A", type=float, help="weight of the scatter loss in [0, 1] (default 0)")
     p.add_argument("--epochs", metavar="N", type=_positive_int, help="epochs (default 9)")
-    p.add_argument("--n-tasks", metavar="N", type=_positive_int, help="episodic tasks per epoch (default 300)")
+    p.add_argument("--n-tasks", metavar="N", type=_positive_int, help="episodic tasks per epoch (default 300); c2m: labelled datasets drawn "
+                   "from the images (default 20)")
     p.add_argument("--n-way", metavar="N", type=_positive_int, help="classes per task (default 20)")
     p.add_argument("--trainable-stages", metavar="N", type=_positive_int, help="train only the last N stages")
     p.add_argument("--cache-views", metavar="N", type=int, help="cache the frozen stages for N augmented views")
@@ -188,6 +192,14 @@ def _add_train_parser(subparsers) -> None:
     imc.add_argument("--beta", metavar="B", type=float, help="weight of the cluster-marginal entropy (default 4)")
     imc.add_argument("--eval-every", metavar="N", type=_positive_int,
                      help="with --labels, score the clusters every N epochs (the learning curve; default 1)")
+    c2m = p.add_argument_group("c2m (a clustering metric learned from labelled images)")
+    c2m.add_argument("--subset", metavar="NAME", help="with --split: the subset whose classes it learns from (e.g. train)")
+    c2m.add_argument("--task-size", metavar="N", type=_positive_int,
+                     help="points in each labelled dataset drawn from the images (default 200)")
+    c2m.add_argument("--max-clusters", metavar="K", type=_positive_int,
+                     help="most classes per drawn dataset and most clusters the metric finds (default 50)")
+    c2m.add_argument("--param", metavar="KEY=VALUE", dest="params", action="append", type=_param,
+                     help="a further argument of deepclust.methods.C2M, e.g. objective=ranking (repeatable)")
     p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")
     p.add_argument("--seed", metavar="N", type=int, help="random seed (default 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -202,8 +214,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = _given_options(args)
     file = getattr(args, "config", None)
     name = options.get("method") or (load_yaml(file).get("method") if file else None) or "episodic"
+    if "params" in options:
+        options["params"] = dict(options["params"])
     config = build_config(config_class(name), file, **options)
     method = create_method(config.method, config)
+    if getattr(method, "learns_metric", False):  # c2m: the result is a metric file
+        method.fit()
+        print(f"metric in {config.out}/metric.pt (use: deepclust cluster IMAGES --algorithm c2m "
+              f"--param metric={config.out}/metric.pt)")
+        return 0
     if getattr(method, "end_to_end", False):  # an end-to-end clustering method: its run folder is the result
         method.fit()
         metrics = method.summary_["metrics"]
@@ -232,7 +251,10 @@ def _add_experiment_parser(subparsers) -> None:
         "every model over several seeds, and write table1.md, results.csv, results.json and figure3.png. "
         "End-to-end methods (`method: mmdc`): train every variant over several seeds, score single runs, "
         "the lowest-loss run and the majority vote, before and after refinement, against k-means on raw "
-        "pixels, and write table.md, results.csv, results.json and figure.png. Running again resumes; "
+        "pixels, and write table.md, results.csv, results.json and figure.png. C2M (`method: c2m`): learn "
+        "metrics from labelled sets (synthetic blobs, or one image collection), cluster new sets of other "
+        "families or collections with k unknown, run the critic checks, and write the same files. Running again "
+        "resumes; "
         "finished steps are not redone.",
     )
     p.add_argument("config", metavar="CONFIG", help="experiment YAML file (see configs/)")
@@ -247,7 +269,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from deepclust.experiment import load_experiment, run_experiment
 
     overrides = {k: v for k, v in (("out", args.out), ("progress", args.progress)) if v is not None}
-    if load_yaml(args.config).get("method") in END_TO_END:
+    if load_yaml(args.config).get("method") == "c2m":
+        from deepclust.c2m_experiment import load_c2m_experiment, run_c2m_experiment
+
+        config = load_c2m_experiment(args.config, **overrides)
+        results = run_c2m_experiment(config)
+        table = "table.md"
+    elif load_yaml(args.config).get("method") in END_TO_END:
         config = load_clustering_experiment(args.config, **overrides)
         results = run_clustering_experiment(config)
         table = "table.md"

@@ -38,10 +38,12 @@ class ClusterConfig:
         Further parameters of the algorithm, e.g. ``{"eps": 0.3}`` for dbscan or
         ``{"n_neighbors": 15}`` for spectral.
     k_method : str or None
-        ``eigengap`` or ``silhouette``; None: the algorithm's own choice (eigengap for
+        ``eigengap``, ``silhouette`` or ``c2m`` (needs ``k_metric``); None: the algorithm's own choice (eigengap for
         spectral, silhouette for the others).
     k_min, k_max : int
         Range searched by ``n_clusters="auto"``.
+    k_metric : str or None
+        With ``k_method="c2m"``: the learned metric file (``deepclust train --method c2m``).
     backbone, weights, image_size
         See :func:`deepclust.backbones.create_backbone`.
     batch_size, num_workers, device
@@ -69,6 +71,7 @@ class ClusterConfig:
     k_method: str | None = None
     k_min: int = 2
     k_max: int = 50
+    k_metric: str | None = None
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"
     image_size: int | None = None
@@ -289,6 +292,60 @@ class IMCSwAVConfig(EndToEndConfig):
     milestones: list = dataclasses.field(default_factory=lambda: [150, 300, 400])
     gamma: float = 0.4
     eval_every: int = 1
+
+
+@dataclass
+class C2MConfig:
+    """Configuration of ``deepclust train --method c2m``: learn a C2M clustering metric from
+    labelled images (:class:`deepclust.methods.c2m_training.C2MTraining`).
+
+    Attributes
+    ----------
+    method : str
+    images : str
+        Folder of class subfolders, represented by ``backbone`` embeddings.
+    split, subset : str or None
+        Only the classes of one subset of a split (e.g. ``eu-moths``, ``train``).
+    dataset : dict
+        Instead of a folder: ``{name: mnist|coil20, source: PATH}``, represented by pixels.
+    out : str
+        Output folder: ``metric.pt``, ``history.csv``, ``train_summary.json``,
+        ``config.yaml``, ``skipped.csv``, ``cache/``.
+    n_tasks, task_size : int
+        Labelled datasets drawn from the images, and points in each (the paper: 20 of 200).
+    max_clusters : int
+        Most classes in a drawn dataset, and the most clusters the metric's search may use.
+    epochs : int
+        Passes of the critic over the datasets (the paper: 10; 1 for few-shot).
+    params : dict
+        Further arguments of :class:`deepclust.methods.c2m.C2M` (e.g. ``{objective: ranking}``).
+    backbone, weights, image_size, batch_size, num_workers, device
+        Embedding settings, as for ``deepclust cluster``.
+    seed, progress
+    """
+
+    method: str = "c2m"
+    images: str = ""
+    split: str | None = None
+    subset: str | None = None
+    dataset: dict = dataclasses.field(default_factory=dict)
+    out: str = ""
+    n_tasks: int = 20
+    task_size: int = 200
+    max_clusters: int = 50
+    epochs: int = 10
+    params: dict = dataclasses.field(default_factory=dict)
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "pretrained"
+    image_size: int | None = None
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -127,6 +127,10 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     make_clusterer(config.algorithm, 2, config.seed, config.cluster_params)._check_params()
     if config.k_method is not None and config.k_method not in K_METHODS:
         raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
+    if config.k_method == "c2m":
+        from deepclust.cluster.learned import C2MClusterer
+
+        C2MClusterer(metric=config.k_metric)._check_params()  # the metric file exists
     density = not takes_n_clusters(config.algorithm)
     if (config.split is None) != (config.subset is None):
         raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
@@ -198,7 +202,8 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         if k_max < config.k_min:
             raise DeepclustError(f"--n-clusters auto needs more images than k_min={config.k_min}; got {len(kept)}")
         log.info("estimating the number of clusters (%s, k=%d..%d)", method, config.k_min, k_max)
-        k_estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed)
+        k_estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
+                                         metric=config.k_metric)
         n_clusters = k_estimate.n_clusters
         n_clusters_from = f"estimated ({method})"
         log.info("estimated %d clusters", n_clusters)

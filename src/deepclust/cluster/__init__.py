@@ -5,7 +5,8 @@
 
 Registered: ``kmeans``, ``spectral``, ``gmm``, ``agglomerative`` (they take
 ``n_clusters``, an integer or ``"auto"``) and ``dbscan``, ``optics``, ``hdbscan``
-(they find their own number of clusters and label noise ``-1``).
+(they find their own number of clusters and label noise ``-1``), and ``c2m`` (a learned
+metric finds the clustering and its number of clusters).
 """
 
 from deepclust.cluster._base import BaseClusterer
@@ -20,6 +21,7 @@ from deepclust.cluster.agglomerative import Agglomerative
 from deepclust.cluster.density import DBSCAN, HDBSCAN, OPTICS
 from deepclust.cluster.k_estimation import K_METHODS, KEstimate, eigengap, estimate_n_clusters
 from deepclust.cluster.kmeans import KMeans
+from deepclust.cluster.learned import C2MClusterer
 from deepclust.cluster.mixture import GaussianMixture
 from deepclust.cluster.neighbors import affinity_matrix, knn_graph
 from deepclust.cluster.spectral import SpectralClustering, knn_affinity, spectral_embedding, top_eigenvectors
@@ -27,6 +29,7 @@ from deepclust.cluster.spectral import SpectralClustering, knn_affinity, spectra
 __all__ = [
     "Agglomerative",
     "BaseClusterer",
+    "C2MClusterer",
     "DBSCAN",
     "GaussianMixture",
     "HDBSCAN",

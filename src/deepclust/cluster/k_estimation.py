@@ -1,4 +1,5 @@
-"""Estimating the number of clusters: the eigengap heuristic and the silhouette curve.
+"""Estimating the number of clusters: the eigengap heuristic, the silhouette curve, and a
+learned C2M metric.
 
 >>> est = estimate_n_clusters(X, method="eigengap", k_max=30)   # doctest: +SKIP
 >>> est.n_clusters, est.curve()                                  # doctest: +SKIP
@@ -10,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepclust.cluster._base import as_generator, check_choice, check_int
+from deepclust.cluster._base import as_generator, as_seed, check_choice, check_int
 from deepclust.errors import DeepclustError
 
-K_METHODS = ("eigengap", "silhouette")
+K_METHODS = ("eigengap", "silhouette", "c2m")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class KEstimate:
         Candidate numbers of clusters.
     scores : ndarray of shape (m,)
         The criterion for each candidate (larger is better): the eigengap
-        ``lambda_k - lambda_{k+1}`` or the mean silhouette.
+        ``lambda_k - lambda_{k+1}``, the mean silhouette, or the learned metric's score.
     """
 
     n_clusters: int
@@ -64,7 +65,8 @@ def eigengap(values, k_min: int = 2, k_max: int | None = None) -> tuple[np.ndarr
 
 
 def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int | None = None,
-                        sample_size: int | None = 5000, n_neighbors: int = 10, random_state=None) -> KEstimate:
+                        sample_size: int | None = 5000, n_neighbors: int = 10, random_state=None,
+                        metric=None) -> KEstimate:
     """Estimate the number of clusters of ``X`` (n, d).
 
     Parameters
@@ -73,7 +75,9 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         ``eigengap``: the k with the largest gap between the k-th and (k+1)-th
         eigenvalue of the normalised k-NN affinity (von Luxburg, 2007, sec. 8.3).
         ``silhouette``: the k whose k-means clustering has the largest mean silhouette
-        (Rousseeuw, 1987).
+        (Rousseeuw, 1987). ``c2m``: the k whose k-means clustering a learned C2M metric
+        (``metric``) scores highest: label-free model selection by what labelled datasets
+        taught it a good clustering looks like.
     k_min, k_max : int
         Range of candidates; ``k_max`` defaults to ``min(50, n - 1)``.
     sample_size : int or None
@@ -81,6 +85,9 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         and scored (silhouette costs ``O(n^2)``). None uses every row.
     n_neighbors : int
         Eigengap only: neighbours of the affinity graph.
+    metric : C2M, path or None
+        c2m only: the learned metric (a fitted :class:`deepclust.methods.C2M` or the path
+        of one it saved).
     random_state : int, numpy Generator or None
 
     Returns
@@ -106,6 +113,16 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         S = knn_affinity(X, min(n_neighbors, n - 1), random_state=rng)
         values, _ = top_eigenvectors(S, min(k_max + 1, n), random_state=rng)
         ks, scores = eigengap(values, k_min, k_max)
+    elif method == "c2m":
+        from deepclust.cluster.learned import load_metric
+
+        model = load_metric(metric, random_state=as_seed(random_state))
+        ks = np.arange(max(k_min, 2), min(k_max, n - 1) + 1)
+        if len(ks) == 0:
+            raise DeepclustError(f"c2m needs 2 <= k <= n_samples - 1; got k_min={k_min}, k_max={k_max}")
+        scores = np.array([
+            model.score(X, KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X)) for k in ks
+        ])
     else:
         from sklearn.metrics import silhouette_score
 

@@ -1,4 +1,5 @@
-"""Methods: train a backbone (episodic, classic fine-tuning) or a clustering network (mmdc, imc_swav).
+"""Methods: train a backbone (episodic, classic fine-tuning), a clustering network (mmdc, imc_swav),
+or a clustering metric (c2m).
 
 ``create_method(name, config)`` builds one by name; ``fit()`` trains it. Fine-tuning
 methods take a :class:`~deepclust.config.TrainConfig`, end-to-end clustering methods
@@ -7,17 +8,18 @@ their own config (:class:`~deepclust.config.MMDCConfig`, :class:`~deepclust.conf
 
 from __future__ import annotations
 
-from deepclust.config import IMCSwAVConfig, MMDCConfig, TrainConfig
+from deepclust.config import C2MConfig, IMCSwAVConfig, MMDCConfig, TrainConfig
 from deepclust.errors import DeepclustError
 from deepclust.methods.base import FineTuning
 from deepclust.methods.classic import ClassicFineTuning
 from deepclust.methods.episodic import EpisodicFineTuning
 from deepclust.methods.c2m import C2M
+from deepclust.methods.c2m_training import C2MTraining
 from deepclust.methods.imc_swav import IMCSwAV, IMCSwAVTraining
 from deepclust.methods.mmdc import MMDC, MMDCTraining
 
-_METHODS = {cls.name: cls for cls in (EpisodicFineTuning, ClassicFineTuning, MMDCTraining, IMCSwAVTraining)}
-_CONFIGS = {"mmdc": MMDCConfig, "imc_swav": IMCSwAVConfig}
+_METHODS = {cls.name: cls for cls in (EpisodicFineTuning, ClassicFineTuning, MMDCTraining, IMCSwAVTraining, C2MTraining)}
+_CONFIGS = {"mmdc": MMDCConfig, "imc_swav": IMCSwAVConfig, "c2m": C2MConfig}
 
 
 def list_methods() -> list[str]:
@@ -42,5 +44,5 @@ def create_method(name: str, config):
     return _METHODS[name](config)
 
 
-__all__ = ["C2M", "ClassicFineTuning", "EpisodicFineTuning", "FineTuning", "IMCSwAV", "IMCSwAVTraining", "MMDC", "MMDCTraining", "config_class",
+__all__ = ["C2M", "C2MTraining", "ClassicFineTuning", "EpisodicFineTuning", "FineTuning", "IMCSwAV", "IMCSwAVTraining", "MMDC", "MMDCTraining", "config_class",
            "create_method", "list_methods"]

@@ -1,0 +1,178 @@
+"""``deepclust train --method c2m``: learn a C2M clustering metric from labelled images.
+
+The labelled images become many small labelled datasets, as in the paper: each draws a
+random number of classes (2 to ``max_classes``) and ``task_size`` points of them. Images
+of a folder (class subfolders) are represented by the backbone's embeddings (cached in the
+output folder, unreadable files skipped and listed); a benchmark array (``dataset: {name:
+mnist|coil20, source: PATH}``) by its pixels. The metric is written to ``OUT/metric.pt``
+and clusters new data, of any dimension and number of clusters, with
+``deepclust cluster IMAGES --algorithm c2m --param metric=OUT/metric.pt`` or selects k
+with ``--n-clusters auto --k-method c2m --k-metric OUT/metric.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from deepclust.config import C2MConfig, write_config
+from deepclust.errors import DeepclustError
+from deepclust.io import write_csv, write_json
+
+log = logging.getLogger("deepclust")
+
+METRIC, HISTORY, SUMMARY, SKIPPED = "metric.pt", "history.csv", "train_summary.json", "skipped.csv"
+
+
+class LabelledFeatures:
+    """Feature vectors with their true classes.
+
+    Attributes
+    ----------
+    X : float32 ndarray of shape (n, d)
+    y : ndarray of str, shape (n,)
+    paths : list of str
+    skipped : list of (path, reason)
+    """
+
+    def __init__(self, X, y, paths, skipped):
+        self.X, self.y, self.paths, self.skipped = X, np.asarray(y), list(paths), list(skipped)
+
+
+def labelled_features(images: str = "", dataset: dict | None = None, split: str | None = None,
+                      subset: str | None = None, backbone: str | None = None, weights: str = "pretrained",
+                      image_size: int | None = None, batch_size: int = 32, device: str = "cpu",
+                      num_workers: int | None = None, cache: str | None = None,
+                      progress: bool = True) -> LabelledFeatures:
+    """The labelled vectors a C2M metric learns from or is tested on.
+
+    ``images``: a folder of class subfolders (optionally the classes of one ``subset`` of a
+    ``split``), embedded by ``backbone`` (L2-normalised; cached in ``cache``);
+    ``dataset``: ``{name: mnist|coil20, source: PATH}``, the benchmark's pixels scaled to [0, 1].
+    """
+    from deepclust.data.datasets import load_pixels
+
+    if dataset:
+        data = load_pixels(dataset=dataset)
+        X = data.images.reshape(len(data.images), -1).astype(np.float32) / 255.0
+        return LabelledFeatures(X, data.labels, data.paths, [])
+    if not images:
+        raise DeepclustError("no labelled images given: pass a folder of class subfolders (--images DIR) "
+                             "or a dataset {name: mnist|coil20, source: PATH}")
+    if (split is None) != (subset is None):
+        raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset train")
+    from deepclust.backbones import DEFAULT_BACKBONE, create_backbone, resolve_device
+    from deepclust.data import find_images, load_split
+    from deepclust.embeddings import EmbeddingStore, extract_embeddings
+    from deepclust.pipeline import prepare_features
+
+    classes = load_split(split).classes(subset) if split else None
+    records = find_images(images, classes=classes)
+    model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
+    store = EmbeddingStore(cache, model.signature()) if cache else None
+    emb = extract_embeddings(records, model, batch_size=batch_size, device=resolve_device(device),
+                             num_workers=num_workers, store=store, progress=progress)
+    kept = [records[i] for i in emb.indices]
+    if not kept:
+        raise DeepclustError(f"none of the {len(records)} images in '{images}' could be read")
+    skipped = [(records[i].path, reason) for i, reason in emb.skipped]
+    return LabelledFeatures(prepare_features(emb.vectors, True).astype(np.float32), [r.folder for r in kept],
+                            [r.path for r in kept], skipped)
+
+
+def sample_datasets(y, count: int, size: int, max_classes: int, min_classes: int = 2,
+                    random_state=None) -> list[np.ndarray]:
+    """``count`` labelled subsets of one collection, as the paper builds its training sets:
+    each draws a number of classes uniformly from ``min_classes`` to ``max_classes`` (at most
+    the classes there are), those classes, then ``size`` of their points without
+    replacement (all of them when they have fewer). Returns index arrays."""
+    y = np.asarray(y)
+    classes = np.unique(y)
+    if len(classes) < min_classes:
+        raise DeepclustError(f"need at least {min_classes} classes to sample labelled datasets from; got {len(classes)}")
+    if count < 1 or size < 2 or min_classes < 2 or max_classes < min_classes:
+        raise DeepclustError(f"need count >= 1, size >= 2 and 2 <= min_classes <= max_classes; got {count}, {size}, "
+                             f"{min_classes}, {max_classes}")
+    rng = np.random.default_rng(random_state)
+    top = min(max_classes, len(classes))
+    out = []
+    for _ in range(count):
+        k = int(rng.integers(min_classes, top + 1))
+        chosen = rng.choice(classes, k, replace=False)
+        pool = np.flatnonzero(np.isin(y, chosen))
+        out.append(np.sort(rng.choice(pool, min(size, len(pool)), replace=False)))
+    return out
+
+
+def c2m_estimator(config: C2MConfig):
+    """The :class:`~deepclust.methods.c2m.C2M` a config describes (``params`` are further
+    constructor arguments, checked by name)."""
+    import inspect
+
+    from deepclust.methods.c2m import C2M
+
+    known = set(inspect.signature(C2M.__init__).parameters) - {"self"}
+    params = dict(config.params or {})
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise DeepclustError(f"C2M has no parameter {', '.join(unknown)}; its parameters are: "
+                             f"{', '.join(sorted(known - {'random_state', 'verbose'}))}")
+    params.setdefault("max_clusters", config.max_clusters)
+    params.setdefault("epochs", config.epochs)
+    params.setdefault("random_state", config.seed)
+    params.setdefault("verbose", True)
+    return C2M(**params)
+
+
+class C2MTraining:
+    """``deepclust train --method c2m``: labelled images -> labelled datasets -> a learned
+    metric in ``OUT/metric.pt`` (with ``history.csv``, ``train_summary.json``,
+    ``config.yaml`` and ``skipped.csv``). Running again with a finished ``metric.pt``
+    reuses it instead of training again."""
+
+    name = "c2m"
+    end_to_end = False
+    learns_metric = True
+
+    def __init__(self, config: C2MConfig):
+        self.config = config
+
+    def fit(self) -> "C2MTraining":
+        from deepclust.methods.c2m import C2M
+
+        c = self.config
+        if not c.out:
+            raise DeepclustError("no output folder given; pass --out DIR")
+        for name, value, low in (("n_tasks", c.n_tasks, 1), ("task_size", c.task_size, 2),
+                                 ("max_clusters", c.max_clusters, 2), ("epochs", c.epochs, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DeepclustError(f"{name}={value!r} must be an integer >= {low}")
+        estimator = c2m_estimator(c)  # fail on a bad parameter before embedding
+        os.makedirs(c.out, exist_ok=True)
+        path = os.path.join(c.out, METRIC)
+        if os.path.isfile(path):
+            log.info("a metric is already in %s; reusing it (delete it to train again)", path)
+            self.metric_ = C2M.load(path)
+            return self
+        t0 = time.perf_counter()
+        data = labelled_features(c.images, c.dataset, c.split, c.subset, c.backbone, c.weights, c.image_size,
+                                 c.batch_size, c.device, c.num_workers, os.path.join(c.out, "cache"), c.progress)
+        write_csv(os.path.join(c.out, SKIPPED), ["path", "reason"], data.skipped)
+        if data.skipped:
+            log.warning("skipped %d unreadable image(s); see %s", len(data.skipped), os.path.join(c.out, SKIPPED))
+        subsets = sample_datasets(data.y, c.n_tasks, c.task_size, c.max_clusters, random_state=c.seed)
+        log.info("learning a C2M metric from %d labelled datasets of up to %d points (%d images, %d classes, %d "
+                 "features)", len(subsets), c.task_size, len(data.y), len(np.unique(data.y)), data.X.shape[1])
+        self.metric_ = estimator.fit([(data.X[i], data.y[i]) for i in subsets])
+        self.metric_.save(path)
+        history = self.metric_.history_
+        write_csv(os.path.join(c.out, HISTORY), list(history[0]), [list(row.values()) for row in history])
+        write_config(os.path.join(c.out, "config.yaml"), c)
+        write_json(os.path.join(c.out, SUMMARY), {
+            "metric": path, "images": len(data.y), "classes": int(len(np.unique(data.y))),
+            "features": int(data.X.shape[1]), "datasets": len(subsets), "skipped": len(data.skipped),
+            "seconds": time.perf_counter() - t0})
+        return self

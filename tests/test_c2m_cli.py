@@ -1,0 +1,107 @@
+"""C2M from the command line (train a metric on real images, cluster with it, pick k with it)
+and as an experiment (the synthetic protocol and image-to-image transfer)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import SHARED, needs_moths
+from deepclust.cli import main
+
+COIL = {"name": "coil20", "source": str(SHARED / "data" / "coil20" / "COIL20.mat")}
+MNIST = {"name": "mnist", "source": str(SHARED / "data" / "mnist")}
+FAST = ["--param", "population=12", "--param", "iterations=2", "--param", "gae_epochs=5"]
+
+
+@needs_moths
+def test_train_a_metric_on_moth_species_then_cluster_and_choose_k_with_it(moth_split, tmp_path, capsys):
+    images, split = moth_split
+    broken = tmp_path / "extra" / "idaea_dimidiata"
+    broken.mkdir(parents=True)
+    out = tmp_path / "metric"
+    args = ["train", "--method", "c2m", "--images", str(images), "--split", str(split), "--subset", "train",
+            "--out", str(out), "--n-tasks", "3", "--task-size", "30", "--max-clusters", "4", "--epochs", "1",
+            "--image-size", "64", "--no-progress", "--param", "structure_features=true", "--param",
+            "size_features=true"] + FAST
+    assert main(args) == 0
+    assert "metric.pt" in capsys.readouterr().out
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["classes"] == 4 and summary["datasets"] == 3 and summary["features"] == 1280
+    assert (out / "history.csv").read_text().startswith("epoch,real,fake,ari,seconds")
+    assert yaml.safe_load((out / "config.yaml").read_text())["params"]["structure_features"] is True
+    before = (out / "metric.pt").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "metric.pt").stat().st_mtime_ns == before  # reused, not retrained
+
+    run = tmp_path / "run"
+    common = [str(images), "--split", str(split), "--subset", "test", "--labels", "folders", "--image-size", "64",
+              "--no-progress"]
+    assert main(["cluster", *common, "--out", str(run), "--algorithm", "c2m", "--param", f"metric={out}/metric.pt"]) == 0
+    printed = capsys.readouterr().out
+    assert "clustered" in printed and "NMI" in printed  # the c2m clusterer found its own number of clusters
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 2 <= metrics["n_clusters"] <= 4 and metrics["n_images"] > 20
+    chosen = tmp_path / "chosen"
+    assert main(["cluster", *common, "--out", str(chosen), "--n-clusters", "auto", "--k-method", "c2m",
+                 "--k-metric", f"{out}/metric.pt", "--k-max", "4"]) == 0
+    curve = (chosen / "k_estimation.csv").read_text().splitlines()
+    assert curve[0] == "k,score" and [int(r.split(",")[0]) for r in curve[1:]] == [2, 3, 4]
+    assert main(["cluster", *common, "--out", str(tmp_path / "bad"), "--n-clusters", "auto", "--k-method", "c2m",
+                 "--k-metric", str(tmp_path / "nowhere.pt")]) == 2
+    assert "no C2M metric at" in capsys.readouterr().err
+    assert main(["train", "--method", "c2m", "--images", str(images), "--out", str(tmp_path / "x"),
+                 "--param", "colour=3"]) == 2
+    assert "C2M has no parameter colour" in capsys.readouterr().err
+
+
+def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_checks(tmp_path, capsys):
+    config = {"name": "tiny", "method": "c2m", "out": str(tmp_path / "exp"), "test_datasets": 2, "check_datasets": 1,
+              "max_clusters": 4, "n_samples": 50,
+              "trainings": {"standard": {"datasets": 3, "epochs": 1}, "few-shot": {"datasets": 2, "epochs": 1}},
+              "settings": {"input_dim": 2, "population": 10, "iterations": 2, "gae_epochs": 5},
+              "variants": {"paper": {}, "features": {"gae": False, "size_features": True, "structure_features": True,
+                                                     "objective": "ranking"}}}
+    path = tmp_path / "c2m.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["experiment", str(path), "--no-progress"]) == 0
+    table = (tmp_path / "exp" / "table.md").read_text()
+    for text in ("| paper | standard |", "| features | few-shot |", "k-means, true k given", "Critic checks",
+                 "| features-standard-s0 |"):
+        assert text in table
+    results = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert sorted(results["parts"]) == ["features-few-shot-s0", "features-standard-s0", "paper-few-shot-s0",
+                                        "paper-standard-s0"]
+    checks = results["parts"]["features-standard-s0"]["checks"]
+    assert set(checks) == {"blobs", "aniso", "moons", "circles"}
+    assert all(c["rename_change"] < 1e-4 for c in checks.values())  # renaming clusters changes no score
+    assert all(len(c["mean_score"]) == 11 and len(c["ranks"]) == 1 for c in checks.values())
+    sets = results["parts"]["paper-standard-s0"]["test"]["moons"]["sets"]
+    assert len(sets) == 2 and all(r["k_true"] == 2 and 2 <= r["k_found"] <= 4 for r in sets)
+    assert (tmp_path / "exp" / "figure.png").stat().st_size > 1000
+    stamp = (tmp_path / "exp" / "parts" / "paper-standard-s0.json").stat().st_mtime_ns
+    assert main(["experiment", str(path), "--no-progress"]) == 0  # finished parts are loaded
+    assert (tmp_path / "exp" / "parts" / "paper-standard-s0.json").stat().st_mtime_ns == stamp
+    bad = dict(config, variants={"x": {"colour": 1}})
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["experiment", str(path)]) == 2
+    assert "unknown C2M setting(s) colour" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isfile(COIL["source"]), reason="COIL-20 not found")
+def test_the_transfer_experiment_learns_on_coil20_pixels_and_clusters_mnist_sets(tmp_path):
+    config = {"method": "c2m", "protocol": "transfer", "out": str(tmp_path / "exp"), "train": {"dataset": COIL},
+              "test": {"dataset": MNIST}, "train_size": 40, "test_size": 60, "test_datasets": 2, "check_datasets": 0,
+              "max_clusters": 4, "trainings": {"standard": {"datasets": 3, "epochs": 1}},
+              "settings": {"population": 10, "iterations": 2, "gae": False, "size_features": True,
+                           "structure_features": True}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["experiment", str(path), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "exp" / "results.json").read_text())
+    test = results["parts"]["c2m-standard-s0"]["test"]["test"]
+    assert len(test["sets"]) == 2 and all(2 <= r["k_true"] <= 4 for r in test["sets"])
+    assert 0 <= results["kmeans_true_k"]["test"]["ACC"] <= 1 and np.isfinite(test["NMI"])

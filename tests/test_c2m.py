@@ -359,6 +359,22 @@ def test_neighbour_components_match_scipy_and_structure_features_see_cuts_and_me
     assert float(structure_features(stray, nearest_neighbours(blobs, 5))[2]) == pytest.approx(1 / 4)
 
 
+def test_mutual_neighbour_pieces_leave_a_point_whose_neighbours_ignore_it_outside():
+    from deepclust.methods.c2m import mutual_neighbours, neighbour_components, structure_features
+
+    group = torch.randn(20, 2, generator=torch.Generator().manual_seed(0)) * 0.1
+    x = torch.cat([group, torch.tensor([[5.0, 0.0]])])  # a straggler: its neighbours are in the group, not it in theirs
+    nb = nearest_neighbours(x, 5)
+    mutual = mutual_neighbours(nb)
+    assert not mutual[20].any() and mutual[:20].any(1).all()
+    one = torch.zeros(21, dtype=torch.long)
+    pieces = neighbour_components(one, nb, mutual)
+    assert int(pieces[20]) == 20 and int((pieces == 20).sum()) == 1  # the straggler is a piece of its own
+    assert int(neighbour_components(one, nb)[20]) == 0  # one-way links join it to the group
+    assert float(structure_features(one, nb)[1]) == 0.0
+    assert float(structure_features(one, nb, mutual=True)[1]) > 0
+
+
 def test_a_feature_only_metric_and_the_smallest_number_of_clusters():
     from deepclust.methods import C2M
 

@@ -26,14 +26,18 @@ def test_train_a_metric_on_moth_species_then_cluster_and_choose_k_with_it(moth_s
     out = tmp_path / "metric"
     args = ["train", "--method", "c2m", "--images", str(images), "--split", str(split), "--subset", "train",
             "--out", str(out), "--n-tasks", "3", "--task-size", "30", "--max-clusters", "4", "--epochs", "1",
-            "--image-size", "64", "--no-progress", "--param", "structure_features=true", "--param",
-            "size_features=true"] + FAST
+            "--image-size", "64", "--no-progress", "--param", "n_neighbours=5"] + FAST
     assert main(args) == 0
     assert "metric.pt" in capsys.readouterr().out
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["classes"] == 4 and summary["datasets"] == 3 and summary["features"] == 1280
     assert (out / "history.csv").read_text().startswith("epoch,real,fake,ari,seconds")
-    assert yaml.safe_load((out / "config.yaml").read_text())["params"]["structure_features"] is True
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["preset"] == "transferable" and saved["params"]["n_neighbours"] == 5
+    from deepclust.methods import C2M
+
+    metric = C2M.load(out / "metric.pt")  # the transferable preset, with the given parameter on top
+    assert metric.structure_features and metric.monotone and not metric.gae and metric.n_neighbours == 5
     before = (out / "metric.pt").stat().st_mtime_ns
     assert main(args) == 0 and (out / "metric.pt").stat().st_mtime_ns == before  # reused, not retrained
 

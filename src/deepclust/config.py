@@ -317,8 +317,12 @@ class C2MConfig:
         Most classes in a drawn dataset, and the most clusters the metric's search may use.
     epochs : int
         Passes of the critic over the datasets (the paper: 10; 1 for few-shot).
+    preset : str
+        ``transferable`` (default: the setting that carries over to unseen shapes and
+        collections) or ``paper`` (Algorithm 2 as published); see ``deepclust.methods.c2m.PRESETS``.
     params : dict
-        Further arguments of :class:`deepclust.methods.c2m.C2M` (e.g. ``{objective: ranking}``).
+        Further arguments of :class:`deepclust.methods.c2m.C2M` on top of the preset
+        (e.g. ``{n_neighbours: 15}``).
     backbone, weights, image_size, batch_size, num_workers, device
         Embedding settings, as for ``deepclust cluster``.
     seed, progress
@@ -334,6 +338,7 @@ class C2MConfig:
     task_size: int = 200
     max_clusters: int = 50
     epochs: int = 10
+    preset: str = "transferable"
     params: dict = dataclasses.field(default_factory=dict)
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"

@@ -180,12 +180,14 @@ class Critic(nn.Module):
 
     def __init__(self, input_dim: int, widths=(256, 256, 512, 512), penalised: int = 0):
         super().__init__()
-        layers, last = [], input_dim - penalised
-        for w in widths:
-            layers += [nn.Linear(last, w), nn.LeakyReLU(0.2)]
-            last = w
-        layers.append(nn.Linear(last, 1))
-        self.net = nn.Sequential(*layers) if input_dim > penalised else None
+        self.net = None
+        if input_dim > penalised:  # else: the score is the penalty alone
+            layers, last = [], input_dim - penalised
+            for w in widths:
+                layers += [nn.Linear(last, w), nn.LeakyReLU(0.2)]
+                last = w
+            layers.append(nn.Linear(last, 1))
+            self.net = nn.Sequential(*layers)
         self.penalised = penalised
         self.penalty = nn.Parameter(torch.zeros(penalised)) if penalised else None
 
@@ -208,14 +210,23 @@ def size_features(labels: torch.Tensor, max_clusters: int) -> torch.Tensor:
     return torch.cat([used / max_clusters, entropy / np.log(max(max_clusters, 2))], -1)
 
 
-def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+def mutual_neighbours(neighbours: torch.Tensor) -> torch.Tensor:
+    """(n, m) bool: whether each point is also among its neighbour's neighbours."""
+    n = len(neighbours)
+    return (neighbours[neighbours] == torch.arange(n)[:, None, None]).any(-1)
+
+
+def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor, links: torch.Tensor | None = None) -> torch.Tensor:
     """Connected components of each cluster in the nearest-neighbour graph: (..., n) labels,
     (n, m) neighbour indices -> (..., n) component ids (the smallest point index in the
     component). Two points are joined when one is among the other's neighbours and both
-    carry the same label. Batched min-label propagation with pointer jumping, no n x n
-    matrix."""
+    carry the same label (and, with ``links`` (n, m) bool, only along the neighbour pairs it
+    marks, e.g. :func:`mutual_neighbours`). Batched min-label propagation with pointer
+    jumping, no n x n matrix."""
     n = labels.shape[-1]
     same = labels[..., :, None] == labels[..., neighbours]  # (..., n, m)
+    if links is not None:
+        same = same & links
     comp = torch.arange(n).expand(labels.shape).clone()
     big = torch.tensor(n)
     flat = neighbours.reshape(-1).expand(*labels.shape[:-1], -1)
@@ -230,7 +241,7 @@ def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor) -> torc
     return comp
 
 
-def structure_features(labels: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: bool = False) -> torch.Tensor:
     """(..., n) labels -> (..., 3): how a clustering sits on the data's nearest-neighbour
     graph, whatever the clusters' shapes. The share of neighbour pairs it cuts (a cluster
     split through a dense region cuts many), the share of points outside their cluster's
@@ -242,7 +253,7 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor) -> torch.
     label names and the number of points."""
     n = labels.shape[-1]
     cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
-    comp = neighbour_components(labels, neighbours)
+    comp = neighbour_components(labels, neighbours, mutual_neighbours(neighbours) if mutual else None)
     sizes = torch.zeros(labels.shape, dtype=torch.float32).scatter_add(-1, comp, torch.ones(labels.shape))
     k = int(labels.max()) + 1
     largest = torch.zeros(*labels.shape[:-1], k).scatter_reduce(-1, labels, sizes.gather(-1, comp), "amax")
@@ -403,6 +414,19 @@ def near_misses(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) ->
     return out
 
 
+#: Named settings of :class:`C2M`. ``paper``: Algorithm 2 as published (the constructor's
+#: defaults). ``transferable``: what carries a metric learned on blobs over to other shapes
+#: and collections (measured with ``configs/c2m-synthetic.yaml``): the critic scores the
+#: clustering's neighbour-graph structure (mutual-neighbour pieces) and may only lower its
+#: score as it worsens, learns with the per-dataset ranking loss, and the search also
+#: weighs k-means, Ward and single linkage for every k.
+PRESETS = {
+    "paper": {},
+    "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True,
+                     "objective": "ranking", "search": "cem+candidates", "critic_lr": 0.005, "clip": 100.0},
+}
+
+
 class C2M:
     """Critic2Metric (Algorithm 2): learn a clustering metric from labelled datasets, then
     cluster new datasets by maximising it with the Cross-Entropy Method.
@@ -464,6 +488,9 @@ class C2M:
     monotone : bool
         With ``structure_features``: the critic can only lower its score as they grow
         (:class:`Critic` ``penalised``); the other inputs go through the MLP.
+    mutual : bool
+        The structure features' connected pieces follow mutual neighbour pairs only, so two
+        touching blobs joined by a few one-way neighbour links count as two pieces.
     min_clusters : int
         The search's answers use at least this many clusters (the paper's datasets have
         2 or more; one cluster is no clustering).
@@ -497,7 +524,7 @@ class C2M:
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
                  size_features: bool = False, structure_features: bool = False, gae: bool = True,
-                 monotone: bool = False, min_clusters: int = 2, search: str = "cem",
+                 monotone: bool = False, mutual: bool = False, min_clusters: int = 2, search: str = "cem",
                  rotate: bool = False, random_state=None, verbose: bool = False):
         self.critic_steps = critic_steps
         self.critic_batch = critic_batch
@@ -509,6 +536,7 @@ class C2M:
         self.gae = gae
         self.min_clusters = min_clusters
         self.monotone = monotone
+        self.mutual = mutual
         self.search = search
         self.rotate = rotate
         self.max_clusters = max_clusters
@@ -558,7 +586,7 @@ class C2M:
         if self.size_features:
             parts.append(size_features(labels, self.max_clusters))
         if self.structure_features:
-            parts.append(structure_features(labels, neighbours))
+            parts.append(structure_features(labels, neighbours, self.mutual))
         return torch.cat(parts, -1)
 
     def _embed_many(self, pairs, items) -> torch.Tensor:

@@ -70,7 +70,7 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
     from deepclust.pipeline import prepare_features
 
     classes = load_split(split).classes(subset) if split else None
-    records = find_images(images, classes=classes)
+    records = find_images(os.path.expanduser(images), classes=classes)
     model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
     store = EmbeddingStore(cache, model.signature()) if cache else None
     emb = extract_embeddings(records, model, batch_size=batch_size, device=resolve_device(device),
@@ -108,14 +108,16 @@ def sample_datasets(y, count: int, size: int, max_classes: int, min_classes: int
 
 
 def c2m_estimator(config: C2MConfig):
-    """The :class:`~deepclust.methods.c2m.C2M` a config describes (``params`` are further
-    constructor arguments, checked by name)."""
+    """The :class:`~deepclust.methods.c2m.C2M` a config describes: the named ``preset``
+    with ``params`` (further constructor arguments, checked by name) on top."""
     import inspect
 
-    from deepclust.methods.c2m import C2M
+    from deepclust.methods.c2m import PRESETS, C2M
 
+    if config.preset not in PRESETS:
+        raise DeepclustError(f"preset={config.preset!r} is not one of {', '.join(PRESETS)}")
     known = set(inspect.signature(C2M.__init__).parameters) - {"self"}
-    params = dict(config.params or {})
+    params = {**PRESETS[config.preset], **dict(config.params or {})}
     unknown = sorted(set(params) - known)
     if unknown:
         raise DeepclustError(f"C2M has no parameter {', '.join(unknown)}; its parameters are: "

@@ -209,6 +209,8 @@ def _evaluate(model, tests: dict, progress: bool) -> dict:
                        "ACC_sd": float(np.std([r["ACC"] for r in rows])),
                        "k_right": float(np.mean([r["k_true"] == r["k_found"] for r in rows])),
                        "truth_wins": float(np.mean([r["truth_wins"] for r in rows])), "sets": rows}
+        log.info("  %s: ACC %.3f NMI %.3f, true k found in %.0f%% of %d sets", family, out[family]["ACC"],
+                 out[family]["NMI"], 100 * out[family]["k_right"], len(rows))
     return out
 
 
@@ -317,22 +319,19 @@ def _write_tables(config: C2MExperimentConfig, results: dict) -> None:
              f"ACC / NMI averaged over {config.test_datasets} test sets per family, the number of clusters unknown "
              f"(at most {config.max_clusters}); mean over {config.seeds} seeded training(s).", "",
              "| Variant | Training | " + " | ".join(families) + " |", "|---|---|" + "---|" * len(families)]
-    for variant in _variants(config):
-        for training in config.trainings:
-            cells = [f"{by[(variant, training, f)]['ACC']:.3f} / {by[(variant, training, f)]['NMI']:.3f}"
-                     if (variant, training, f) in by else "-" for f in families]
-            lines.append(f"| {variant} | {training} | " + " | ".join(cells) + " |")
+
+    def grid(cell) -> list[str]:  # one row per (variant, training), one cell per family
+        return [f"| {v} | {t} | " + " | ".join(cell(by[(v, t, f)]) if (v, t, f) in by else "-" for f in families)
+                + " |" for v in _variants(config) for t in config.trainings]
+
+    lines += grid(lambda r: f"{r['ACC']:.3f} / {r['NMI']:.3f}")
     km = results["kmeans_true_k"]
     lines.append("| k-means, true k given | - | " + " | ".join(f"{km[f]['ACC']:.3f} / {km[f]['NMI']:.3f}"
                                                           for f in families) + " |")
     lines += ["", "Share of test sets where the search found the true k / where the metric scores the truth at "
               "least as high as what the search found:", "",
               "| Variant | Training | " + " | ".join(families) + " |", "|---|---|" + "---|" * len(families)]
-    for variant in _variants(config):
-        for training in config.trainings:
-            cells = [f"{by[(variant, training, f)]['k_right']:.2f} / {by[(variant, training, f)]['truth_wins']:.2f}"
-                     if (variant, training, f) in by else "-" for f in families]
-            lines.append(f"| {variant} | {training} | " + " | ".join(cells) + " |")
+    lines += grid(lambda r: f"{r['k_right']:.2f} / {r['truth_wins']:.2f}")
     checked = [(k, p) for k, p in results["parts"].items() if "checks" in p]
     if checked:
         lines += ["", f"Critic checks ({config.check_datasets} test sets per family; first training, seed 0): rank "

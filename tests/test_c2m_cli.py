@@ -89,6 +89,13 @@ def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_chec
     stamp = (tmp_path / "exp" / "parts" / "paper-standard-s0.json").stat().st_mtime_ns
     assert main(["experiment", str(path), "--no-progress"]) == 0  # finished parts are loaded
     assert (tmp_path / "exp" / "parts" / "paper-standard-s0.json").stat().st_mtime_ns == stamp
+    part_path = tmp_path / "exp" / "parts" / "features-standard-s0.json"
+    old = json.loads(part_path.read_text())
+    old["checks"]["blobs"]["fractions"] = [0.0, 1.0]  # checks of an older kind are redone from the saved metric
+    part_path.write_text(json.dumps(old))
+    assert main(["experiment", str(path), "--no-progress"]) == 0
+    redone = json.loads(part_path.read_text())
+    assert redone["checks"]["blobs"]["fractions"][-1] == 0.5 and redone["test"] == old["test"]
     bad = dict(config, variants={"x": {"colour": 1}})
     path.write_text(yaml.safe_dump(bad))
     assert main(["experiment", str(path)]) == 2

@@ -491,6 +491,9 @@ class C2M:
     mutual : bool
         The structure features' connected pieces follow mutual neighbour pairs only, so two
         touching blobs joined by a few one-way neighbour links count as two pieces.
+    critic_widths : tuple of int
+        Hidden layers of the critic's MLP (the paper: 256, 256, 512, 512); ``()`` makes it
+        linear in its inputs.
     min_clusters : int
         The search's answers use at least this many clusters (the paper's datasets have
         2 or more; one cluster is no clustering).
@@ -524,7 +527,8 @@ class C2M:
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
                  size_features: bool = False, structure_features: bool = False, gae: bool = True,
-                 monotone: bool = False, mutual: bool = False, min_clusters: int = 2, search: str = "cem",
+                 monotone: bool = False, mutual: bool = False, critic_widths=(256, 256, 512, 512),
+                 min_clusters: int = 2, search: str = "cem",
                  rotate: bool = False, random_state=None, verbose: bool = False):
         self.critic_steps = critic_steps
         self.critic_batch = critic_batch
@@ -537,6 +541,7 @@ class C2M:
         self.min_clusters = min_clusters
         self.monotone = monotone
         self.mutual = mutual
+        self.critic_widths = critic_widths
         self.search = search
         self.rotate = rotate
         self.max_clusters = max_clusters
@@ -576,7 +581,7 @@ class C2M:
         self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed, self.graph)
         extra = 2 * self.size_features + 3 * self.structure_features
         self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 * self.gae + extra,
-                              penalised=3 if self.structure_features and self.monotone else 0)
+                              tuple(self.critic_widths), penalised=3 if self.structure_features and self.monotone else 0)
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""

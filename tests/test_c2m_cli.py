@@ -105,7 +105,7 @@ def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_chec
 @pytest.mark.skipif(not os.path.isfile(COIL["source"]), reason="COIL-20 not found")
 def test_the_transfer_experiment_learns_on_coil20_pixels_and_clusters_mnist_sets(tmp_path):
     config = {"method": "c2m", "protocol": "transfer", "out": str(tmp_path / "exp"), "train": {"dataset": COIL},
-              "test": {"dataset": MNIST}, "train_size": 40, "test_size": 60, "test_datasets": 2, "check_datasets": 0,
+              "test": {"dataset": MNIST}, "train_size": 40, "test_size": 60, "test_datasets": 2, "check_datasets": 1,
               "max_clusters": 4, "trainings": {"standard": {"datasets": 3, "epochs": 1}},
               "settings": {"population": 10, "iterations": 2, "gae": False, "size_features": True,
                            "structure_features": True}}
@@ -116,3 +116,5 @@ def test_the_transfer_experiment_learns_on_coil20_pixels_and_clusters_mnist_sets
     test = results["parts"]["c2m-standard-s0"]["test"]["test"]
     assert len(test["sets"]) == 2 and all(2 <= r["k_true"] <= 4 for r in test["sets"])
     assert 0 <= results["kmeans_true_k"]["test"]["ACC"] <= 1 and np.isfinite(test["NMI"])
+    checks = results["parts"]["c2m-standard-s0"]["checks"]["test"]  # class names, not numbers: checks still run
+    assert checks["rename_change"] < 1e-4 and len(checks["ranks"]) == 1

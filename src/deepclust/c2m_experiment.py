@@ -227,6 +227,7 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
     for family, sets in tests.items():
         curves, renamed, ranks = [], [], []
         for X, y in sets[:count]:
+            y = np.unique(y, return_inverse=True)[1].reshape(-1)  # class names -> 0..k-1
             curves.append(mislabel_scores(model, X, y, FRACTIONS, copies=5, random_state=int(rng.integers(2**31)))
                           .mean(1))
             perm = rng.permutation(int(np.max(y)) + 1)
@@ -291,9 +292,10 @@ def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
                 "train_seconds": round(train_seconds, 1), "test": _evaluate(model.seed_search(seed), tests,
                                                                             config.progress)}
         part["test_seconds"] = round(time.perf_counter() - t, 1)
+        write_json(part_path, part)
         if checked:
             part["checks"] = _checks(model, tests, config.check_datasets, seed)
-        write_json(part_path, part)
+            write_json(part_path, part)
         results["parts"][key] = part
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(os.path.join(config.out, "results.json"), results)

@@ -375,6 +375,20 @@ def test_mutual_neighbour_pieces_leave_a_point_whose_neighbours_ignore_it_outsid
     assert float(structure_features(one, nb, mutual=True)[1]) > 0
 
 
+def test_dense_cores_tell_two_touching_blobs_from_one():
+    from deepclust.methods.c2m import dense_core, structure_features
+
+    X, y = make_blobs(200, centers=[[-1.5, 0], [1.5, 0]], cluster_std=0.7, random_state=0)
+    x = standardize(X, 2)
+    nb = nearest_neighbours(x, 10)
+    core = dense_core(x, nb)
+    assert int(core.sum()) == 100  # the denser half
+    y = torch.as_tensor(y)
+    truth, merged = structure_features(torch.stack([y, torch.zeros_like(y)]), nb, mutual=True, core=core)
+    assert merged[1] < 0.01 and merged[0] == 0  # joined through their margins: no cut, (almost) no stray piece
+    assert truth[3] == 0 and merged[3] > 0.3  # but the two dense cores stay apart
+
+
 def test_a_feature_only_metric_and_the_smallest_number_of_clusters():
     from deepclust.methods import C2M
 

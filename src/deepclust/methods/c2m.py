@@ -241,7 +241,24 @@ def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor, links: 
     return comp
 
 
-def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: bool = False) -> torch.Tensor:
+def dense_core(x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: the denser half of the points (distance to their farthest listed neighbour
+    at most the median)."""
+    reach = (x[:, None, :] - x[neighbours]).norm(dim=-1).amax(-1)
+    return reach <= reach.median()
+
+
+def _outside_largest(labels: torch.Tensor, comp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Share of the weight outside each cluster's heaviest connected piece."""
+    k = int(labels.max()) + 1
+    w = weight.to(torch.float32).expand(labels.shape)
+    sizes = torch.zeros(labels.shape, dtype=torch.float32).scatter_add(-1, comp, w)
+    largest = torch.zeros(*labels.shape[:-1], k).scatter_reduce(-1, labels, sizes.gather(-1, comp), "amax")
+    return 1 - largest.sum(-1) / w.sum(-1).clamp_min(1e-12)
+
+
+def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: bool = False,
+                       core: torch.Tensor | None = None) -> torch.Tensor:
     """(..., n) labels -> (..., 3): how a clustering sits on the data's nearest-neighbour
     graph, whatever the clusters' shapes. The share of neighbour pairs it cuts (a cluster
     split through a dense region cuts many), the share of points outside their cluster's
@@ -250,18 +267,24 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
     split off). A clustering whose clusters are the graph's dense, separate pieces scores
     (0, 0, 0) whether they are blobs, moons or rings; what a metric learns from blobs with
     these features can carry over to shapes it never saw. Independent of point order,
-    label names and the number of points."""
+    label names and the number of points.
+
+    With ``core`` (n bool, e.g. :func:`dense_core`), a fourth: the share of core points
+    outside their cluster's largest piece of the graph between core points only. Two
+    touching blobs put in one cluster are joined through their thin margins, but their
+    dense cores are not (a density valley); a moon or a ring has no valley."""
     n = labels.shape[-1]
     cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
-    comp = neighbour_components(labels, neighbours, mutual_neighbours(neighbours) if mutual else None)
-    sizes = torch.zeros(labels.shape, dtype=torch.float32).scatter_add(-1, comp, torch.ones(labels.shape))
-    k = int(labels.max()) + 1
-    largest = torch.zeros(*labels.shape[:-1], k).scatter_reduce(-1, labels, sizes.gather(-1, comp), "amax")
-    outside = 1 - largest.sum(-1) / n
-    counts = _one_hot(labels, k).sum(-2)
+    links = mutual_neighbours(neighbours) if mutual else None
+    outside = _outside_largest(labels, neighbour_components(labels, neighbours, links), torch.ones(n))
+    counts = _one_hot(labels, int(labels.max()) + 1).sum(-2)
     used = (counts > 0).sum(-1).clamp_min(1)
     small = ((counts > 0) & (counts <= neighbours.shape[1])).sum(-1) / used
-    return torch.stack([cut, outside, small], -1)
+    parts = [cut, outside, small]
+    if core is not None:
+        core_links = core[:, None] & core[neighbours] & (links if links is not None else True)
+        parts.append(_outside_largest(labels, neighbour_components(labels, neighbours, core_links), core))
+    return torch.stack(parts, -1)
 
 
 def clip_weights(critic: Critic, clip: float = 0.01) -> None:
@@ -491,6 +514,9 @@ class C2M:
     mutual : bool
         The structure features' connected pieces follow mutual neighbour pairs only, so two
         touching blobs joined by a few one-way neighbour links count as two pieces.
+    cores : bool
+        With ``structure_features``: a fourth, the share of the dense half of the points
+        outside their cluster's largest piece of dense points (:func:`structure_features`).
     critic_widths : tuple of int
         Hidden layers of the critic's MLP (the paper: 256, 256, 512, 512); ``()`` makes it
         linear in its inputs.
@@ -527,7 +553,8 @@ class C2M:
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
                  size_features: bool = False, structure_features: bool = False, gae: bool = True,
-                 monotone: bool = False, mutual: bool = False, critic_widths=(256, 256, 512, 512),
+                 monotone: bool = False, mutual: bool = False, cores: bool = False,
+                 critic_widths=(256, 256, 512, 512),
                  min_clusters: int = 2, search: str = "cem",
                  rotate: bool = False, random_state=None, verbose: bool = False):
         self.critic_steps = critic_steps
@@ -541,6 +568,7 @@ class C2M:
         self.min_clusters = min_clusters
         self.monotone = monotone
         self.mutual = mutual
+        self.cores = cores
         self.critic_widths = critic_widths
         self.search = search
         self.rotate = rotate
@@ -566,22 +594,27 @@ class C2M:
         self.verbose = verbose
 
     def _points(self, X, for_search: bool = True):
-        """A dataset in the metric's input space: (x, its nearest neighbours when the graph uses
-        them, the classic clusterings the search starts from when it uses them and
-        ``for_search``; scoring a given clustering does not need them)."""
+        """A dataset in the metric's input space: (x, its nearest neighbours when the graph or
+        the structure features use them, the classic clusterings the search starts from when
+        it uses them and ``for_search`` (scoring a given clustering does not need them), the
+        dense core when the structure features use it)."""
         x = standardize(X, self.input_dim)
         wanted = self.graph == "cliques+knn" or self.structure_features
         neighbours = nearest_neighbours(x, self.n_neighbours) if wanted else None
+        core = dense_core(x, neighbours) if self.structure_features and self.cores else None
         wanted = for_search and self.search != "cem"
         candidates = classic_candidates(x, self.max_clusters, self.random_state) if wanted else None
-        return x, neighbours, candidates
+        return x, neighbours, candidates, core
 
     def _networks(self) -> None:
         """Fresh ``autoencoder_`` and ``critic_`` shaped by the settings."""
         self.autoencoder_ = GraphAutoencoder(self.input_dim, self.gae_hidden, self.gae_embed, self.graph)
-        extra = 2 * self.size_features + 3 * self.structure_features
+        extra = 2 * self.size_features + self._n_structure()
         self.critic_ = Critic(self.gae_embed * (self.gae_embed + 1) // 2 * self.gae + extra,
-                              tuple(self.critic_widths), penalised=3 if self.structure_features and self.monotone else 0)
+                              tuple(self.critic_widths), penalised=self._n_structure() if self.monotone else 0)
+
+    def _n_structure(self) -> int:
+        return (3 + self.cores) * self.structure_features
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
@@ -591,7 +624,7 @@ class C2M:
         if self.size_features:
             parts.append(size_features(labels, self.max_clusters))
         if self.structure_features:
-            parts.append(structure_features(labels, neighbours, self.mutual))
+            parts.append(structure_features(labels, neighbours, self.mutual, points[3]))
         return torch.cat(parts, -1)
 
     def _embed_many(self, pairs, items) -> torch.Tensor:

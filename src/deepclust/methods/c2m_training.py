@@ -72,6 +72,7 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
     classes = load_split(split).classes(subset) if split else None
     records = find_images(os.path.expanduser(images), classes=classes)
     model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
+    log.info("embedding %d images of '%s' with %s (%d px)", len(records), images, model.name, model.image_size)
     store = EmbeddingStore(cache, model.signature()) if cache else None
     emb = extract_embeddings(records, model, batch_size=batch_size, device=resolve_device(device),
                              num_workers=num_workers, store=store, progress=progress)

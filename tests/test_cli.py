@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.datasets import make_blobs
 from PIL import Image
 
 from conftest import FIVE_SPECIES, MOTHS, needs_moths
@@ -129,10 +130,15 @@ def test_density_algorithms_find_their_own_clusters_and_mark_noise(moth_run, tmp
 def test_evaluate_runs_every_registered_algorithm(moth_run, tmp_path):
     from deepclust.cluster import list_clusterers
 
+    from deepclust.methods.c2m import C2M, PRESETS
+
     _, out = moth_run
     names = list_clusterers()
+    metric = tmp_path / "metric.pt"  # c2m needs a learned metric: a small one from labelled blob sets
+    sets = [make_blobs(60, centers=k, n_features=8, random_state=k) for k in (2, 4, 6)]
+    C2M(max_clusters=8, population=10, iterations=2, epochs=1, random_state=0, **PRESETS["transferable"]).fit(sets).save(metric)
     assert main(["-q", "evaluate", str(out), "--algorithm", *names, "--seeds", "2", "--out", str(tmp_path),
-                 "--param", "min_samples=3", "--param", "eps=0.6"]) == 0
+                 "--param", "min_samples=3", "--param", "eps=0.6", "--param", f"metric={metric}"]) == 0
     rows = {r["algorithm"]: r for r in _read_csv(tmp_path / "evaluation.csv")}
     assert set(rows) == set(names)
     assert rows["dbscan"]["n_clusters"] == "own" and rows["kmeans"]["n_clusters"] == "5"
@@ -188,7 +194,7 @@ def _small_folder(root, n=3):
         (lambda p: [_small_folder(p / "few")], "number of clusters is unknown; pass --n-clusters K"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet5O"], "unknown backbone 'resnet5O'; did you mean: resnet50"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--backbone", "resnet18", "--weights", p / "w.pt"], "does not fit backbone 'resnet18'"),
-        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--algorithm", "kmedoids"], "choose one of: agglomerative, dbscan, gmm, hdbscan, kmeans, optics, spectral"),
+        (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--algorithm", "kmedoids"], "choose one of: agglomerative, c2m, dbscan, gmm, hdbscan, kmeans, optics, spectral"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--device", "cuda:7"], "use --device cpu|only"),
         (lambda p: [_small_folder(p / "few"), "--n-clusters", "2", "--split", "eu-moths"], "--split and --subset go together"),
     ],

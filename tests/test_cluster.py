@@ -1,5 +1,8 @@
 """The clustering engine: one contract over every registered algorithm, then each piece."""
 
+import functools
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -35,8 +38,22 @@ def _blobs(n=240, k=6, seed=0, std=0.5):
     return make_blobs(n_samples=n, centers=k, n_features=16, cluster_std=std, random_state=seed)
 
 
+@functools.lru_cache(maxsize=None)
+def _c2m_metric() -> str:
+    """A small C2M metric (the transferable setting) learned from six labelled 16-d blob sets,
+    for the contract tests of the ``c2m`` clusterer, which needs one."""
+    from deepclust.methods.c2m import C2M, PRESETS
+
+    train = [make_blobs(80, centers=k, n_features=16, cluster_std=0.5, random_state=k) for k in range(2, 8)]
+    path = os.path.join(tempfile.mkdtemp(prefix="c2m-contract-"), "metric.pt")
+    C2M(max_clusters=12, population=20, iterations=3, epochs=1, random_state=0, **PRESETS["transferable"]).fit(train).save(path)
+    return path
+
+
 def _make(name, k, **kw):
     params = {"n_clusters": k} if takes_n_clusters(name) else dict(DENSITY_PARAMS.get(name, {}))
+    if name == "c2m":
+        params["metric"] = _c2m_metric()
     params.update(kw)
     return create_clusterer(name, **params)
 

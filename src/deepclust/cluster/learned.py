@@ -67,9 +67,11 @@ class C2MClusterer(BaseClusterer):
 
     def fit(self, X, y=None):
         X = self._validate_data(X)
-        if X.shape[0] < 3:
-            raise DeepclustError(f"c2m needs at least 3 samples; got {X.shape[0]}")
         model = load_metric(self.metric, self.random_state)
+        if X.shape[0] < 3:  # too few points to weigh clusterings: one cluster
+            self.labels_, self.n_clusters_ = np.zeros(X.shape[0], dtype=np.int64), 1
+            self.score_ = float("nan")
+            return self
         self.labels_ = np.asarray(model.fit_predict(X), dtype=np.int64)
         self.n_clusters_ = int(model.n_clusters_)
         self.score_ = float(model.score(X, self.labels_))

@@ -85,11 +85,13 @@ def propagate(h: torch.Tensor, labels: torch.Tensor, n_clusters: int | None = No
 
 
 def nearest_neighbours(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, k) indices of each point's ``k`` nearest other points (Euclidean)."""
-    k = min(k, len(x) - 1)
-    distances = torch.cdist(x, x)
-    distances.fill_diagonal_(float("inf"))
-    return distances.topk(k, largest=False).indices
+    """(n, k) indices of each point's ``k`` nearest other points (Euclidean), nearest first:
+    :func:`deepclust.cluster.knn_graph` (blocked, exact up to 12,000 points, so no n x n
+    matrix for a large image collection)."""
+    from deepclust.cluster import knn_graph
+
+    indices, _ = knn_graph(x, min(k, len(x) - 1), random_state=0)
+    return torch.as_tensor(indices, dtype=torch.long)
 
 
 def neighbour_mean(h: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:

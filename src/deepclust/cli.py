@@ -272,13 +272,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from deepclust.experiment import load_experiment, run_experiment
 
     overrides = {k: v for k, v in (("out", args.out), ("progress", args.progress)) if v is not None}
-    if load_yaml(args.config).get("method") == "c2m":
+    method = load_yaml(args.config).get("method")
+    if method == "c2m":
         from deepclust.c2m_experiment import load_c2m_experiment, run_c2m_experiment
 
         config = load_c2m_experiment(args.config, **overrides)
         results = run_c2m_experiment(config)
         table = "table.md"
-    elif load_yaml(args.config).get("method") in END_TO_END:
+    elif method in END_TO_END:
         config = load_clustering_experiment(args.config, **overrides)
         results = run_clustering_experiment(config)
         table = "table.md"

@@ -64,6 +64,14 @@ def eigengap(values, k_min: int = 2, k_max: int | None = None) -> tuple[np.ndarr
     return ks, values[ks - 1] - values[ks]
 
 
+def _kmeans_ks(k_min: int, k_max: int, n: int, what: str) -> np.ndarray:
+    """The k tried by the criteria that score k-means clusterings: 2 <= k <= n - 1."""
+    ks = np.arange(max(k_min, 2), min(k_max, n - 1) + 1)
+    if len(ks) == 0:
+        raise DeepclustError(f"{what} needs 2 <= k <= n_samples - 1; got k_min={k_min}, k_max={k_max}")
+    return ks
+
+
 def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int | None = None,
                         sample_size: int | None = 5000, n_neighbors: int = 10, random_state=None,
                         metric=None) -> KEstimate:
@@ -117,20 +125,15 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         from deepclust.cluster.learned import load_metric
 
         model = load_metric(metric, random_state=as_seed(random_state))
-        ks = np.arange(max(k_min, 2), min(k_max, n - 1) + 1)
-        if len(ks) == 0:
-            raise DeepclustError(f"c2m needs 2 <= k <= n_samples - 1; got k_min={k_min}, k_max={k_max}")
-        scores = np.array([
-            model.score(X, KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X)) for k in ks
-        ])
+        ks = _kmeans_ks(k_min, k_max, n, "c2m")
+        scores = np.array(model.score_many(
+            X, [KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X) for k in ks]))
     else:
         from sklearn.metrics import silhouette_score
 
         if sample_size is not None and n > sample_size:
             X = X[np.sort(rng.choice(n, size=sample_size, replace=False))]
-        ks = np.arange(max(k_min, 2), min(k_max, X.shape[0] - 1) + 1)
-        if len(ks) == 0:
-            raise DeepclustError(f"the silhouette needs 2 <= k <= n_samples - 1; got k_min={k_min}, k_max={k_max}")
+        ks = _kmeans_ks(k_min, k_max, X.shape[0], "the silhouette")
         scores = np.array([
             silhouette_score(X, KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X))
             for k in ks

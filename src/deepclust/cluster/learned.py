@@ -74,5 +74,5 @@ class C2MClusterer(BaseClusterer):
             return self
         self.labels_ = np.asarray(model.fit_predict(X), dtype=np.int64)
         self.n_clusters_ = int(model.n_clusters_)
-        self.score_ = float(model.score(X, self.labels_))
+        self.score_ = float(model.search_curve_[-1])  # the best score the search saw: that of labels_
         return self

@@ -810,10 +810,15 @@ class C2M:
 
     def score(self, X, y) -> float:
         """The learned metric r(X, y): higher is a better clustering."""
+        return self.score_many(X, [y])[0]
+
+    def score_many(self, X, labelings) -> list[float]:
+        """:meth:`score` of several clusterings of the same ``X``; its standardisation and
+        nearest neighbours are computed once."""
         self._fitted()
-        labels = _label_tensor(y)
+        points = self._points(X, for_search=False)
         with torch.no_grad():
-            return float(self.critic_(self._embed(self._points(X, for_search=False), labels)))
+            return [float(self.critic_(self._embed(points, _label_tensor(y)))) for y in labelings]
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Cluster a new dataset by maximising the learned metric; sets ``labels_`` and
@@ -845,7 +850,8 @@ def mislabel_scores(metric: "C2M", X, y, fractions=tuple(np.linspace(0, 1, 11)),
     with each fraction of the points mislabelled. Returns (len(fractions), copies) scores; a
     good metric falls as the fraction grows."""
     generator = np.random.default_rng(random_state)
-    return np.array([[metric.score(X, mislabel(y, f, generator)) for _ in range(copies)] for f in fractions])
+    labelings = [mislabel(y, f, generator) for f in fractions for _ in range(copies)]
+    return np.array(metric.score_many(X, labelings)).reshape(len(fractions), copies)
 
 
 def truth_rank(metric: "C2M", X, y, candidates) -> int:
@@ -853,6 +859,6 @@ def truth_rank(metric: "C2M", X, y, candidates) -> int:
     ``candidates`` by the metric (1 = best; candidates equal to the truth are left out)."""
     from sklearn.metrics import adjusted_rand_score
 
-    truth = metric.score(X, y)
     wrong = [c for c in candidates if adjusted_rand_score(y, np.asarray(c)) < 1.0]
-    return 1 + sum(metric.score(X, c) > truth for c in wrong)
+    truth, *others = metric.score_many(X, [y] + wrong)
+    return 1 + sum(score > truth for score in others)

@@ -18,13 +18,14 @@ import time
 
 import numpy as np
 
+from deepclust import runs
 from deepclust.config import C2MConfig, write_config
 from deepclust.errors import DeepclustError
 from deepclust.io import write_csv, write_json
 
 log = logging.getLogger("deepclust")
 
-METRIC, HISTORY, SUMMARY, SKIPPED = "metric.pt", "history.csv", "train_summary.json", "skipped.csv"
+METRIC, HISTORY, SUMMARY = "metric.pt", "history.csv", "train_summary.json"
 
 
 class LabelledFeatures:
@@ -163,9 +164,9 @@ class C2MTraining:
         t0 = time.perf_counter()
         data = labelled_features(c.images, c.dataset, c.split, c.subset, c.backbone, c.weights, c.image_size,
                                  c.batch_size, c.device, c.num_workers, os.path.join(c.out, "cache"), c.progress)
-        write_csv(os.path.join(c.out, SKIPPED), ["path", "reason"], data.skipped)
+        runs.write_skipped(c.out, data.skipped)
         if data.skipped:
-            log.warning("skipped %d unreadable image(s); see %s", len(data.skipped), os.path.join(c.out, SKIPPED))
+            log.warning("skipped %d unreadable image(s); see %s", len(data.skipped), runs.run_path(c.out, runs.SKIPPED))
         subsets = sample_datasets(data.y, c.n_tasks, c.task_size, c.max_clusters, random_state=c.seed)
         log.info("learning a C2M metric from %d labelled datasets of up to %d points (%d images, %d classes, %d "
                  "features)", len(subsets), c.task_size, len(data.y), len(np.unique(data.y)), data.X.shape[1])

@@ -284,6 +284,30 @@ def test_the_synthetic_families_have_the_promised_shapes_and_numbers_of_clusters
         synthetic_clusters("spirals")
 
 
+def test_separated_blobs_keep_their_centres_apart_and_the_nearest_true_centre_bounds_acc():
+    from deepclust.data.synthetic import nearest_centre_accuracy, synthetic_clusters, synthetic_collection
+
+    X, y, centres = synthetic_clusters("blobs", random_state=3, return_centers=True)
+    plain = synthetic_clusters("blobs", random_state=3)  # asking for the centres changes no data
+    assert np.array_equal(X, plain[0]) and np.array_equal(y, plain[1]) and len(centres) == len(np.unique(y))
+    anywhere = synthetic_collection("blobs", 40, random_state=0, return_centers=True)
+    apart = synthetic_collection("blobs", 40, random_state=0, min_separation=4, return_centers=True)
+
+    def closest(c):
+        d = np.linalg.norm(c[:, None] - c[None], axis=-1)
+        return d[np.triu_indices(len(c), 1)].min()
+
+    # stds are 0.5 to 1: 4 stds apart is at least 2 units, whatever the std
+    assert min(closest(c) for _, _, c in apart) >= 2 and min(closest(c) for _, _, c in anywhere) < 2
+    best = [np.mean([nearest_centre_accuracy(X, y, c, "blobs") for X, y, c in sets]) for sets in (anywhere, apart)]
+    assert best[0] < 0.98 < best[1]  # coinciding centres cap any clustering's ACC
+    X, y, centres = synthetic_clusters("aniso", random_state=5, min_separation=4, return_centers=True)
+    assert nearest_centre_accuracy(X, y, centres, "aniso") > 0.95  # judged before the shear
+    assert synthetic_clusters("moons", random_state=1, return_centers=True)[2] is None
+    with pytest.raises(DeepclustError, match="min_separation"):
+        synthetic_clusters("blobs", min_separation=10)
+
+
 def test_critic_checks_mislabel_the_asked_fraction_and_rank_the_truth():
     from deepclust.methods import C2M
     from deepclust.methods.c2m import mislabel, mislabel_scores, truth_rank
@@ -375,18 +399,29 @@ def test_mutual_neighbour_pieces_leave_a_point_whose_neighbours_ignore_it_outsid
     assert float(structure_features(one, nb, mutual=True)[1]) > 0
 
 
-def test_dense_cores_tell_two_touching_blobs_from_one():
-    from deepclust.methods.c2m import dense_core, structure_features
+def test_cores_see_two_blobs_merged_through_a_sparse_bridge_but_not_a_ring():
+    from sklearn.datasets import make_circles
 
-    X, y = make_blobs(200, centers=[[-1.5, 0], [1.5, 0]], cluster_std=0.7, random_state=0)
+    from deepclust.methods.c2m import neighbour_reach, structure_features
+
+    blobs, labels = make_blobs(80, centers=[[-2, 0], [2, 0]], cluster_std=0.3, random_state=0)
+    bridge = np.c_[np.linspace(-1.25, 1.25, 11), np.zeros(11)]  # sparse points, each a mutual neighbour of the next
+    X, y = np.r_[blobs, bridge], torch.as_tensor(np.r_[labels, (bridge[:, 0] > 0).astype(int)])
     x = standardize(X, 2)
     nb = nearest_neighbours(x, 10)
-    core = dense_core(x, nb)
-    assert int(core.sum()) == 100  # the denser half
+    truth, merged = structure_features(torch.stack([y, torch.zeros_like(y)]), nb, mutual=True,
+                                       reach=neighbour_reach(x, nb))
+    assert merged[:3].abs().max() == 0  # merged through the bridge: no cut, one piece, no small cluster
+    assert truth[3] == 0 and merged[3] > 0.4  # but without the sparse bridge the two cores fall apart
+
+    X, y = make_circles(200, noise=0.05, factor=0.5, random_state=0)  # the outer ring is sparser than the inner
+    x = standardize(X, 2)
+    nb = nearest_neighbours(x, 10)
     y = torch.as_tensor(y)
-    truth, merged = structure_features(torch.stack([y, torch.zeros_like(y)]), nb, mutual=True, core=core)
-    assert merged[1] < 0.01 and merged[0] == 0  # joined through their margins: no cut, (almost) no stray piece
-    assert truth[3] == 0 and merged[3] > 0.3  # but the two dense cores stay apart
+    truth, merged = structure_features(torch.stack([y, torch.zeros_like(y)]), nb, mutual=True,
+                                       reach=neighbour_reach(x, nb))
+    assert truth[3] == 0  # each ring's core is judged by its own density: it stays whole
+    assert merged[3] > 0.05
 
 
 def test_a_feature_only_metric_and_the_smallest_number_of_clusters():

@@ -96,6 +96,10 @@ def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_chec
     assert main(["experiment", str(path), "--no-progress"]) == 0
     redone = json.loads(part_path.read_text())
     assert redone["checks"]["blobs"]["fractions"][-1] == 0.5 and redone["test"] == old["test"]
+    changed = dict(config, variants={"paper": {"gae_epochs": 6}})  # a finished part made otherwise is not reused
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    assert main(["experiment", str(path), "--no-progress"]) == 2
+    assert "-s0.json was made with other settings" in capsys.readouterr().err
     bad = dict(config, variants={"x": {"colour": 1}})
     path.write_text(yaml.safe_dump(bad))
     assert main(["experiment", str(path)]) == 2

@@ -63,6 +63,9 @@ class C2MExperimentConfig:
     train_family, families, n_samples
         Synthetic: the family the metrics learn from, the families they are tested on, and
         the points per set (:mod:`deepclust.data.synthetic`).
+    separation : float
+        Synthetic: the least distance between two blob centres, in cluster standard
+        deviations, in the training and the test sets (0: anywhere, scikit-learn's way).
     train, test : dict
         Transfer: the labelled collections (``{dataset: {name, source}}`` or ``{images,
         split, subset, backbone, ...}``, the arguments of ``labelled_features``).
@@ -90,6 +93,7 @@ class C2MExperimentConfig:
     train_family: str = "blobs"
     families: list = dataclasses.field(default_factory=lambda: ["blobs", "aniso", "moons", "circles"])
     n_samples: int = 200
+    separation: float = 0.0
     train: dict = dataclasses.field(default_factory=dict)
     test: dict = dataclasses.field(default_factory=dict)
     train_size: int = 200
@@ -158,9 +162,10 @@ def _collections(config: C2MExperimentConfig):
     if config.protocol == "synthetic":
         def pool(seed, count):
             return synthetic_collection(config.train_family, count, config.n_samples, config.max_clusters,
-                                        random_state=10_000 + seed)
+                                        random_state=10_000 + seed, min_separation=config.separation)
 
-        tests = {f: synthetic_collection(f, n, config.n_samples, config.max_clusters, random_state=20_000 + i)
+        tests = {f: synthetic_collection(f, n, config.n_samples, config.max_clusters, random_state=20_000 + i,
+                                         min_separation=config.separation)
                  for i, f in enumerate(config.families)}
         return pool, tests
     from deepclust.methods.c2m_training import labelled_features, sample_datasets
@@ -179,6 +184,20 @@ def _collections(config: C2MExperimentConfig):
 
     subsets = sample_datasets(target.y, n, config.test_size, config.max_clusters, random_state=12345)
     return pool, {"test": [(target.X[i], target.y[i]) for i in subsets]}
+
+
+def _best_possible(config: C2MExperimentConfig) -> dict:
+    """Synthetic blob-type test sets: mean ACC of labelling every point by its most likely
+    true centre (what no clustering beats on average)."""
+    from deepclust.data.synthetic import nearest_centre_accuracy, synthetic_collection
+
+    out = {}
+    for i, family in enumerate(config.families):
+        if config.protocol == "synthetic" and family in ("blobs", "aniso"):
+            sets = synthetic_collection(family, config.test_datasets, config.n_samples, config.max_clusters,
+                                        random_state=20_000 + i, min_separation=config.separation, return_centers=True)
+            out[family] = float(np.mean([nearest_centre_accuracy(X, y, c, family) for X, y, c in sets]))
+    return out
 
 
 def _kmeans_true_k(tests: dict) -> dict:
@@ -260,16 +279,22 @@ def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
         write_json(baseline_path, _kmeans_true_k(tests))
     with open(baseline_path, encoding="utf-8") as fh:
         results: dict[str, Any] = {"name": config.name, "config": dataclasses.asdict(config),
-                                   "kmeans_true_k": json.load(fh), "parts": {}}
+                                   "kmeans_true_k": json.load(fh), "best_possible": _best_possible(config),
+                                   "parts": {}}
     units = [(v, t, s) for v in _variants(config) for t in config.trainings for s in range(config.seeds)]
     for i, (variant, training, seed) in enumerate(units, 1):
         key = f"{variant}-{training}-s{seed}"
         part_path = os.path.join(config.out, "parts", f"{key}.json")
         checked = config.check_datasets and seed == 0 and training == next(iter(config.trainings))
         metric_path = os.path.join(config.out, "metrics", f"{key}.pt")
+        settings = {**config.settings, **_variants(config)[variant]}
         if os.path.isfile(part_path):
             with open(part_path, encoding="utf-8") as fh:
                 part = json.load(fh)
+            if part.get("settings") != settings:
+                raise DeepclustError(
+                    f"{part_path} was made with other settings ({part.get('settings')}, now {settings}); "
+                    f"set another out: folder, or remove {key}.json from parts/ and {key}.pt from metrics/ to redo it")
             stale = checked and ("checks" not in part or next(iter(part["checks"].values()))["fractions"] != list(FRACTIONS))
             if stale:  # checks of an older kind: redo them with the saved metric
                 log.info("[%d/%d] %s: critic checks", i, len(units), key)
@@ -279,7 +304,6 @@ def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
             continue
         log.info("[%d/%d] %s", i, len(units), key)
         spec = config.trainings[training]
-        settings = {**config.settings, **_variants(config)[variant]}
         t = time.perf_counter()
         if os.path.isfile(metric_path):
             model = C2M.load(metric_path)
@@ -329,7 +353,8 @@ def _write_tables(config: C2MExperimentConfig, results: dict) -> None:
     by = {(r["variant"], r["training"], r["family"]): r for r in rows}
     lines = [f"# {config.name}: C2M, {config.protocol} protocol", "",
              f"ACC / NMI averaged over {config.test_datasets} test sets per family, the number of clusters unknown "
-             f"(at most {config.max_clusters}); mean over {config.seeds} seeded training(s).", "",
+             f"(at most {config.max_clusters}); mean over {config.seeds} seeded training(s)."
+             + (f" Blob centres at least {config.separation:g} cluster stds apart." if config.separation else ""), "",
              "| Variant | Training | " + " | ".join(families) + " |", "|---|---|" + "---|" * len(families)]
 
     def grid(cell) -> list[str]:  # one row per (variant, training), one cell per family
@@ -340,6 +365,10 @@ def _write_tables(config: C2MExperimentConfig, results: dict) -> None:
     km = results["kmeans_true_k"]
     lines.append("| k-means, true k given | - | " + " | ".join(f"{km[f]['ACC']:.3f} / {km[f]['NMI']:.3f}"
                                                           for f in families) + " |")
+    best = results.get("best_possible") or {}
+    if best:
+        lines.append("| labels of the nearest true centre (best possible ACC) | - | "
+                     + " | ".join(f"{best[f]:.3f}" if f in best else "-" for f in families) + " |")
     lines += ["", "Share of test sets where the search found the true k / where the metric scores the truth at "
               "least as high as what the search found:", "",
               "| Variant | Training | " + " | ".join(families) + " |", "|---|---|" + "---|" * len(families)]

@@ -243,11 +243,10 @@ def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor, links: 
     return comp
 
 
-def dense_core(x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-    """(n,) bool: the denser half of the points (distance to their farthest listed neighbour
-    at most the median)."""
-    reach = (x[:, None, :] - x[neighbours]).norm(dim=-1).amax(-1)
-    return reach <= reach.median()
+def neighbour_reach(x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """(n,) the distance from each point to the farthest of its listed neighbours: small in
+    dense regions, large in sparse ones."""
+    return (x[:, None, :] - x[neighbours]).norm(dim=-1).amax(-1)
 
 
 def _outside_largest(labels: torch.Tensor, comp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -260,7 +259,7 @@ def _outside_largest(labels: torch.Tensor, comp: torch.Tensor, weight: torch.Ten
 
 
 def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: bool = False,
-                       core: torch.Tensor | None = None) -> torch.Tensor:
+                       reach: torch.Tensor | None = None, core_factor: float = 1.2) -> torch.Tensor:
     """(..., n) labels -> (..., 3): how a clustering sits on the data's nearest-neighbour
     graph, whatever the clusters' shapes. The share of neighbour pairs it cuts (a cluster
     split through a dense region cuts many), the share of points outside their cluster's
@@ -271,10 +270,13 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
     these features can carry over to shapes it never saw. Independent of point order,
     label names and the number of points.
 
-    With ``core`` (n bool, e.g. :func:`dense_core`), a fourth: the share of core points
-    outside their cluster's largest piece of the graph between core points only. Two
-    touching blobs put in one cluster are joined through their thin margins, but their
-    dense cores are not (a density valley); a moon or a ring has no valley."""
+    With ``reach`` (n, :func:`neighbour_reach`), a fourth: the share of each cluster's core
+    outside the largest piece of the graph between its core points, a point being in its
+    cluster's core when its reach is at most ``core_factor`` times the cluster's mean reach.
+    Two blobs put in one cluster are often joined through a few sparse margin points; their
+    cores, without those points, fall apart (a density valley). A moon or a ring has about
+    the same density all along, so its core stays one piece. The threshold is relative to
+    each cluster, so a sparse outer ring is judged by its own density, not the inner one's."""
     n = labels.shape[-1]
     cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
     links = mutual_neighbours(neighbours) if mutual else None
@@ -283,8 +285,13 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
     used = (counts > 0).sum(-1).clamp_min(1)
     small = ((counts > 0) & (counts <= neighbours.shape[1])).sum(-1) / used
     parts = [cut, outside, small]
-    if core is not None:
-        core_links = core[:, None] & core[neighbours] & (links if links is not None else True)
+    if reach is not None:
+        members = _one_hot(labels, counts.shape[-1])  # (..., n, k)
+        mean_reach = (members * reach[:, None]).sum(-2) / counts.clamp_min(1)  # (..., k)
+        core = reach <= core_factor * mean_reach.gather(-1, labels)  # (..., n)
+        core_links = core[..., :, None] & core[..., neighbours]
+        if links is not None:
+            core_links = core_links & links
         parts.append(_outside_largest(labels, neighbour_components(labels, neighbours, core_links), core))
     return torch.stack(parts, -1)
 
@@ -442,12 +449,12 @@ def near_misses(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) ->
 #: Named settings of :class:`C2M`. ``paper``: Algorithm 2 as published (the constructor's
 #: defaults). ``transferable``: what carries a metric learned on blobs over to other shapes
 #: and collections (measured with ``configs/c2m-synthetic.yaml``): the critic scores the
-#: clustering's neighbour-graph structure (mutual-neighbour pieces) and may only lower its
-#: score as it worsens, learns with the per-dataset ranking loss, and the search also
+#: clustering's neighbour-graph structure (mutual-neighbour pieces, and the pieces of each
+#: cluster's dense core) and may only lower its score as it worsens, learns with the per-dataset ranking loss, and the search also
 #: weighs k-means, Ward and single linkage for every k.
 PRESETS = {
     "paper": {},
-    "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True,
+    "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2,
                      "objective": "ranking", "search": "cem+candidates", "critic_lr": 0.005, "clip": 100.0},
 }
 
@@ -516,9 +523,11 @@ class C2M:
     mutual : bool
         The structure features' connected pieces follow mutual neighbour pairs only, so two
         touching blobs joined by a few one-way neighbour links count as two pieces.
-    cores : bool
-        With ``structure_features``: a fourth, the share of the dense half of the points
-        outside their cluster's largest piece of dense points (:func:`structure_features`).
+    cores : float
+        With ``structure_features`` and ``cores > 0``: a fourth, the share of each cluster's
+        core (its points whose neighbour reach is at most ``cores`` times the cluster's mean)
+        outside the largest piece of that core (:func:`structure_features`): it sees two
+        blobs merged through a few sparse points. 0 leaves it out.
     critic_widths : tuple of int
         Hidden layers of the critic's MLP (the paper: 256, 256, 512, 512); ``()`` makes it
         linear in its inputs.
@@ -555,7 +564,7 @@ class C2M:
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
                  size_features: bool = False, structure_features: bool = False, gae: bool = True,
-                 monotone: bool = False, mutual: bool = False, cores: bool = False,
+                 monotone: bool = False, mutual: bool = False, cores: float = 0.0,
                  critic_widths=(256, 256, 512, 512),
                  min_clusters: int = 2, search: str = "cem",
                  rotate: bool = False, random_state=None, verbose: bool = False):
@@ -599,14 +608,14 @@ class C2M:
         """A dataset in the metric's input space: (x, its nearest neighbours when the graph or
         the structure features use them, the classic clusterings the search starts from when
         it uses them and ``for_search`` (scoring a given clustering does not need them), the
-        dense core when the structure features use it)."""
+        neighbour reach of every point when the structure features use cores)."""
         x = standardize(X, self.input_dim)
         wanted = self.graph == "cliques+knn" or self.structure_features
         neighbours = nearest_neighbours(x, self.n_neighbours) if wanted else None
-        core = dense_core(x, neighbours) if self.structure_features and self.cores else None
+        reach = neighbour_reach(x, neighbours) if self.structure_features and self.cores else None
         wanted = for_search and self.search != "cem"
         candidates = classic_candidates(x, self.max_clusters, self.random_state) if wanted else None
-        return x, neighbours, candidates, core
+        return x, neighbours, candidates, reach
 
     def _networks(self) -> None:
         """Fresh ``autoencoder_`` and ``critic_`` shaped by the settings."""
@@ -616,7 +625,7 @@ class C2M:
                               tuple(self.critic_widths), penalised=self._n_structure() if self.monotone else 0)
 
     def _n_structure(self) -> int:
-        return (3 + self.cores) * self.structure_features
+        return (3 + (self.cores > 0)) * self.structure_features
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
@@ -626,7 +635,7 @@ class C2M:
         if self.size_features:
             parts.append(size_features(labels, self.max_clusters))
         if self.structure_features:
-            parts.append(structure_features(labels, neighbours, self.mutual, points[3]))
+            parts.append(structure_features(labels, neighbours, self.mutual, points[3], self.cores))
         return torch.cat(parts, -1)
 
     def _embed_many(self, pairs, items) -> torch.Tensor:
@@ -679,6 +688,9 @@ class C2M:
         if not (self.gae or self.size_features or self.structure_features):
             raise DeepclustError("gae=False leaves the critic nothing to see; set size_features and/or "
                                  "structure_features too")
+        if isinstance(self.cores, bool) or not isinstance(self.cores, (int, float)) or self.cores < 0:
+            raise DeepclustError(f"cores={self.cores!r} must be a number >= 0 (the core's reach factor, e.g. 1.2; "
+                                 "0 leaves the core feature out)")
         if not 1 <= self.min_clusters <= self.max_clusters:
             raise DeepclustError(f"min_clusters={self.min_clusters} must be between 1 and max_clusters="
                                  f"{self.max_clusters}")

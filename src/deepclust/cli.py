@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -88,6 +89,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--subset", metavar="NAME", help="subset of the split to cluster: train, val or test")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="cluster raw, not L2-normalised, embeddings")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--report", dest="report", action="store_true",
+                   help="also write the HTML report (RUN_DIR/report/report.html; see `deepclust report`)")
     p.set_defaults(func=_cmd_cluster)
 
 
@@ -96,6 +99,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from deepclust.pipeline import run_cluster
 
     options = _given_options(args)
+    report = options.pop("report", False)
     if "cluster_params" in options:
         options["cluster_params"] = dict(options["cluster_params"])
     config = build_config(ClusterConfig, getattr(args, "config", None), **options)
@@ -108,6 +112,129 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     if result.metrics:
         print("  ".join(f"{k} {result.metrics[k]:.3f}" for k in ("CA", "ACC", "NMI", "AMI", "ARI")))
     print(f"results in {config.out}")
+    if report:
+        from deepclust.report import write_report
+
+        print(f"report in {write_report(config.out)}")
+    return 0
+
+
+def _add_report_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run",
+        description="Write RUN_DIR/report/report.html (one file, opens offline): the run's settings and "
+        "timings, a 2-D map of the embeddings by cluster (and by true class), the most typical images of "
+        "each cluster, cluster sizes, the scores and clusters matched to classes when labels are known, "
+        "and the skipped files; with map.png, sizes.png, montages.png and confusion.png beside it.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder of `deepclust cluster` or `deepclust train`")
+    p.add_argument("--out", metavar="DIR", help="folder for the report (default RUN_DIR/report)")
+    p.add_argument("--map", dest="map_method", choices=["tsne", "pca"], default="tsne", help="2-D map (default tsne)")
+    p.add_argument("--map-points", metavar="N", type=_positive_int, default=5000,
+                   help="images on the map, a seeded sample above this (default 5000)")
+    p.add_argument("--per-cluster", metavar="N", type=_positive_int, default=8, help="thumbnails per cluster (default 8)")
+    p.add_argument("--max-clusters", metavar="N", type=_positive_int, default=60,
+                   help="clusters shown with thumbnails, the largest (default 60)")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the map's sample and t-SNE (default 0)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="put each cluster's images in a folder of its own",
+        description="Write DIR/cluster-NNN/ (noise/ for noise) holding each cluster's images, as symbolic "
+        "links (default) or copies, and DIR/mapping.csv. DIR must be new or empty: your files are never "
+        "overwritten, and DIR appears only when it is complete.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder of `deepclust cluster` or `deepclust train`")
+    p.add_argument("--to", metavar="DIR", required=True, help="new (or empty) folder to create")
+    p.add_argument("--mode", choices=["link", "copy"], default="link", help="symbolic links (default) or copies")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from deepclust.export import export_clusters
+
+    done = export_clusters(args.run, args.to, args.mode)
+    print(f"exported {done['images']} images into {done['clusters']} cluster folders "
+          f"({'links' if done['mode'] == 'link' else 'copies'}) in {done['folder']}"
+          + (f"; {done['missing']} no longer exist (see mapping.csv)" if done["missing"] else ""))
+    return 0
+
+
+def _add_predict_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="assign new images to a run's clusters",
+        description="Embed the images under NEW_IMAGES with the run's backbone and assign each to the nearest "
+        "cluster centre; flag as far (perhaps a class the run did not have) an image farther from its nearest "
+        "clustered image than the run's own images mostly are from theirs. Writes predictions.csv (path, "
+        "cluster, distance, nearest_image_distance, far), "
+        "skipped.csv and summary.json.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder of `deepclust cluster`")
+    p.add_argument("images", metavar="NEW_IMAGES", help="folder searched recursively for images")
+    p.add_argument("--out", metavar="DIR", help="folder for the predictions (default RUN_DIR/predict)")
+    p.add_argument("--far-quantile", metavar="Q", type=float, default=0.95,
+                   help="flag an image farther from its nearest clustered image than this quantile of the run's "
+                   "own such distances (default 0.95)")
+    p.add_argument("--labels", choices=["folders"], help="folders: record each image's parent folder as its class")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from deepclust.predict import predict_images
+
+    result = predict_images(args.run, args.images, args.out, args.far_quantile, args.labels, args.batch_size,
+                            args.device, progress=args.progress)
+    counts = result.summary["counts"]
+    print(f"assigned {counts['images_predicted']} images to {counts['clusters_used']} clusters; "
+          f"{counts['far']} far from every cluster (possibly new classes)"
+          + (f"; skipped {counts['images_skipped']}" if counts["images_skipped"] else ""))
+    print(f"predictions in {args.out or os.path.join(args.run, 'predict')}")
+    return 0
+
+
+def _add_export_onnx_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export-onnx",
+        help="write a backbone as an ONNX model",
+        description="Export the backbone of RUN_DIR (or --backbone NAME with --weights) as an ONNX model: input "
+        "'images' (batch, 3, S, S) preprocessed as OUT.json says, output 'embeddings'. With onnxruntime "
+        "installed, its outputs are checked against PyTorch's before the file is written.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", nargs="?", help="run folder whose backbone to export")
+    p.add_argument("--backbone", metavar="NAME", help="a timm model name, instead of a run")
+    p.add_argument("--weights", metavar="PATH", default="pretrained", help="with --backbone: pretrained (default), "
+                   "random, or a checkpoint")
+    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the .onnx file to write")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime comparison")
+    p.set_defaults(func=_cmd_export_onnx)
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from deepclust.export import export_onnx
+
+    done = export_onnx(args.out, run_dir=args.run, backbone=args.backbone, weights=args.weights,
+                       image_size=args.image_size, check=args.check)
+    print(f"wrote {done.path} ({done.backbone}, {done.image_size} px -> {done.num_features} features)"
+          + (f"; largest difference from PyTorch {done.max_abs_diff:.1e} (outputs up to {done.max_abs_output:.1f})"
+             if done.max_abs_diff is not None else ""))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from deepclust.report import ReportOptions, write_report
+
+    options = ReportOptions(map_points=args.map_points, map_method=args.map_method, per_cluster=args.per_cluster,
+                            max_clusters=args.max_clusters, seed=args.seed)
+    print(f"report in {write_report(args.run, args.out, options)}")
     return 0
 
 
@@ -308,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(subparsers)
     _add_train_parser(subparsers)
     _add_experiment_parser(subparsers)
+    _add_report_parser(subparsers)
+    _add_export_parser(subparsers)
+    _add_predict_parser(subparsers)
+    _add_export_onnx_parser(subparsers)
     return parser
 
 

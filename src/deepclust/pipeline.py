@@ -253,6 +253,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
             "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
         },
         "seed": config.seed,
+        "working_directory": os.getcwd(),
         "versions": runs.versions(),
         "counts": {
             "images_found": len(records),

@@ -99,6 +99,15 @@ class Run:
     labels: list[str] | None
     summary: dict[str, Any]
 
+    def resolve(self, path: str) -> str:
+        """An image path of the run as a path that opens from here: paths are stored as
+        given (relative ones to the folder the run was started in, ``working_directory``
+        of summary.json)."""
+        if os.path.isabs(path) or os.path.exists(path):
+            return path
+        started = self.summary.get("working_directory")
+        return os.path.join(started, path) if started else path
+
 
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run folder written by ``deepclust cluster``."""

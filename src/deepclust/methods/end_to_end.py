@@ -248,6 +248,7 @@ class EndToEndTraining:
                          + (" after refinement" if final_stage == "refined" else ""),
                          "reference_seed": reference["seed"], **self.resolved()},
             "seed": c.seed,
+            "working_directory": os.getcwd(),
             "versions": runs.versions(),
             "runs": [{"seed": r["seed"], "loss": r["loss"], "seconds": r["seconds"], "epochs": len(r["history"]),
                       "train_seconds": round(sum(h["seconds"] for h in r["history"]), 1)}

@@ -1,0 +1,174 @@
+"""What a user keeps: a run's clusters as folders, and the backbone as an ONNX model.
+
+* :func:`export_clusters` - one folder per cluster holding the images (symlinks by
+  default, or copies) and ``mapping.csv``; it writes into a new folder only, never over a
+  user's files, and the folder appears whole or not at all.
+* :func:`export_onnx` - the backbone of a run (fine-tuned or not), or any backbone by
+  name, as an ONNX model taking a batch of preprocessed images and giving the embeddings;
+  checked against PyTorch with onnxruntime when it is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepclust import runs
+from deepclust.errors import DeepclustError
+from deepclust.io import _UMASK, write_csv, write_json
+
+log = logging.getLogger("deepclust")
+
+MODES = ("link", "copy")
+MAPPING = "mapping.csv"
+
+
+def cluster_folder_name(cluster: int, width: int) -> str:
+    return "noise" if cluster < 0 else f"cluster-{cluster:0{width}d}"
+
+
+def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str = "link") -> dict:
+    """Write ``to/cluster-NNN/<image>`` for every clustered image of ``run_dir`` (``noise/``
+    for noise) and ``to/mapping.csv`` (path, cluster, exported, distance[, label]).
+
+    ``to`` must not exist or be empty. Images whose file is gone are left out and listed
+    in mapping.csv with an empty ``exported``. Two images of one cluster with the same
+    file name get ``__2``, ``__3``... before the extension. Returns counts."""
+    if mode not in MODES:
+        raise DeepclustError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+    run = runs.load_run(run_dir)
+    to = os.path.abspath(os.fspath(to))
+    if os.path.exists(to) and (not os.path.isdir(to) or os.listdir(to)):
+        raise DeepclustError(f"'{to}' already exists and is not an empty folder; deepclust never writes over "
+                             "your files: pass a new folder to --to")
+    from deepclust.io import read_csv
+
+    distances = [r["distance"] for r in read_csv(runs.run_path(run_dir, runs.ASSIGNMENTS))]
+    parent = os.path.dirname(to)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(to)}.", suffix=".tmp")
+    os.chmod(work, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the folder is the user's, like any they create
+    width = max(3, len(str(int(run.clusters.max())))) if len(run.clusters) else 3
+    used: dict[str, set] = {}
+    rows, exported, missing = [], 0, 0
+    try:
+        for i, (path, cluster) in enumerate(zip(run.paths, run.clusters.tolist())):
+            source = os.path.abspath(run.resolve(path))
+            folder = cluster_folder_name(int(cluster), width)
+            target = ""
+            if os.path.isfile(source):
+                names = used.setdefault(folder, set())
+                stem, ext = os.path.splitext(os.path.basename(source))
+                name, n = stem + ext, 1
+                while name in names:
+                    n += 1
+                    name = f"{stem}__{n}{ext}"
+                names.add(name)
+                os.makedirs(os.path.join(work, folder), exist_ok=True)
+                if mode == "link":
+                    os.symlink(source, os.path.join(work, folder, name))
+                else:
+                    shutil.copy2(source, os.path.join(work, folder, name))
+                target = f"{folder}/{name}"
+                exported += 1
+            else:
+                missing += 1
+            rows.append([path, int(cluster), target, distances[i]] + ([run.labels[i]] if run.labels is not None else []))
+        write_csv(os.path.join(work, MAPPING), ["path", "cluster", "exported", "distance"]
+                  + (["label"] if run.labels is not None else []), rows)
+        if os.path.isdir(to):
+            os.rmdir(to)  # empty (checked above); rmdir fails rather than lose anything put there since
+        os.rename(work, to)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if missing:
+        log.warning("%d image(s) of the run no longer exist; they are listed in %s without a file", missing, MAPPING)
+    return {"images": exported, "missing": missing, "clusters": len(used), "folder": to, "mode": mode}
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` wrote and how close it is to PyTorch."""
+
+    path: str
+    backbone: str
+    image_size: int
+    num_features: int
+    max_abs_diff: float | None  # on a checking batch, None without onnxruntime
+    max_abs_output: float | None
+
+
+def _backbone_of_run(run_dir: str) -> tuple[str, str, int | None]:
+    run = runs.load_run(run_dir)
+    config = run.summary.get("config", {})
+    name = run.summary.get("resolved", {}).get("backbone") or config.get("backbone")
+    if not name or "weights" not in config:
+        raise DeepclustError(f"'{run_dir}' does not record an image backbone (an end-to-end method's run?); "
+                             "pass --backbone NAME [--weights PATH] instead")
+    return name, config["weights"], config.get("image_size")
+
+
+def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: str | None = None,
+                weights: str = "pretrained", image_size: int | None = None, opset: int = 18,
+                check: bool = True, atol: float = 1e-4) -> OnnxExport:
+    """Export a backbone to ONNX: input ``images`` (batch, 3, S, S) float32, preprocessed as
+    the backbone's data config says (resize, crop, mean/std, in ``<out>.json``), output
+    ``embeddings`` (batch, num_features); the batch size is free.
+
+    With ``check``, onnxruntime (when installed) runs the model on a seeded random batch
+    and the largest difference from PyTorch must be at most ``atol`` times the largest
+    output, else an error."""
+    import torch
+
+    from deepclust.backbones import create_backbone
+
+    if (run_dir is None) == (backbone is None):
+        raise DeepclustError("give a run folder or --backbone NAME, not both or neither")
+    if run_dir is not None:
+        backbone, weights, size = _backbone_of_run(run_dir)
+        image_size = image_size or size
+    model = create_backbone(backbone, weights=weights, image_size=image_size).eval()
+    size = model.image_size
+    out = os.fspath(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    example = torch.zeros(2, 3, size, size)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=f".{os.path.basename(out)}.",
+                               suffix=".tmp.onnx")
+    os.close(fd)
+    try:
+        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["embeddings"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                    dynamo=True, verbose=False)
+        program.save(tmp)
+        diff = peak = None
+        if check:
+            try:
+                import onnxruntime
+            except ImportError:
+                log.warning("onnxruntime is not installed: the ONNX model was not checked against PyTorch")
+            else:
+                batch = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+                session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+                got = session.run(None, {"images": batch.numpy()})[0]
+                with torch.no_grad():
+                    want = model(batch).numpy()
+                diff, peak = float(np.abs(got - want).max()), float(np.abs(want).max())
+                if diff > atol * max(peak, 1.0):
+                    raise DeepclustError(f"the ONNX model differs from PyTorch by {diff:.2e} (largest output {peak:.2e}); "
+                                         f"above the tolerance {atol:g} x largest output: not written")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    cfg = model.data_config
+    write_json(out + ".json", {"backbone": model.name, "weights": model.weights, "input": "images",
+                               "output": "embeddings", "image_size": size, "num_features": model.num_features,
+                               "preprocessing": {k: cfg[k] for k in cfg},
+                               "check": {"max_abs_diff": diff, "max_abs_output": peak, "atol_relative": atol}})
+    return OnnxExport(out, model.name, size, model.num_features, diff, peak)

@@ -1,0 +1,170 @@
+"""New images into an existing run's clusters: ``deepclust predict RUN_DIR NEW_IMAGES``.
+
+The run folder holds what prediction needs: the backbone's name, weights reference and
+preprocessing (summary.json), whether the features were L2-normalised (config), and the
+clustered embeddings with their clusters, from which the centres and each cluster's
+spread are recomputed exactly as ``deepclust cluster`` measured its distances.
+
+Each new image goes to the nearest centre. It is flagged ``far`` (possibly a class the run
+did not have, such as a species never seen) when the distance to its nearest clustered
+image exceeds the ``far_quantile`` of the same distance among the run's own images (each to
+its nearest other one, on a seeded sample of at most 2,000): an image with no close
+relative in the run. The distance to the nearest image was measured to tell unseen EU-moth
+species from seen ones better than the distance to the centre
+(``benchmarks/predict_moths.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepclust import runs
+from deepclust.errors import DeepclustError
+from deepclust.io import write_csv, write_json
+
+log = logging.getLogger("deepclust")
+
+PREDICTIONS = "predictions.csv"
+
+
+@dataclass
+class ClusterModel:
+    """Centres of a run's clusters in the space it clustered, and its clustered images."""
+
+    ids: np.ndarray  # (k,) cluster ids (noise has no centre)
+    centres: np.ndarray  # (k, d)
+    members: np.ndarray  # (n, d) float32, every clustered image (noise included)
+    threshold: float  # nearest-image distance above which a new image is far
+    normalize: bool
+
+    def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(clusters, distances to the centre, distances to the nearest clustered image, far)
+        of embeddings (n, d), in blocks (no n x k x d array)."""
+        from deepclust.pipeline import prepare_features
+
+        X = prepare_features(vectors, self.normalize).astype(np.float64)
+        best = np.empty(len(X), dtype=np.int64)
+        dist = np.empty(len(X))
+        c2 = (self.centres ** 2).sum(1)
+        for start in range(0, len(X), 4096):
+            block = X[start:start + 4096]
+            d2 = (block ** 2).sum(1)[:, None] - 2 * block @ self.centres.T + c2[None]
+            j = d2.argmin(1)
+            best[start:start + 4096] = j
+            dist[start:start + 4096] = np.sqrt(np.maximum(d2[np.arange(len(block)), j], 0))
+        nearest = nearest_member_distance(self.members, X.astype(np.float32))
+        return self.ids[best], dist, nearest, nearest > self.threshold
+
+
+def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance from each query to its nearest member (exact, faiss); with
+    ``self_index`` the queries are members ``members[self_index]`` and skip themselves."""
+    import faiss
+
+    index = faiss.IndexFlatL2(members.shape[1])
+    index.add(np.ascontiguousarray(members, dtype=np.float32))
+    k = 1 if self_index is None else min(2, len(members))
+    d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    if self_index is None:
+        return np.sqrt(np.maximum(d2[:, 0], 0))
+    other = np.where(idx[:, 0] == self_index, 1, 0)  # a duplicate of the query may come first: both are 0 away
+    return np.sqrt(np.maximum(d2[np.arange(len(d2)), np.minimum(other, k - 1)], 0))
+
+
+def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000, seed: int = 0) -> ClusterModel:
+    """The centres (means of the clustered features) of a run, and the far threshold."""
+    from deepclust.pipeline import prepare_features
+
+    if not 0 < far_quantile <= 1:
+        raise DeepclustError(f"far_quantile={far_quantile!r} must be in (0, 1]")
+    normalize = bool(run.summary.get("config", {}).get("normalize", True))
+    X = prepare_features(run.embeddings, normalize)
+    member = run.clusters >= 0
+    if not member.any():
+        raise DeepclustError(f"'{run.folder}' has no clusters (every image is noise); nothing to predict into")
+    if len(X) < 2:
+        raise DeepclustError(f"'{run.folder}' clustered a single image; predict needs at least 2")
+    ids, inverse = np.unique(run.clusters[member], return_inverse=True)
+    centres = np.zeros((len(ids), X.shape[1]))
+    np.add.at(centres, inverse, X[member].astype(np.float64))
+    centres /= np.bincount(inverse)[:, None]
+    rng = np.random.default_rng(seed)
+    probe = np.sort(rng.choice(len(X), sample, replace=False)) if len(X) > sample else np.arange(len(X))
+    own = nearest_member_distance(X, X[probe], self_index=probe)
+    return ClusterModel(ids, centres, X, float(np.quantile(own, far_quantile)), normalize)
+
+
+@dataclass
+class Prediction:
+    paths: list[str]
+    clusters: np.ndarray
+    distances: np.ndarray
+    nearest: np.ndarray
+    far: np.ndarray
+    labels: list[str] | None
+    skipped: list[tuple[str, str]]
+    summary: dict[str, Any]
+
+
+def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
+                   far_quantile: float = 0.95, labels: str | None = None, batch_size: int = 32,
+                   device: str = "cpu", num_workers: int | None = None, progress: bool = True) -> Prediction:
+    """Embed the images under ``images`` with the run's backbone and assign each to the
+    nearest cluster of ``run_dir``; write ``out`` (default ``RUN_DIR/predict``):
+    predictions.csv (path, cluster, distance to its centre, distance to the nearest
+    clustered image, far 0/1[, label]), skipped.csv and summary.json."""
+    from deepclust.backbones import create_backbone, resolve_device
+    from deepclust.data import find_images
+    from deepclust.embeddings import EmbeddingStore, extract_embeddings
+
+    t0 = time.perf_counter()
+    run = runs.load_run(run_dir)
+    if run.summary.get("command") != "cluster":
+        raise DeepclustError(f"'{run_dir}' was made by `deepclust {run.summary.get('command')}` "
+                             f"({run.summary.get('method', 'an end-to-end method')}); predict needs a run of "
+                             "`deepclust cluster` (a backbone and a clustering of its embeddings)")
+    if labels not in (None, "folders"):
+        raise DeepclustError(f"labels={labels!r} is not known; use folders (or leave it out)")
+    model = cluster_model(run, far_quantile)
+    config, resolved = run.summary["config"], run.summary["resolved"]
+    out = os.fspath(out) if out is not None else runs.run_path(run_dir, "predict")
+    records = find_images(images, exclude=[out, os.fspath(run_dir)])
+    log.info("predicting %d images into the %d clusters of '%s'", len(records), len(model.ids), run_dir)
+    backbone = create_backbone(config["backbone"], weights=config["weights"], image_size=config.get("image_size"))
+    if backbone.name != resolved.get("backbone") or backbone.weights != resolved.get("weights") or (
+            "data_config" in resolved and list(backbone.data_config["input_size"]) != list(resolved["data_config"]["input_size"])):
+        raise DeepclustError(f"the backbone loaded now ({backbone.name}, {backbone.weights}) is not the one the run "
+                             f"used ({resolved.get('backbone')}, {resolved.get('weights')}); was the checkpoint "
+                             "changed or moved? Cluster again, or restore it")
+    store = EmbeddingStore(runs.run_path(run_dir, runs.CACHE), backbone.signature())
+    emb = extract_embeddings(records, backbone, batch_size=batch_size, device=resolve_device(device),
+                             num_workers=num_workers, store=store, progress=progress)
+    kept = [records[i] for i in emb.indices]
+    skipped = [(records[i].path, reason) for i, reason in emb.skipped]
+    os.makedirs(out, exist_ok=True)
+    runs.write_skipped(out, skipped)
+    if skipped:
+        log.warning("skipped %d unreadable image(s); see %s", len(skipped), os.path.join(out, runs.SKIPPED))
+    if not kept:
+        raise DeepclustError(f"none of the {len(records)} images under '{images}' could be read; see {runs.SKIPPED}")
+    clusters, distances, nearest, far = model.assign(emb.vectors)
+    y = [r.folder for r in kept] if labels == "folders" else None
+    write_csv(os.path.join(out, PREDICTIONS), ["path", "cluster", "distance", "nearest_image_distance", "far"]
+              + (["label"] if y else []),
+              [[r.path, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else [])
+               for i, (r, c, d, m, f) in enumerate(zip(kept, clusters, distances, nearest, far))])
+    summary = {"command": "predict", "run": os.path.abspath(run_dir), "images": os.fspath(images),
+               "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
+               "counts": {"images_found": len(records), "images_predicted": len(kept), "images_skipped": len(skipped),
+                          "far": int(far.sum()), "clusters_used": int(len(np.unique(clusters)))},
+               "backbone": backbone.name, "weights": backbone.weights,
+               "timings_seconds": {"embed": round(emb.seconds, 3), "total": round(time.perf_counter() - t0, 3)},
+               "versions": runs.versions()}
+    write_json(os.path.join(out, "summary.json"), summary)
+    return Prediction([r.path for r in kept], clusters, distances, nearest, far, y, skipped, summary)

@@ -1,0 +1,354 @@
+"""Build the report of a run folder: the pieces (map, montages, matched clusters) and the page."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepclust import runs
+from deepclust.errors import DeepclustError
+from deepclust.io import atomic_write, read_csv, save_figure
+
+log = logging.getLogger("deepclust")
+
+MAP_METHODS = ("tsne", "pca")
+
+
+@dataclass
+class ReportOptions:
+    """What the report shows.
+
+    Attributes
+    ----------
+    map_points : int
+        Images on the 2-D map (a seeded random sample above this; t-SNE's cost grows with it).
+    map_method : {"tsne", "pca"}
+        t-SNE (scikit-learn, after a PCA to 50 dimensions) or the first two principal components.
+    per_cluster : int
+        Thumbnails per cluster, nearest to the centre first.
+    max_clusters : int
+        Clusters shown as montages (the largest; every cluster is in the sizes table).
+    thumb_size : int
+        Longest side of a thumbnail in pixels.
+    skipped_rows : int
+        Skipped files listed in the page (all are in skipped.csv).
+    seed : int
+    """
+
+    map_points: int = 5000
+    map_method: str = "tsne"
+    per_cluster: int = 8
+    max_clusters: int = 60
+    thumb_size: int = 96
+    skipped_rows: int = 200
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("map_points", "per_cluster", "max_clusters", "thumb_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DeepclustError(f"{name}={value!r} must be an integer >= 1")
+        if self.map_method not in MAP_METHODS:
+            raise DeepclustError(f"map_method={self.map_method!r} is not one of {', '.join(MAP_METHODS)}")
+
+
+def embedding_map(X: np.ndarray, points: int = 5000, method: str = "tsne", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D map of (a sample of) the rows of ``X``: (row indices, (m, 2) coordinates)."""
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(X, dtype=np.float32)
+    n = len(X)
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(n, points, replace=False)) if n > points else np.arange(n)
+    Z = X[index]
+    if len(Z) < 3:
+        return index, np.c_[np.arange(len(Z), dtype=np.float32), np.zeros(len(Z), np.float32)]
+    dims = min(50, Z.shape[1], len(Z) - 1)
+    Z = PCA(dims, random_state=seed).fit_transform(Z) if Z.shape[1] > dims else Z - Z.mean(0)
+    if method == "pca" or len(Z) < 10:
+        xy = Z[:, :2] if Z.shape[1] >= 2 else np.c_[Z[:, 0], np.zeros(len(Z))]
+    else:
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(2, perplexity=min(30.0, (len(Z) - 1) / 3), init="pca", random_state=seed).fit_transform(Z)
+    return index, np.asarray(xy, dtype=np.float32)
+
+
+def match_clusters(labels, clusters) -> dict[str, Any]:
+    """Clusters matched one-to-one to classes (Hungarian, most shared images).
+
+    Returns ``classes`` (sorted), ``clusters`` (ids, noise -1 excluded) ordered so the
+    matched cluster of class i comes i-th (unmatched ones last), ``table`` (clusters x
+    classes counts in that order) and ``match`` {cluster: class or None}."""
+    from scipy.optimize import linear_sum_assignment
+
+    labels = np.asarray(labels, dtype=object)
+    clusters = np.asarray(clusters)
+    keep = clusters >= 0
+    classes = sorted(set(labels.tolist()))
+    ids = np.unique(clusters[keep])
+    table = np.zeros((len(ids), len(classes)), dtype=np.int64)
+    np.add.at(table, (np.searchsorted(ids, clusters[keep]), np.searchsorted(np.array(classes, dtype=object), labels[keep])), 1)
+    rows, cols = linear_sum_assignment(-table)
+    order = [r for _, r in sorted(zip(cols, rows))] + [r for r in range(len(ids)) if r not in set(rows)]
+    match = {int(ids[r]): classes[c] for r, c in zip(rows, cols)}
+    return {"classes": classes, "clusters": [int(ids[r]) for r in order], "table": table[order],
+            "match": {int(c): match.get(int(c)) for c in ids}}
+
+
+def cluster_montages(clusters: np.ndarray, distances: np.ndarray, per_cluster: int = 8,
+                     max_clusters: int | None = None) -> list[dict[str, Any]]:
+    """The largest clusters (noise last), each with the row indices of its ``per_cluster``
+    most typical members (nearest the centre first)."""
+    clusters = np.asarray(clusters)
+    distances = np.where(np.isfinite(distances), distances, np.inf)
+    ids, sizes = np.unique(clusters, return_counts=True)
+    order = sorted(range(len(ids)), key=lambda i: (ids[i] < 0, -sizes[i], ids[i]))
+    if max_clusters is not None:
+        order = order[:max_clusters]
+    out = []
+    for i in order:
+        members = np.flatnonzero(clusters == ids[i])
+        members = members[np.argsort(distances[members], kind="stable")][:per_cluster]
+        out.append({"cluster": int(ids[i]), "size": int(sizes[i]), "members": members.tolist()})
+    return out
+
+
+def _thumbnail(path: str, size: int) -> str | None:
+    """A JPEG data URI of the image, or None when it cannot be read."""
+    from deepclust.data.folders import load_image
+
+    try:
+        img = load_image(path)
+    except Exception:  # noqa: BLE001  an unreadable image gets a placeholder, not a failed report
+        return None
+    img.thumbnail((size, size))
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _png_uri(path: str) -> str:
+    with open(path, "rb") as fh:
+        return "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
+
+
+def _colours(values: np.ndarray):
+    """Colour per value for scatter plots: tab20 cycled, noise grey."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    ids = {v: i for i, v in enumerate(sorted(set(values.tolist()), key=str))}
+    return [(0.6, 0.6, 0.6, 1.0) if v in (-1, "-1") else cmap(ids[v] % 20) for v in values.tolist()]
+
+
+def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montages, matched) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    panels = 2 if run.labels is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 6), squeeze=False)
+    by = [("cluster", run.clusters[xy_index])]
+    if run.labels is not None:
+        by.append(("true class", np.asarray(run.labels, dtype=object)[xy_index]))
+    for ax, (name, values) in zip(axes[0], by):
+        ax.scatter(xy[:, 0], xy[:, 1], c=_colours(values), s=6 if len(xy) > 2000 else 14, linewidths=0)
+        ax.set_title(f"coloured by {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{options.map_method.upper()} map of {len(xy)} of {len(run.clusters)} images")
+    files["map"] = os.path.join(out, "map.png")
+    save_figure(fig, files["map"])
+
+    ids, sizes = np.unique(run.clusters, return_counts=True)
+    order = np.argsort(-sizes, kind="stable")
+    fig, ax = plt.subplots(figsize=(min(16, 4 + 0.12 * len(ids)), 3.5))
+    ax.bar(np.arange(len(ids)), sizes[order], color=["0.6" if ids[i] < 0 else "tab:blue" for i in order])
+    ax.set_xlabel("clusters, largest first" + (" (grey: noise)" if (ids < 0).any() else ""))
+    ax.set_ylabel("images")
+    files["sizes"] = os.path.join(out, "sizes.png")
+    save_figure(fig, files["sizes"])
+
+    if matched is not None:
+        table = matched["table"]
+        share = table / np.maximum(table.sum(1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(min(18, 3 + 0.16 * table.shape[1]), min(18, 3 + 0.16 * table.shape[0])))
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_xlabel("true class (matched order)")
+        ax.set_ylabel("cluster")
+        if table.shape[1] <= 60:
+            ax.set_xticks(range(table.shape[1]), [str(c)[:18] for c in matched["classes"]], rotation=90, fontsize=6)
+        if table.shape[0] <= 60:
+            ax.set_yticks(range(table.shape[0]), [str(c) for c in matched["clusters"]], fontsize=6)
+        ax.set_title("share of each cluster's images per class")
+        files["confusion"] = os.path.join(out, "confusion.png")
+        save_figure(fig, files["confusion"])
+
+    files["montages"] = os.path.join(out, "montages.png")
+    _montage_png(run, montages[:20], options, files["montages"])
+    return files
+
+
+def _montage_png(run: runs.Run, montages, options: ReportOptions, path: str) -> None:
+    """One row per cluster of its most typical images, for papers."""
+    from PIL import Image, ImageDraw
+
+    from deepclust.data.folders import load_image
+
+    size, label = options.thumb_size, 90
+    sheet = Image.new("RGB", (label + size * options.per_cluster, size * max(len(montages), 1)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, m in enumerate(montages):
+        name = "noise" if m["cluster"] < 0 else f"cluster {m['cluster']}"
+        draw.text((4, row * size + size // 2 - 12), f"{name}\n{m['size']} images", fill="black")
+        for col, i in enumerate(m["members"]):
+            try:
+                img = load_image(run.resolve(run.paths[i]))
+            except Exception:  # noqa: BLE001  unreadable now: leave the cell blank
+                continue
+            img.thumbnail((size - 4, size - 4))
+            sheet.paste(img, (label + col * size + (size - img.width) // 2, row * size + (size - img.height) // 2))
+    with atomic_write(path, "wb") as fh:
+        sheet.save(fh, format="PNG")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
+th{background:#f4f4f4} img.figure{max-width:100%;height:auto}
+.cluster{margin:1em 0} .thumbs{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;width:110px;font-size:.7em;text-align:center;overflow:hidden;word-break:break-all}
+figure img{display:block;margin:0 auto;max-width:104px;max-height:104px}
+.missing{width:96px;height:96px;background:#eee;display:flex;align-items:center;justify-content:center;margin:0 auto}
+nav a{margin-right:1em} .note{color:#666;font-size:.9em}
+"""
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 options: ReportOptions | None = None) -> str:
+    """Write the report of ``run_dir`` (to ``RUN_DIR/report`` by default); return the HTML path."""
+    options = options or ReportOptions()
+    options.check()
+    t0 = time.perf_counter()
+    run = runs.load_run(run_dir)
+    out = os.fspath(out) if out is not None else runs.run_path(run_dir, "report")
+    os.makedirs(out, exist_ok=True)
+    if not len(run.paths):
+        raise DeepclustError(f"'{run_dir}' holds no clustered images; nothing to report")
+    rows = read_csv(runs.run_path(run_dir, runs.ASSIGNMENTS))
+    distances = np.array([float(r["distance"]) if r["distance"] else np.nan for r in rows])
+    log.info("report: map of %d images (%s)", min(len(run.paths), options.map_points), options.map_method)
+    xy_index, xy = embedding_map(run.embeddings, options.map_points, options.map_method, options.seed)
+    montages = cluster_montages(run.clusters, distances, options.per_cluster, options.max_clusters)
+    matched = match_clusters(run.labels, run.clusters) if run.labels is not None else None
+    files = _plots(run, out, options, xy_index, xy, montages, matched)
+    metrics = None
+    if os.path.isfile(runs.run_path(run_dir, runs.METRICS)):
+        import json
+
+        with open(runs.run_path(run_dir, runs.METRICS), encoding="utf-8") as fh:
+            metrics = json.load(fh)
+    skipped = read_csv(runs.run_path(run_dir, runs.SKIPPED)) if os.path.isfile(runs.run_path(run_dir, runs.SKIPPED)) else []
+
+    s = run.summary
+    config, resolved = s.get("config", {}), s.get("resolved", {})
+    name = os.path.basename(os.path.abspath(run_dir))
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepclust report: {html.escape(name)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>deepclust report: {html.escape(name)}</h1>",
+             f"<p class='note'>{len(run.paths)} images in {len(set(run.clusters[run.clusters >= 0].tolist()))} clusters"
+             + (f", {int((run.clusters < 0).sum())} as noise" if (run.clusters < 0).any() else "")
+             + f"; written {datetime.datetime.now().isoformat(timespec='seconds')} from {html.escape(os.path.abspath(run_dir))}</p>",
+             "<nav>" + "".join(f"<a href='#{k}'>{v}</a>" for k, v in [
+                 ("settings", "Settings"), ("scores", "Scores"), ("map", "Map"), ("sizes", "Sizes"), ("clusters", "Clusters"),
+                 ("confusion", "Confusion"), ("skipped", "Skipped")] if k not in ("scores", "confusion") or matched is not None) + "</nav>"]
+
+    settings = [["command", s.get("command", "")], ["method / algorithm", s.get("method") or config.get("algorithm", "")],
+                ["images", config.get("images") or config.get("dataset") or ""],
+                ["backbone", resolved.get("backbone", config.get("backbone", ""))],
+                ["weights", resolved.get("weights", config.get("weights", ""))],
+                ["number of clusters", f"{resolved.get('n_clusters', '')} ({resolved.get('n_clusters_from', '')})"],
+                ["device", resolved.get("device", "")], ["seed", s.get("seed", "")],
+                ["deepclust", s.get("versions", {}).get("deepclust", "")]]
+    parts.append("<h2 id='settings'>Settings</h2>" + _table(["setting", "value"], settings))
+    timings = s.get("timings_seconds", {})
+    if timings:
+        parts.append("<h3>Timings</h3>" + _table(["step", "seconds"], [[k, _fmt(v)] for k, v in timings.items()]))
+    counts = s.get("counts", {})
+    if counts:
+        parts.append("<h3>Counts</h3>" + _table(["count", "value"], [[k, _fmt(v)] for k, v in counts.items()]))
+
+    if metrics is not None:
+        keys = [k for k in ("CA", "ACC", "NMI", "AMI", "ARI") if k in metrics]
+        others = [k for k in metrics if k not in keys]
+        parts.append("<h2 id='scores'>Scores against the true classes</h2>"
+                     + _table(keys + others, [[_fmt(metrics[k]) for k in keys + others]]))
+
+    parts.append(f"<h2 id='map'>Map</h2><img class='figure' alt='map of the embeddings' src='{_png_uri(files['map'])}'>")
+    ids, sizes = np.unique(run.clusters, return_counts=True)
+    order = np.argsort(-sizes, kind="stable")
+    size_rows = [["noise" if ids[i] < 0 else int(ids[i]), int(sizes[i])]
+                 + ([matched["match"].get(int(ids[i])) or "" if ids[i] >= 0 else ""] if matched else []) for i in order]
+    parts.append(f"<h2 id='sizes'>Cluster sizes</h2><img class='figure' alt='cluster sizes' src='{_png_uri(files['sizes'])}'>"
+                 "<details><summary>All clusters</summary>"
+                 + _table(["cluster", "images"] + (["matched class"] if matched else []), size_rows) + "</details>")
+
+    shown = f"the {len(montages)} largest of {len(ids)} clusters" if len(montages) < len(ids) else f"all {len(ids)} clusters"
+    parts.append(f"<h2 id='clusters'>Clusters</h2><p class='note'>{shown}; in each, the {options.per_cluster} images "
+                 "nearest its centre, most typical first (d: distance to the centre).</p>")
+    labels = np.asarray(run.labels, dtype=object) if run.labels is not None else None
+    for m in montages:
+        title = "Noise" if m["cluster"] < 0 else f"Cluster {m['cluster']}"
+        extra = ""
+        if matched is not None and m["cluster"] >= 0:
+            cls = matched["match"].get(m["cluster"])
+            if cls is not None:
+                share = float(np.mean(labels[run.clusters == m["cluster"]] == cls))
+                extra = f" · matched class {html.escape(str(cls))} ({share:.0%} of its images)"
+        figs = []
+        for i in m["members"]:
+            uri = _thumbnail(run.resolve(run.paths[i]), options.thumb_size)
+            caption = html.escape(os.path.basename(run.paths[i])) + (f"<br>d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
+            img = (f"<img src='{uri}' alt='{html.escape(os.path.basename(run.paths[i]))}'>" if uri
+                   else "<div class='missing'>unreadable</div>")
+            figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
+        parts.append(f"<div class='cluster' id='cluster-{m['cluster']}'><h3>{title} · {m['size']} images{extra}</h3>"
+                     f"<div class='thumbs'>{''.join(figs)}</div></div>")
+
+    if matched is not None:
+        parts.append(f"<h2 id='confusion'>Clusters matched to classes</h2><img class='figure' alt='confusion matrix' "
+                     f"src='{_png_uri(files['confusion'])}'>")
+    listed = skipped[:options.skipped_rows]
+    parts.append(f"<h2 id='skipped'>Skipped files</h2><p class='note'>{len(skipped)} file(s) could not be read"
+                 + (f"; the first {len(listed)} below, all in skipped.csv" if len(listed) < len(skipped) else "") + ".</p>"
+                 + (_table(["path", "reason"], [[r["path"], r["reason"]] for r in listed]) if listed else ""))
+    parts.append(f"<p class='note'>Report made in {time.perf_counter() - t0:.1f} s.</p></body></html>")
+    path = os.path.join(out, "report.html")
+    with atomic_write(path) as fh:
+        fh.write("\n".join(parts))
+    return path

@@ -1,0 +1,224 @@
+"""What a user looks at and keeps: the HTML report (opened in a real Chromium), the
+per-cluster export, predicting new images into a run, and the ONNX backbone."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import MOTHS, needs_moths
+from deepclust.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SECTIONS = ("settings", "scores", "map", "sizes", "clusters", "confusion", "skipped")
+
+
+def _read_csv(path):
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def moths_test_run(tmp_path_factory):
+    """The 50 EU-moths test species clustered with the default backbone (at 128 px for
+    speed), with one unreadable file beside them, and the report made at the end."""
+    if not (MOTHS / "images").is_dir():
+        pytest.skip(f"EU moths not found at {MOTHS}")
+    from deepclust.data import load_split
+
+    root = tmp_path_factory.mktemp("moths50")
+    for species in load_split("eu-moths").classes("test"):
+        os.symlink(MOTHS / "images" / species, root / species, target_is_directory=True)
+    (root / "zz_broken").mkdir()
+    (root / "zz_broken" / "bad.jpg").write_bytes(b"not an image")
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["-q", "cluster", str(root), "--out", str(out), "--labels", "folders", "--n-clusters", "50",
+                 "--image-size", "128", "--no-progress", "--report"]) == 0
+    return root, out
+
+
+@needs_moths
+def test_the_report_holds_every_section_and_its_figures(moths_test_run):
+    _, out = moths_test_run
+    folder = out / "report"
+    for name in ("report.html", "map.png", "sizes.png", "montages.png", "confusion.png"):
+        assert (folder / name).stat().st_size > 1000, name
+    page = (folder / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"id='{section}'" in page
+    assert "zz_broken/bad.jpg" in page.replace(os.sep, "/")  # the skipped file is listed
+    assert page.count("<div class='cluster'") == 50  # every cluster (fewer than the 60 shown by default)
+    assert "src='http" not in page and "src=\"http" not in page  # self-contained: nothing fetched
+    assert 200_000 < (folder / "report.html").stat().st_size < 5_000_000
+
+
+@needs_moths
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_report_renders_in_headless_chromium_without_errors(moths_test_run, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    _, out = moths_test_run
+    url = (out / "report" / "report.html").resolve().as_uri()
+    errors, requests = [], []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url, wait_until="load")
+            images = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            headings = page.evaluate("[...document.querySelectorAll('h2')].map(h => h.id)")
+            laid_out = page.evaluate("[...document.querySelectorAll('.cluster figure img')]"
+                                     ".filter(i => i.getBoundingClientRect().width > 0).length")
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=False)
+        finally:
+            browser.close()
+    assert errors == []
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []  # opens offline
+    assert headings == list(SECTIONS)
+    thumbnails = [i for i in images if i[1] <= 96 and i[2] <= 96]
+    assert len(images) >= 4 + 300 and all(complete and w > 0 and h > 0 for complete, w, h in images)
+    assert len(thumbnails) >= 300  # montages of the clusters, decoded by the browser
+    assert laid_out == len(thumbnails)  # and laid out on the page
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1280) and pixels.std() > 10  # a page was drawn, not a blank
+
+
+@needs_moths
+def test_export_makes_a_folder_per_cluster_and_never_overwrites(moths_test_run, tmp_path, capsys):
+    _, out = moths_test_run
+    to = tmp_path / "by-cluster"
+    assert main(["export", str(out), "--to", str(to)]) == 0
+    assignments = _read_csv(out / "assignments.csv")
+    mapping = _read_csv(to / "mapping.csv")
+    assert [r["path"] for r in mapping] == [r["path"] for r in assignments]
+    folders = sorted(p.name for p in to.iterdir() if p.is_dir())
+    assert len(folders) == 50 and folders[0] == "cluster-000"
+    for row in mapping:
+        target = to / row["exported"]
+        assert target.is_symlink() and os.path.samefile(target, row["path"])
+        assert row["exported"].startswith(f"cluster-{int(row['cluster']):03d}/")
+    assert main(["export", str(out), "--to", str(to)]) == 2  # exists and is not empty
+    assert "never writes over your files" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["export", str(out), "--to", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    copies = tmp_path / "copies"
+    copies.mkdir()  # an empty folder is fine
+    assert main(["export", str(out), "--to", str(copies), "--mode", "copy"]) == 0
+    some = _read_csv(copies / "mapping.csv")[0]
+    assert not (copies / some["exported"]).is_symlink()
+    assert (copies / some["exported"]).read_bytes() == open(some["path"], "rb").read()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work folder left behind
+
+
+def test_export_keeps_two_images_of_the_same_name_and_lists_missing_ones(tmp_path):
+    from deepclust import runs
+    from deepclust.export import export_clusters
+
+    files = []
+    for folder in ("a", "b", "c"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "x.jpg").write_bytes(folder.encode())
+        files.append(str(tmp_path / "in" / folder / "x.jpg"))
+    run = tmp_path / "run"
+    run.mkdir()
+    runs.write_assignments(run, files, np.array([0, 0, -1]), np.array([0.1, 0.2, np.nan]))
+    runs.write_embeddings(run, np.zeros((3, 2)))
+    runs.write_summary(run, {"command": "cluster"})
+    os.unlink(files[2])  # gone since the run
+    done = export_clusters(run, tmp_path / "out")
+    assert done == {"images": 2, "missing": 1, "clusters": 1, "folder": str(tmp_path / "out"), "mode": "link"}
+    assert sorted(os.listdir(tmp_path / "out" / "cluster-000")) == ["x.jpg", "x__2.jpg"]
+    assert (tmp_path / "out" / "cluster-000" / "x__2.jpg").read_bytes() == b"b"
+    assert [r["exported"] for r in _read_csv(tmp_path / "out" / "mapping.csv")] == [
+        "cluster-000/x.jpg", "cluster-000/x__2.jpg", ""]
+
+
+@needs_moths
+def test_predict_puts_a_runs_own_images_back_in_their_clusters(moths_test_run, tmp_path):
+    root, out = moths_test_run
+    assert main(["-q", "predict", str(out), str(root), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    predicted = {r["path"]: r for r in _read_csv(tmp_path / "p" / "predictions.csv")}
+    assignments = _read_csv(out / "assignments.csv")
+    assert len(predicted) == len(assignments) == 555
+    # k-means ends with every image at its nearest centre: predict must reproduce the run exactly
+    assert all(predicted[r["path"]]["cluster"] == r["cluster"] for r in assignments)
+    assert all(abs(float(predicted[r["path"]]["distance"]) - float(r["distance"])) < 1e-4 for r in assignments)
+    assert all(predicted[r["path"]]["far"] == "0" for r in assignments)  # each is its own nearest image
+    assert [r["path"] for r in _read_csv(tmp_path / "p" / "skipped.csv")] == [str(root / "zz_broken" / "bad.jpg")]
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["counts"]["images_predicted"] == 555 and summary["backbone"] == "tf_efficientnet_lite0"
+
+
+def test_predict_flags_images_far_from_every_clustered_image():
+    from deepclust.predict import cluster_model
+    from deepclust.runs import Run
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(600, centers=[[0, 0, 0], [6, 0, 0], [0, 6, 0]], cluster_std=1.0, random_state=0)
+    run = Run("r", [str(i) for i in range(500)], y[:500], X[:500].astype(np.float32), None,
+              {"command": "cluster", "config": {"normalize": False}})
+    model = cluster_model(run, far_quantile=0.95)
+    clusters, distances, nearest, far = model.assign(X[500:])
+    assert np.mean(clusters == y[500:]) > 0.97 and np.all(distances >= 0)
+    assert far.mean() < 0.15  # new points of the same blobs: about 5% (the run's own rate)
+    stranger = np.random.default_rng(0).normal([30, 30, 30], 1.0, size=(50, 3))
+    assert model.assign(stranger)[3].all()  # a blob the run never saw: every point flagged
+
+
+def test_predict_refuses_a_run_without_a_backbone(tmp_path, capsys):
+    from deepclust import runs
+
+    runs.write_assignments(tmp_path, ["a.jpg"], np.array([0]), np.array([0.0]))
+    runs.write_embeddings(tmp_path, np.zeros((1, 4)))
+    runs.write_summary(tmp_path, {"command": "train", "method": "mmdc"})
+    assert main(["predict", str(tmp_path), str(tmp_path)]) == 2
+    assert "predict needs a run of `deepclust cluster`" in capsys.readouterr().err
+
+
+def test_onnx_export_of_the_default_backbone_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import torch
+
+    from deepclust.backbones import create_backbone
+    from deepclust.export import export_onnx
+
+    path = tmp_path / "lite0.onnx"
+    done = export_onnx(path, backbone="tf_efficientnet_lite0", image_size=128)
+    assert done.num_features == 1280 and done.max_abs_diff is not None and done.max_abs_diff < 1e-4 * done.max_abs_output
+    meta = json.loads((tmp_path / "lite0.onnx.json").read_text())
+    assert meta["image_size"] == 128 and meta["preprocessing"]["mean"] == pytest.approx([0.498, 0.498, 0.498], abs=0.01)
+    model = create_backbone("tf_efficientnet_lite0", image_size=128).eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):  # the batch size is free
+        x = torch.randn(batch, 3, 128, 128, generator=torch.Generator().manual_seed(batch))
+        got = session.run(["embeddings"], {"images": x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == (batch, 1280)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+@needs_moths
+def test_export_onnx_of_a_run_uses_its_backbone_and_size(moths_test_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    _, out = moths_test_run
+    assert main(["-q", "export-onnx", str(out), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "largest difference from PyTorch" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert meta["backbone"] == "tf_efficientnet_lite0" and meta["image_size"] == 128
+    assert main(["export-onnx", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "give a run folder or --backbone" in capsys.readouterr().err

@@ -14,6 +14,7 @@ the run never saw. Prints:
 The folders are symbolic links in a temporary directory (the data is not copied).
 
     python benchmarks/predict_moths.py [--hold 2] [--unseen 50] [--far-quantile 0.95] [--algorithm kmeans]
+                                       [--weights PATH] [--assign centre|neighbours]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--algorithm", default="kmeans")
     parser.add_argument("--weights", default="pretrained", help="the backbone's weights (a fine-tuned checkpoint)")
     parser.add_argument("--clean", type=float, default=0.8)
+    parser.add_argument("--assign", default="centre", choices=["centre", "neighbours"])
     args = parser.parse_args()
     if not os.path.isdir(DATA):
         print(f"EU moths not found at {DATA}", file=sys.stderr)
@@ -79,7 +81,8 @@ def main() -> int:
             home[s], top = counts.most_common(1)[0]
             share[s], anywhere[s] = top / sum(counts.values()), set(counts)
         t = time.perf_counter()
-        seen = predict_images(out, held, os.path.join(tmp, "p-held"), args.far_quantile, labels="folders", progress=False)
+        seen = predict_images(out, held, os.path.join(tmp, "p-held"), args.far_quantile, labels="folders",
+                              assign=args.assign, progress=False)
         t_predict = time.perf_counter() - t
         new = predict_images(out, unseen, os.path.join(tmp, "p-unseen"), args.far_quantile, progress=False)
         pairs = list(zip(seen.clusters.tolist(), seen.labels))
@@ -89,7 +92,7 @@ def main() -> int:
         print(f"EU moths test species: {n_known} images clustered ({args.algorithm}, k=50, weights {args.weights}) in "
               f"{t_cluster:.0f} s, ACC {run.summary['metrics']['ACC']:.3f}")
         print(f"held-back images of those species: {n_held}; unseen species' images: {n_unseen} "
-              f"({len(train)} training species); far quantile {args.far_quantile}")
+              f"({len(train)} training species); far quantile {args.far_quantile}; assign {args.assign}")
         print(f"agreement with where the run put their species (its largest cluster): {agree:.3f}; on the "
               f"{sum(share[s] >= args.clean for s in test)} species with >= {args.clean:.0%} of their images in one "
               f"cluster ({len(clean)} images): {np.mean(clean) if clean else float('nan'):.3f}")

@@ -222,3 +222,41 @@ def test_export_onnx_of_a_run_uses_its_backbone_and_size(moths_test_run, tmp_pat
     assert meta["backbone"] == "tf_efficientnet_lite0" and meta["image_size"] == 128
     assert main(["export-onnx", "--out", str(tmp_path / "x.onnx")]) == 2
     assert "give a run folder or --backbone" in capsys.readouterr().err
+
+
+def test_predict_by_neighbours_follows_clusters_of_any_shape():
+    from sklearn.datasets import make_moons
+
+    from deepclust.predict import cluster_model
+    from deepclust.runs import Run
+
+    X, y = make_moons(700, noise=0.05, random_state=0)
+    run = Run("r", [str(i) for i in range(500)], y[:500], X[:500].astype(np.float32), None,
+              {"command": "cluster", "config": {"normalize": False}})
+    model = cluster_model(run)
+    by_centre = np.mean(model.assign(X[500:])[0] == y[500:])
+    by_neighbours = np.mean(model.assign(X[500:], "neighbours")[0] == y[500:])
+    assert by_neighbours == 1.0 and by_centre < 0.9  # a moon's tip is nearer the other moon's centre
+    with pytest.raises(Exception, match="assign="):
+        model.assign(X[500:], "vote")
+
+
+@pytest.mark.skipif(not (MOTHS.parent / "coil20" / "COIL20.mat").is_file(), reason="COIL-20 not found")
+def test_the_report_of_an_end_to_end_run_on_a_benchmark_array_shows_its_images(tmp_path):
+    from deepclust import runs
+    from deepclust.data.datasets import load_coil20
+    from deepclust.report import ReportOptions, write_report
+
+    source = str(MOTHS.parent / "coil20")
+    _, y = load_coil20(source)
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    runs.write_assignments(run, [f"coil20/{i:05d}" for i in range(len(y))], y.astype(int) - 1,
+                           rng.random(len(y)), [str(int(v)) for v in y])
+    runs.write_embeddings(run, rng.normal(size=(len(y), 20)))
+    runs.write_skipped(run, [])
+    runs.write_summary(run, {"command": "train", "method": "mmdc", "config": {"dataset": {"name": "coil20", "source": source}}})
+    page = open(write_report(run, options=ReportOptions(map_method="pca")), encoding="utf-8").read()
+    assert page.count("data:image/jpeg") == 20 * 8 and "unreadable" not in page  # thumbnails from the array
+    assert "<h2 id='confusion'>" in page

@@ -181,6 +181,8 @@ def _add_predict_parser(subparsers) -> None:
                    help="flag an image farther from its nearest clustered image than this quantile of the run's "
                    "own such distances (default 0.95)")
     p.add_argument("--labels", choices=["folders"], help="folders: record each image's parent folder as its class")
+    p.add_argument("--assign", choices=["centre", "neighbours"], default="centre",
+                   help="nearest cluster centre (default), or the cluster of most of the 5 nearest clustered images")
     p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -190,8 +192,8 @@ def _add_predict_parser(subparsers) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from deepclust.predict import predict_images
 
-    result = predict_images(args.run, args.images, args.out, args.far_quantile, args.labels, args.batch_size,
-                            args.device, progress=args.progress)
+    result = predict_images(args.run, args.images, args.out, args.far_quantile, args.labels, args.assign,
+                            args.batch_size, args.device, progress=args.progress)
     counts = result.summary["counts"]
     print(f"assigned {counts['images_predicted']} images to {counts['clusters_used']} clusters; "
           f"{counts['far']} far from every cluster (possibly new classes)"

@@ -5,7 +5,9 @@ preprocessing (summary.json), whether the features were L2-normalised (config), 
 clustered embeddings with their clusters, from which the centres and each cluster's
 spread are recomputed exactly as ``deepclust cluster`` measured its distances.
 
-Each new image goes to the nearest centre. It is flagged ``far`` (possibly a class the run
+Each new image goes to the nearest centre (``assign="centre"``, k-means' own rule) or to the
+cluster of most of its 5 nearest clustered images (``assign="neighbours"``, for clusters of
+any shape, as spectral and density methods find). It is flagged ``far`` (possibly a class the run
 did not have, such as a species never seen) when the distance to its nearest clustered
 image exceeds the ``far_quantile`` of the same distance among the run's own images (each to
 its nearest other one, on a seeded sample of at most 2,000): an image with no close
@@ -31,6 +33,7 @@ from deepclust.io import write_csv, write_json
 log = logging.getLogger("deepclust")
 
 PREDICTIONS = "predictions.csv"
+ASSIGN_RULES = ("centre", "neighbours")
 
 
 @dataclass
@@ -42,12 +45,18 @@ class ClusterModel:
     members: np.ndarray  # (n, d) float32, every clustered image (noise included)
     threshold: float  # nearest-image distance above which a new image is far
     normalize: bool
+    member_clusters: np.ndarray | None = None  # (n,) cluster of each clustered image, for assign="neighbours"
 
-    def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def assign(self, vectors: np.ndarray, rule: str = "centre", n_neighbours: int = 5
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(clusters, distances to the centre, distances to the nearest clustered image, far)
-        of embeddings (n, d), in blocks (no n x k x d array)."""
+        of embeddings (n, d), in blocks (no n x k x d array). ``rule``: the nearest centre,
+        or the cluster most of the ``n_neighbours`` nearest clustered images are in (ties
+        to the nearer; noise images do not vote), which follows clusters of any shape."""
         from deepclust.pipeline import prepare_features
 
+        if rule not in ASSIGN_RULES:
+            raise DeepclustError(f"assign={rule!r} is not one of {', '.join(ASSIGN_RULES)}")
         X = prepare_features(vectors, self.normalize).astype(np.float64)
         best = np.empty(len(X), dtype=np.int64)
         dist = np.empty(len(X))
@@ -59,7 +68,27 @@ class ClusterModel:
             best[start:start + 4096] = j
             dist[start:start + 4096] = np.sqrt(np.maximum(d2[np.arange(len(block)), j], 0))
         nearest = nearest_member_distance(self.members, X.astype(np.float32))
-        return self.ids[best], dist, nearest, nearest > self.threshold
+        clusters = self.ids[best]
+        if rule == "neighbours":
+            clusters = self._vote(X.astype(np.float32), n_neighbours, clusters)
+            where = np.searchsorted(self.ids, clusters)
+            dist = np.linalg.norm(X - self.centres[where], axis=1)
+        return clusters, dist, nearest, nearest > self.threshold
+
+    def _vote(self, X: np.ndarray, k: int, fallback: np.ndarray) -> np.ndarray:
+        import faiss
+
+        voters = np.flatnonzero(self.member_clusters >= 0)
+        index = faiss.IndexFlatL2(self.members.shape[1])
+        index.add(np.ascontiguousarray(self.members[voters], dtype=np.float32))
+        _, idx = index.search(np.ascontiguousarray(X), min(k, len(voters)))
+        votes = self.member_clusters[voters][idx]  # (n, k), nearest first
+        out = fallback.copy()
+        for i, row in enumerate(votes):
+            values, first, counts = np.unique(row, return_index=True, return_counts=True)
+            top = counts == counts.max()
+            out[i] = values[top][np.argmin(first[top])]  # a tie goes to the cluster of the nearer image
+        return out
 
 
 def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
@@ -97,7 +126,7 @@ def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000,
     rng = np.random.default_rng(seed)
     probe = np.sort(rng.choice(len(X), sample, replace=False)) if len(X) > sample else np.arange(len(X))
     own = nearest_member_distance(X, X[probe], self_index=probe)
-    return ClusterModel(ids, centres, X, float(np.quantile(own, far_quantile)), normalize)
+    return ClusterModel(ids, centres, X, float(np.quantile(own, far_quantile)), normalize, run.clusters.copy())
 
 
 @dataclass
@@ -113,7 +142,7 @@ class Prediction:
 
 
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
-                   far_quantile: float = 0.95, labels: str | None = None, batch_size: int = 32,
+                   far_quantile: float = 0.95, labels: str | None = None, assign: str = "centre", batch_size: int = 32,
                    device: str = "cpu", num_workers: int | None = None, progress: bool = True) -> Prediction:
     """Embed the images under ``images`` with the run's backbone and assign each to the
     nearest cluster of ``run_dir``; write ``out`` (default ``RUN_DIR/predict``):
@@ -131,6 +160,8 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
                              "`deepclust cluster` (a backbone and a clustering of its embeddings)")
     if labels not in (None, "folders"):
         raise DeepclustError(f"labels={labels!r} is not known; use folders (or leave it out)")
+    if assign not in ASSIGN_RULES:
+        raise DeepclustError(f"assign={assign!r} is not one of {', '.join(ASSIGN_RULES)}")
     model = cluster_model(run, far_quantile)
     config, resolved = run.summary["config"], run.summary["resolved"]
     out = os.fspath(out) if out is not None else runs.run_path(run_dir, "predict")
@@ -153,14 +184,14 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
         log.warning("skipped %d unreadable image(s); see %s", len(skipped), os.path.join(out, runs.SKIPPED))
     if not kept:
         raise DeepclustError(f"none of the {len(records)} images under '{images}' could be read; see {runs.SKIPPED}")
-    clusters, distances, nearest, far = model.assign(emb.vectors)
+    clusters, distances, nearest, far = model.assign(emb.vectors, assign)
     y = [r.folder for r in kept] if labels == "folders" else None
     write_csv(os.path.join(out, PREDICTIONS), ["path", "cluster", "distance", "nearest_image_distance", "far"]
               + (["label"] if y else []),
               [[r.path, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else [])
                for i, (r, c, d, m, f) in enumerate(zip(kept, clusters, distances, nearest, far))])
     summary = {"command": "predict", "run": os.path.abspath(run_dir), "images": os.fspath(images),
-               "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
+               "assign": assign, "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
                "counts": {"images_found": len(records), "images_predicted": len(kept), "images_skipped": len(skipped),
                           "far": int(far.sum()), "clusters_used": int(len(np.unique(clusters)))},
                "backbone": backbone.name, "weights": backbone.weights,

@@ -123,14 +123,50 @@ def cluster_montages(clusters: np.ndarray, distances: np.ndarray, per_cluster: i
     return out
 
 
-def _thumbnail(path: str, size: int) -> str | None:
-    """A JPEG data URI of the image, or None when it cannot be read."""
+def _dataset_pixels(run: runs.Run):
+    """The images of a run made from a benchmark array (an end-to-end method's ``dataset:``),
+    in the run's row order, as uint8 (n, C, H, W); None for runs of image files."""
+    dataset = run.summary.get("config", {}).get("dataset")
+    if not dataset:
+        return None
+    from deepclust.data.datasets import load_pixels
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(run.summary.get("working_directory") or cwd)  # a relative source is relative to the run's start
+        pixels = load_pixels(dataset=dataset).images
+    except Exception as exc:  # noqa: BLE001  the report goes on without thumbnails
+        log.warning("report: the images of %s could not be read (%s); no thumbnails", dataset, exc)
+        return None
+    finally:
+        os.chdir(cwd)
+    return pixels if len(pixels) == len(run.paths) else None
+
+
+def _image(run: runs.Run, i: int, pixels):
+    """Row i's image as RGB PIL image (raises when it cannot be read)."""
+    from PIL import Image
+
     from deepclust.data.folders import load_image
 
+    if pixels is None:
+        return load_image(run.resolve(run.paths[i]))
+    a = np.asarray(pixels[i])
+    a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+
+
+def _thumbnail(run: runs.Run, i: int, size: int, pixels=None) -> str | None:
+    """A JPEG data URI of row i's image, or None when it cannot be read."""
     try:
-        img = load_image(path)
+        img = _image(run, i, pixels)
     except Exception:  # noqa: BLE001  an unreadable image gets a placeholder, not a failed report
         return None
+    if max(img.size) < size:  # small benchmark images (28 px digits): enlarged, pixels kept sharp
+        from PIL import Image
+
+        scale = size // max(img.size)
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.thumbnail((size, size))
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=80)
@@ -151,7 +187,7 @@ def _colours(values: np.ndarray):
     return [(0.6, 0.6, 0.6, 1.0) if v in (-1, "-1") else cmap(ids[v] % 20) for v in values.tolist()]
 
 
-def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montages, matched) -> dict[str, str]:
+def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montages, matched, pixels) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,15 +233,13 @@ def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montag
         save_figure(fig, files["confusion"])
 
     files["montages"] = os.path.join(out, "montages.png")
-    _montage_png(run, montages[:20], options, files["montages"])
+    _montage_png(run, montages[:20], options, files["montages"], pixels)
     return files
 
 
-def _montage_png(run: runs.Run, montages, options: ReportOptions, path: str) -> None:
+def _montage_png(run: runs.Run, montages, options: ReportOptions, path: str, pixels=None) -> None:
     """One row per cluster of its most typical images, for papers."""
     from PIL import Image, ImageDraw
-
-    from deepclust.data.folders import load_image
 
     size, label = options.thumb_size, 90
     sheet = Image.new("RGB", (label + size * options.per_cluster, size * max(len(montages), 1)), "white")
@@ -215,9 +249,12 @@ def _montage_png(run: runs.Run, montages, options: ReportOptions, path: str) -> 
         draw.text((4, row * size + size // 2 - 12), f"{name}\n{m['size']} images", fill="black")
         for col, i in enumerate(m["members"]):
             try:
-                img = load_image(run.resolve(run.paths[i]))
+                img = _image(run, i, pixels)
             except Exception:  # noqa: BLE001  unreadable now: leave the cell blank
                 continue
+            if max(img.size) < size - 4:
+                scale = (size - 4) // max(img.size)
+                img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
             img.thumbnail((size - 4, size - 4))
             sheet.paste(img, (label + col * size + (size - img.width) // 2, row * size + (size - img.height) // 2))
     with atomic_write(path, "wb") as fh:
@@ -266,7 +303,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     xy_index, xy = embedding_map(run.embeddings, options.map_points, options.map_method, options.seed)
     montages = cluster_montages(run.clusters, distances, options.per_cluster, options.max_clusters)
     matched = match_clusters(run.labels, run.clusters) if run.labels is not None else None
-    files = _plots(run, out, options, xy_index, xy, montages, matched)
+    pixels = _dataset_pixels(run)
+    files = _plots(run, out, options, xy_index, xy, montages, matched, pixels)
     metrics = None
     if os.path.isfile(runs.run_path(run_dir, runs.METRICS)):
         import json
@@ -332,7 +370,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                 extra = f" · matched class {html.escape(str(cls))} ({share:.0%} of its images)"
         figs = []
         for i in m["members"]:
-            uri = _thumbnail(run.resolve(run.paths[i]), options.thumb_size)
+            uri = _thumbnail(run, i, options.thumb_size, pixels)
             caption = html.escape(os.path.basename(run.paths[i])) + (f"<br>d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
             img = (f"<img src='{uri}' alt='{html.escape(os.path.basename(run.paths[i]))}'>" if uri
                    else "<div class='missing'>unreadable</div>")

@@ -260,3 +260,25 @@ def test_the_report_of_an_end_to_end_run_on_a_benchmark_array_shows_its_images(t
     page = open(write_report(run, options=ReportOptions(map_method="pca")), encoding="utf-8").read()
     assert page.count("data:image/jpeg") == 20 * 8 and "unreadable" not in page  # thumbnails from the array
     assert "<h2 id='confusion'>" in page
+
+
+def test_the_report_of_a_density_run_shows_noise_last_and_unreadable_images_as_placeholders(tmp_path):
+    from deepclust import runs
+    from deepclust.report import ReportOptions, cluster_montages, write_report
+
+    rng = np.random.default_rng(0)
+    clusters = np.r_[np.zeros(30, int), np.ones(20, int), -np.ones(40, int)]  # the noise is the largest group
+    distances = np.where(clusters >= 0, rng.random(90), np.nan)
+    montages = cluster_montages(clusters, distances, per_cluster=3)
+    assert [m["cluster"] for m in montages] == [0, 1, -1] and [m["size"] for m in montages] == [30, 20, 40]
+    first = montages[0]["members"]
+    assert list(distances[first]) == sorted(distances[clusters == 0])[:3]  # most typical first
+    runs.write_assignments(tmp_path, [str(tmp_path / f"gone{i}.jpg") for i in range(90)], clusters, distances)
+    runs.write_embeddings(tmp_path, rng.normal(size=(90, 8)))
+    runs.write_skipped(tmp_path, [])
+    runs.write_summary(tmp_path, {"command": "cluster", "config": {"algorithm": "hdbscan"}})
+    page = open(write_report(tmp_path, options=ReportOptions(per_cluster=3)), encoding="utf-8").read()
+    assert "<h3>Noise · 40 images" in page and page.index("id='cluster-1'") < page.index("id='cluster--1'")
+    assert page.count("unreadable") == 9 and "id='confusion'" not in page  # no labels: no confusion matrix
+    with pytest.raises(Exception, match="map_method"):
+        write_report(tmp_path, options=ReportOptions(map_method="umap"))

@@ -204,7 +204,7 @@ def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montag
         ax.set_title(f"coloured by {name}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{options.map_method.upper()} map of {len(xy)} of {len(run.clusters)} images")
+    fig.suptitle(f"{'t-SNE' if options.map_method == 'tsne' else 'PCA'} map of {len(xy)} of {len(run.clusters)} images")
     files["map"] = os.path.join(out, "map.png")
     save_figure(fig, files["map"])
 

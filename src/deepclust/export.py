@@ -111,7 +111,7 @@ def _backbone_of_run(run_dir: str) -> tuple[str, str, int | None]:
     if not name or "weights" not in config:
         raise DeepclustError(f"'{run_dir}' does not record an image backbone (an end-to-end method's run?); "
                              "pass --backbone NAME [--weights PATH] instead")
-    return name, config["weights"], config.get("image_size")
+    return name, run.backbone_weights(), config.get("image_size")
 
 
 def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: str | None = None,

@@ -167,7 +167,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
     out = os.fspath(out) if out is not None else runs.run_path(run_dir, "predict")
     records = find_images(images, exclude=[out, os.fspath(run_dir)])
     log.info("predicting %d images into the %d clusters of '%s'", len(records), len(model.ids), run_dir)
-    backbone = create_backbone(config["backbone"], weights=config["weights"], image_size=config.get("image_size"))
+    backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"))
     if backbone.name != resolved.get("backbone") or backbone.weights != resolved.get("weights") or (
             "data_config" in resolved and list(backbone.data_config["input_size"]) != list(resolved["data_config"]["input_size"])):
         raise DeepclustError(f"the backbone loaded now ({backbone.name}, {backbone.weights}) is not the one the run "

@@ -108,6 +108,11 @@ class Run:
         started = self.summary.get("working_directory")
         return os.path.join(started, path) if started else path
 
+    def backbone_weights(self) -> str:
+        """The run's ``weights`` setting, a relative checkpoint path resolved like the images."""
+        weights = self.summary.get("config", {}).get("weights", "pretrained")
+        return weights if weights in ("pretrained", "random") else self.resolve(weights)
+
 
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run folder written by ``deepclust cluster``."""

@@ -115,3 +115,19 @@ def test_two_gloo_processes_share_the_sinkhorn_and_end_with_identical_weights(tm
     whole = sinkhorn(torch.randn(10, 6, generator=torch.Generator().manual_seed(7)))
     assert torch.allclose(torch.cat([rank0["q"], rank1["q"]]), whole, atol=1e-6)  # one Sinkhorn over both ranks
     assert (tmp_path / "ckpt" / "last.pt").is_file()
+
+
+def test_predict_new_images_into_an_imc_swav_run_with_its_own_network(three_classes, tmp_path):  # noqa: F811
+    import csv
+
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--method", "imc_swav", "--images", str(three_classes), "--out", str(out),
+                 "--n-clusters", "3", "--epochs", "2"] + TINY) == 0
+    stamp = (out / "seed0" / "last.pt").stat().st_mtime_ns
+    assert main(["-q", "predict", str(out), str(three_classes), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (out / "seed0" / "last.pt").stat().st_mtime_ns == stamp  # restored, not trained again
+    with open(tmp_path / "p" / "predictions.csv", encoding="utf-8", newline="") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    run = load_run(out)
+    assert len(rows) == 30
+    assert all(float(rows[p]["nearest_image_distance"]) < 1e-5 for p in run.paths)  # the run's own projections

@@ -114,3 +114,29 @@ def test_a_tiny_mmdc_experiment_with_an_ablation(three_classes, tmp_path):
     path.write_text(yaml.safe_dump(dict(config, variants={"x": {"repetitions": 0}})))
     with pytest.raises(DeepclustError, match="repetitions=0 must be an integer >= 1"):
         load_clustering_experiment(path)
+
+
+def test_predict_new_images_into_an_mmdc_run_with_its_own_network(three_classes, tmp_path):
+    """The network of the run's reference seed is restored from its checkpoint (no training):
+    the run's own images come back in the clusters its reference network gave them."""
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--method", "mmdc", "--images", str(three_classes), "--out", str(out), "--n-clusters",
+                 "3", "--epochs", "2", "--backbone", "conv4", "--image-size", "16", "--no-progress"]) == 0
+    stamp = (out / "seed0" / "last.pt").stat().st_mtime_ns
+    assert main(["-q", "predict", str(out), str(three_classes), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (out / "seed0" / "last.pt").stat().st_mtime_ns == stamp  # restored, not trained again
+    rows = {r["path"]: r for r in _csv(tmp_path / "p" / "predictions.csv")}
+    run = load_run(out)
+    assert len(rows) == 30 and "broken.jpg" in (tmp_path / "p" / "skipped.csv").read_text()
+    same = [rows[p]["cluster"] == str(c) for p, c in zip(run.paths, run.clusters)]
+    assert np.mean(same) >= 0.9  # nearest centre in the outputs' space, not the network's own rule
+    assert all(float(rows[p]["nearest_image_distance"]) < 1e-5 for p in run.paths)  # the same outputs as in the run
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["method"] == "mmdc" and summary["reference_seed"] == 0
+
+
+def _csv(path):
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -177,14 +177,14 @@ def test_predict_flags_images_far_from_every_clustered_image():
     assert model.assign(stranger)[3].all()  # a blob the run never saw: every point flagged
 
 
-def test_predict_refuses_a_run_without_a_backbone(tmp_path, capsys):
+def test_predict_refuses_a_folder_that_holds_no_clustering_network(tmp_path, capsys):
     from deepclust import runs
 
     runs.write_assignments(tmp_path, ["a.jpg"], np.array([0]), np.array([0.0]))
     runs.write_embeddings(tmp_path, np.zeros((1, 4)))
-    runs.write_summary(tmp_path, {"command": "train", "method": "mmdc"})
+    runs.write_summary(tmp_path, {"command": "train", "method": "episodic"})
     assert main(["predict", str(tmp_path), str(tmp_path)]) == 2
-    assert "predict needs a run of `deepclust cluster`" in capsys.readouterr().err
+    assert "predict needs a run of `deepclust cluster` or of an end-to-end method" in capsys.readouterr().err
 
 
 def test_onnx_export_of_the_default_backbone_matches_pytorch(tmp_path):

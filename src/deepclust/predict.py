@@ -33,6 +33,7 @@ from deepclust.io import write_csv, write_json
 log = logging.getLogger("deepclust")
 
 PREDICTIONS = "predictions.csv"
+END_TO_END = ("mmdc", "imc_swav")
 ASSIGN_RULES = ("centre", "neighbours")
 
 
@@ -112,7 +113,8 @@ def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000,
 
     if not 0 < far_quantile <= 1:
         raise DeepclustError(f"far_quantile={far_quantile!r} must be in (0, 1]")
-    normalize = bool(run.summary.get("config", {}).get("normalize", True))
+    # deepclust cluster records whether it L2-normalised; end-to-end runs store their network's outputs as clustered
+    normalize = bool(run.summary.get("config", {}).get("normalize", True)) if run.summary.get("command") == "cluster" else False
     X = prepare_features(run.embeddings, normalize)
     member = run.clusters >= 0
     if not member.any():
@@ -144,58 +146,99 @@ class Prediction:
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
                    far_quantile: float = 0.95, labels: str | None = None, assign: str = "centre", batch_size: int = 32,
                    device: str = "cpu", num_workers: int | None = None, progress: bool = True) -> Prediction:
-    """Embed the images under ``images`` with the run's backbone and assign each to the
-    nearest cluster of ``run_dir``; write ``out`` (default ``RUN_DIR/predict``):
+    """Embed the images under ``images`` as the run did and assign each to the nearest
+    cluster of ``run_dir``; write ``out`` (default ``RUN_DIR/predict``):
     predictions.csv (path, cluster, distance to its centre, distance to the nearest
-    clustered image, far 0/1[, label]), skipped.csv and summary.json."""
-    from deepclust.backbones import create_backbone, resolve_device
-    from deepclust.data import find_images
-    from deepclust.embeddings import EmbeddingStore, extract_embeddings
+    clustered image, far 0/1[, label]), skipped.csv and summary.json.
 
+    A run of ``deepclust cluster`` embeds them with its backbone. A run of an end-to-end
+    method (``deepclust train --method mmdc|imc_swav``) passes them, resized as its
+    training images were, through the network of its reference seed (restored from
+    ``RUN_DIR/seedN/last.pt``; the training images must still be where they were)."""
     t0 = time.perf_counter()
     run = runs.load_run(run_dir)
-    if run.summary.get("command") != "cluster":
-        raise DeepclustError(f"'{run_dir}' was made by `deepclust {run.summary.get('command')}` "
-                             f"({run.summary.get('method', 'an end-to-end method')}); predict needs a run of "
-                             "`deepclust cluster` (a backbone and a clustering of its embeddings)")
     if labels not in (None, "folders"):
         raise DeepclustError(f"labels={labels!r} is not known; use folders (or leave it out)")
     if assign not in ASSIGN_RULES:
         raise DeepclustError(f"assign={assign!r} is not one of {', '.join(ASSIGN_RULES)}")
+    command = run.summary.get("command")
+    if command not in ("cluster", "train") or (command == "train" and run.summary.get("method") not in END_TO_END):
+        raise DeepclustError(f"'{run_dir}' was made by `deepclust {command}`"
+                             + (f" --method {run.summary.get('method')}" if run.summary.get("method") else "")
+                             + "; predict needs a run of `deepclust cluster` or of an end-to-end method "
+                             f"({', '.join(END_TO_END)})")
     model = cluster_model(run, far_quantile)
-    config, resolved = run.summary["config"], run.summary["resolved"]
     out = os.fspath(out) if out is not None else runs.run_path(run_dir, "predict")
-    records = find_images(images, exclude=[out, os.fspath(run_dir)])
-    log.info("predicting %d images into the %d clusters of '%s'", len(records), len(model.ids), run_dir)
+    embed = _embed_with_backbone if command == "cluster" else _embed_with_network
+    paths, vectors, found, skipped, names, seconds = embed(run, images, out, batch_size, device, num_workers, progress)
+    os.makedirs(out, exist_ok=True)
+    runs.write_skipped(out, skipped)
+    if skipped:
+        log.warning("skipped %d unreadable image(s); see %s", len(skipped), os.path.join(out, runs.SKIPPED))
+    if not paths:
+        raise DeepclustError(f"none of the {found} images under '{images}' could be read; see {runs.SKIPPED}")
+    clusters, distances, nearest, far = model.assign(vectors, assign)
+    y = [os.path.basename(os.path.dirname(p)) for p in paths] if labels == "folders" else None
+    write_csv(os.path.join(out, PREDICTIONS), ["path", "cluster", "distance", "nearest_image_distance", "far"]
+              + (["label"] if y else []),
+              [[p, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else [])
+               for i, (p, c, d, m, f) in enumerate(zip(paths, clusters, distances, nearest, far))])
+    summary = {"command": "predict", "run": os.path.abspath(run_dir), "images": os.fspath(images),
+               "assign": assign, "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
+               "counts": {"images_found": found, "images_predicted": len(paths), "images_skipped": len(skipped),
+                          "far": int(far.sum()), "clusters_used": int(len(np.unique(clusters)))},
+               **names,
+               "timings_seconds": {"embed": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)},
+               "versions": runs.versions()}
+    write_json(os.path.join(out, "summary.json"), summary)
+    return Prediction(paths, clusters, distances, nearest, far, y, skipped, summary)
+
+
+def _embed_with_backbone(run, images, out, batch_size, device, num_workers, progress):
+    """The features of a run of ``deepclust cluster``: its backbone, weights and preprocessing."""
+    from deepclust.backbones import create_backbone, resolve_device
+    from deepclust.data import find_images
+    from deepclust.embeddings import EmbeddingStore, extract_embeddings
+
+    config, resolved = run.summary["config"], run.summary["resolved"]
+    records = find_images(images, exclude=[out, run.folder])
+    log.info("predicting %d images into the clusters of '%s'", len(records), run.folder)
     backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"))
     if backbone.name != resolved.get("backbone") or backbone.weights != resolved.get("weights") or (
             "data_config" in resolved and list(backbone.data_config["input_size"]) != list(resolved["data_config"]["input_size"])):
         raise DeepclustError(f"the backbone loaded now ({backbone.name}, {backbone.weights}) is not the one the run "
                              f"used ({resolved.get('backbone')}, {resolved.get('weights')}); was the checkpoint "
                              "changed or moved? Cluster again, or restore it")
-    store = EmbeddingStore(runs.run_path(run_dir, runs.CACHE), backbone.signature())
+    store = EmbeddingStore(runs.run_path(run.folder, runs.CACHE), backbone.signature())
     emb = extract_embeddings(records, backbone, batch_size=batch_size, device=resolve_device(device),
                              num_workers=num_workers, store=store, progress=progress)
-    kept = [records[i] for i in emb.indices]
     skipped = [(records[i].path, reason) for i, reason in emb.skipped]
-    os.makedirs(out, exist_ok=True)
-    runs.write_skipped(out, skipped)
-    if skipped:
-        log.warning("skipped %d unreadable image(s); see %s", len(skipped), os.path.join(out, runs.SKIPPED))
-    if not kept:
-        raise DeepclustError(f"none of the {len(records)} images under '{images}' could be read; see {runs.SKIPPED}")
-    clusters, distances, nearest, far = model.assign(emb.vectors, assign)
-    y = [r.folder for r in kept] if labels == "folders" else None
-    write_csv(os.path.join(out, PREDICTIONS), ["path", "cluster", "distance", "nearest_image_distance", "far"]
-              + (["label"] if y else []),
-              [[r.path, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else [])
-               for i, (r, c, d, m, f) in enumerate(zip(kept, clusters, distances, nearest, far))])
-    summary = {"command": "predict", "run": os.path.abspath(run_dir), "images": os.fspath(images),
-               "assign": assign, "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
-               "counts": {"images_found": len(records), "images_predicted": len(kept), "images_skipped": len(skipped),
-                          "far": int(far.sum()), "clusters_used": int(len(np.unique(clusters)))},
-               "backbone": backbone.name, "weights": backbone.weights,
-               "timings_seconds": {"embed": round(emb.seconds, 3), "total": round(time.perf_counter() - t0, 3)},
-               "versions": runs.versions()}
-    write_json(os.path.join(out, "summary.json"), summary)
-    return Prediction([r.path for r in kept], clusters, distances, nearest, far, y, skipped, summary)
+    return ([records[i].path for i in emb.indices], emb.vectors, len(records), skipped,
+            {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds)
+
+
+def _embed_with_network(run, images, out, batch_size, device, num_workers, progress):
+    """The outputs of an end-to-end run's network (its reference seed) for new images."""
+    from deepclust.config import build_config
+    from deepclust.data.datasets import load_pixels
+    from deepclust.methods import config_class, create_method
+
+    method = run.summary["method"]
+    config = build_config(config_class(method), runs.run_path(run.folder, runs.CONFIG))
+    config.out, config.device, config.progress = run.folder, device, progress
+    training = create_method(method, config)
+    seed = int(run.summary["resolved"]["reference_seed"])
+    estimator = training.estimator(seed - config.seed)
+    cwd = os.getcwd()
+    try:
+        os.chdir(run.summary.get("working_directory") or cwd)  # relative image and dataset paths of the run
+        source = load_pixels(config.images, config.dataset, config.image_size, config.channels, None, False)
+    finally:
+        os.chdir(cwd)
+    log.info("restoring the %s network of seed %d from %s", method, seed, training.checkpoint_dir(seed - config.seed))
+    t = time.perf_counter()
+    estimator.fit(source.images)  # the finished checkpoint: no training, only its outputs
+    new = load_pixels(os.fspath(images), None, config.image_size, config.channels, None, progress)
+    vectors = estimator.transform(new.images) if len(new.images) else np.zeros((0, 1), np.float32)
+    return (list(new.paths), vectors, len(new.paths) + len(new.skipped), list(new.skipped),
+            {"method": method, "reference_seed": seed}, time.perf_counter() - t)

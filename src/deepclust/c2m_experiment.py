@@ -164,10 +164,7 @@ def _collections(config: C2MExperimentConfig):
             return synthetic_collection(config.train_family, count, config.n_samples, config.max_clusters,
                                         random_state=10_000 + seed, min_separation=config.separation)
 
-        tests = {f: synthetic_collection(f, n, config.n_samples, config.max_clusters, random_state=20_000 + i,
-                                         min_separation=config.separation)
-                 for i, f in enumerate(config.families)}
-        return pool, tests
+        return pool, {f: _synthetic_tests(config, f) for f in config.families}
     from deepclust.methods.c2m_training import labelled_features, sample_datasets
 
     def features(spec, part):
@@ -186,18 +183,24 @@ def _collections(config: C2MExperimentConfig):
     return pool, {"test": [(target.X[i], target.y[i]) for i in subsets]}
 
 
+def _synthetic_tests(config: C2MExperimentConfig, family: str, return_centers: bool = False) -> list[tuple]:
+    """The fixed (seeded by the family's place in the config) test sets of one family."""
+    from deepclust.data.synthetic import synthetic_collection
+
+    return synthetic_collection(family, config.test_datasets, config.n_samples, config.max_clusters,
+                                random_state=20_000 + config.families.index(family),
+                                min_separation=config.separation, return_centers=return_centers)
+
+
 def _best_possible(config: C2MExperimentConfig) -> dict:
     """Synthetic blob-type test sets: mean ACC of labelling every point by its most likely
     true centre (what no clustering beats on average)."""
-    from deepclust.data.synthetic import nearest_centre_accuracy, synthetic_collection
+    from deepclust.data.synthetic import nearest_centre_accuracy
 
-    out = {}
-    for i, family in enumerate(config.families):
-        if config.protocol == "synthetic" and family in ("blobs", "aniso"):
-            sets = synthetic_collection(family, config.test_datasets, config.n_samples, config.max_clusters,
-                                        random_state=20_000 + i, min_separation=config.separation, return_centers=True)
-            out[family] = float(np.mean([nearest_centre_accuracy(X, y, c, family) for X, y, c in sets]))
-    return out
+    if config.protocol != "synthetic":
+        return {}
+    return {f: float(np.mean([nearest_centre_accuracy(X, y, c, f) for X, y, c in _synthetic_tests(config, f, True)]))
+            for f in config.families if f in ("blobs", "aniso")}
 
 
 def _kmeans_true_k(tests: dict) -> dict:

@@ -46,9 +46,6 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     if os.path.exists(to) and (not os.path.isdir(to) or os.listdir(to)):
         raise DeepclustError(f"'{to}' already exists and is not an empty folder; deepclust never writes over "
                              "your files: pass a new folder to --to")
-    from deepclust.io import read_csv
-
-    distances = [r["distance"] for r in read_csv(runs.run_path(run_dir, runs.ASSIGNMENTS))]
     parent = os.path.dirname(to)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(to)}.", suffix=".tmp")
@@ -78,7 +75,8 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
                 exported += 1
             else:
                 missing += 1
-            rows.append([path, int(cluster), target, distances[i]] + ([run.labels[i]] if run.labels is not None else []))
+            distance = f"{run.distances[i]:.6f}" if np.isfinite(run.distances[i]) else ""
+            rows.append([path, int(cluster), target, distance] + ([run.labels[i]] if run.labels is not None else []))
         write_csv(os.path.join(work, MAPPING), ["path", "cluster", "exported", "distance"]
                   + (["label"] if run.labels is not None else []), rows)
         if os.path.isdir(to):

@@ -74,6 +74,17 @@ def make_clusterer(algorithm: str, n_clusters: int | None, seed: int, params: di
     return create_clusterer(algorithm, random_state=seed, **params)
 
 
+def cluster_centres(X: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, centres): the sorted cluster ids (noise ``-1`` has no centre) and the float64
+    mean of the rows of ``X`` in each."""
+    member = clusters >= 0
+    ids, inverse = np.unique(clusters[member], return_inverse=True)
+    centres = np.zeros((len(ids), X.shape[1]), dtype=np.float64)
+    np.add.at(centres, inverse, X[member])
+    centres /= np.bincount(inverse)[:, None]
+    return ids, centres
+
+
 def distances_to_centres(X: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """Euclidean distance of each row of ``X`` to the mean of its cluster, shape (n,).
 
@@ -83,11 +94,8 @@ def distances_to_centres(X: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     member = clusters >= 0
     if not member.any():
         return distances
-    ids, inverse = np.unique(clusters[member], return_inverse=True)
-    centres = np.zeros((len(ids), X.shape[1]), dtype=np.float64)
-    np.add.at(centres, inverse, X[member])
-    centres /= np.bincount(inverse)[:, None]
-    distances[member] = np.linalg.norm(X[member] - centres[inverse], axis=1)
+    ids, centres = cluster_centres(X, clusters)
+    distances[member] = np.linalg.norm(X[member] - centres[np.searchsorted(ids, clusters[member])], axis=1)
     return distances
 
 

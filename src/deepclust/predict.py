@@ -46,34 +46,27 @@ class ClusterModel:
     members: np.ndarray  # (n, d) float32, every clustered image (noise included)
     threshold: float  # nearest-image distance above which a new image is far
     normalize: bool
-    member_clusters: np.ndarray | None = None  # (n,) cluster of each clustered image, for assign="neighbours"
+    member_clusters: np.ndarray  # (n,) cluster of each clustered image (-1: noise), for assign="neighbours"
 
     def assign(self, vectors: np.ndarray, rule: str = "centre", n_neighbours: int = 5
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(clusters, distances to the centre, distances to the nearest clustered image, far)
-        of embeddings (n, d), in blocks (no n x k x d array). ``rule``: the nearest centre,
-        or the cluster most of the ``n_neighbours`` nearest clustered images are in (ties
-        to the nearer; noise images do not vote), which follows clusters of any shape."""
+        of embeddings (n, d). ``rule``: the nearest centre, or the cluster most of the
+        ``n_neighbours`` nearest clustered images are in (ties to the nearer; noise images
+        do not vote), which follows clusters of any shape."""
+        import torch
+
+        from deepclust.cluster._lloyd import nearest_centers
         from deepclust.pipeline import prepare_features
 
         if rule not in ASSIGN_RULES:
             raise DeepclustError(f"assign={rule!r} is not one of {', '.join(ASSIGN_RULES)}")
         X = prepare_features(vectors, self.normalize).astype(np.float64)
-        best = np.empty(len(X), dtype=np.int64)
-        dist = np.empty(len(X))
-        c2 = (self.centres ** 2).sum(1)
-        for start in range(0, len(X), 4096):
-            block = X[start:start + 4096]
-            d2 = (block ** 2).sum(1)[:, None] - 2 * block @ self.centres.T + c2[None]
-            j = d2.argmin(1)
-            best[start:start + 4096] = j
-            dist[start:start + 4096] = np.sqrt(np.maximum(d2[np.arange(len(block)), j], 0))
-        nearest = nearest_member_distance(self.members, X.astype(np.float32))
-        clusters = self.ids[best]
+        clusters = self.ids[nearest_centers(torch.from_numpy(X), torch.from_numpy(self.centres)).numpy()]
         if rule == "neighbours":
             clusters = self._vote(X.astype(np.float32), n_neighbours, clusters)
-            where = np.searchsorted(self.ids, clusters)
-            dist = np.linalg.norm(X - self.centres[where], axis=1)
+        dist = np.linalg.norm(X - self.centres[np.searchsorted(self.ids, clusters)], axis=1)
+        nearest = nearest_member_distance(self.members, X.astype(np.float32))
         return clusters, dist, nearest, nearest > self.threshold
 
     def _vote(self, X: np.ndarray, k: int, fallback: np.ndarray) -> np.ndarray:
@@ -109,7 +102,7 @@ def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index
 
 def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000, seed: int = 0) -> ClusterModel:
     """The centres (means of the clustered features) of a run, and the far threshold."""
-    from deepclust.pipeline import prepare_features
+    from deepclust.pipeline import cluster_centres, prepare_features
 
     if not 0 < far_quantile <= 1:
         raise DeepclustError(f"far_quantile={far_quantile!r} must be in (0, 1]")
@@ -121,10 +114,7 @@ def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000,
         raise DeepclustError(f"'{run.folder}' has no clusters (every image is noise); nothing to predict into")
     if len(X) < 2:
         raise DeepclustError(f"'{run.folder}' clustered a single image; predict needs at least 2")
-    ids, inverse = np.unique(run.clusters[member], return_inverse=True)
-    centres = np.zeros((len(ids), X.shape[1]))
-    np.add.at(centres, inverse, X[member].astype(np.float64))
-    centres /= np.bincount(inverse)[:, None]
+    ids, centres = cluster_centres(X, run.clusters)
     rng = np.random.default_rng(seed)
     probe = np.sort(rng.choice(len(X), sample, replace=False)) if len(X) > sample else np.arange(len(X))
     own = nearest_member_distance(X, X[probe], self_index=probe)
@@ -229,12 +219,7 @@ def _embed_with_network(run, images, out, batch_size, device, num_workers, progr
     training = create_method(method, config)
     seed = int(run.summary["resolved"]["reference_seed"])
     estimator = training.estimator(seed - config.seed)
-    cwd = os.getcwd()
-    try:
-        os.chdir(run.summary.get("working_directory") or cwd)  # relative image and dataset paths of the run
-        source = load_pixels(config.images, config.dataset, config.image_size, config.channels, None, False)
-    finally:
-        os.chdir(cwd)
+    source = load_pixels(*run.resolve_data(config.images, config.dataset), config.image_size, config.channels, None, False)
     log.info("restoring the %s network of seed %d from %s", method, seed, training.checkpoint_dir(seed - config.seed))
     t = time.perf_counter()
     estimator.fit(source.images)  # the finished checkpoint: no training, only its outputs

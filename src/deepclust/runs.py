@@ -90,6 +90,8 @@ class Run:
     labels : list of str or None
         True classes, when the run knew them.
     summary : dict
+    distances : ndarray of shape (n_images,) or None
+        Distance of each image to its cluster's centre, NaN for noise.
     """
 
     folder: str
@@ -98,6 +100,7 @@ class Run:
     embeddings: np.ndarray
     labels: list[str] | None
     summary: dict[str, Any]
+    distances: np.ndarray | None = None  # per image, to its cluster's centre (NaN for noise)
 
     def resolve(self, path: str) -> str:
         """An image path of the run as a path that opens from here: paths are stored as
@@ -107,6 +110,13 @@ class Run:
             return path
         started = self.summary.get("working_directory")
         return os.path.join(started, path) if started else path
+
+    def resolve_data(self, images: str, dataset: dict | None) -> tuple[str, dict | None]:
+        """The run's image folder and benchmark ``dataset`` ({name, source}) settings with
+        relative paths resolved like the images."""
+        if dataset:
+            dataset = {**dataset, "source": self.resolve(dataset["source"])} if dataset.get("source") else dict(dataset)
+        return (self.resolve(images) if images else images), dataset
 
     def backbone_weights(self) -> str:
         """The run's ``weights`` setting, a relative checkpoint path resolved like the images."""
@@ -141,6 +151,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         embeddings=embeddings,
         labels=[r["label"] for r in rows] if has_labels else None,
         summary=summary,
+        distances=np.array([float(r["distance"]) if r["distance"] else np.nan for r in rows], dtype=np.float64),
     )
 
 

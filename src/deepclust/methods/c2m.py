@@ -281,13 +281,14 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
     cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
     links = mutual_neighbours(neighbours) if mutual else None
     outside = _outside_largest(labels, neighbour_components(labels, neighbours, links), torch.ones(n))
-    counts = _one_hot(labels, int(labels.max()) + 1).sum(-2)
+    k = int(labels.max()) + 1
+    counts = torch.zeros(*labels.shape[:-1], k).scatter_add_(-1, labels, torch.ones(labels.shape))
     used = (counts > 0).sum(-1).clamp_min(1)
     small = ((counts > 0) & (counts <= neighbours.shape[1])).sum(-1) / used
     parts = [cut, outside, small]
     if reach is not None:
-        members = _one_hot(labels, counts.shape[-1])  # (..., n, k)
-        mean_reach = (members * reach[:, None]).sum(-2) / counts.clamp_min(1)  # (..., k)
+        total = torch.zeros(*labels.shape[:-1], k).scatter_add_(-1, labels, reach.expand(labels.shape))
+        mean_reach = total / counts.clamp_min(1)  # (..., k), no (..., n, k) one-hot on the search's hot path
         core = reach <= core_factor * mean_reach.gather(-1, labels)  # (..., n)
         core_links = core[..., :, None] & core[..., neighbours]
         if links is not None:

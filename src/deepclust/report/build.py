@@ -131,15 +131,11 @@ def _dataset_pixels(run: runs.Run):
         return None
     from deepclust.data.datasets import load_pixels
 
-    cwd = os.getcwd()
     try:
-        os.chdir(run.summary.get("working_directory") or cwd)  # a relative source is relative to the run's start
-        pixels = load_pixels(dataset=dataset).images
+        pixels = load_pixels(dataset=run.resolve_data("", dataset)[1]).images
     except Exception as exc:  # noqa: BLE001  the report goes on without thumbnails
         log.warning("report: the images of %s could not be read (%s); no thumbnails", dataset, exc)
         return None
-    finally:
-        os.chdir(cwd)
     return pixels if len(pixels) == len(run.paths) else None
 
 
@@ -156,18 +152,25 @@ def _image(run: runs.Run, i: int, pixels):
     return Image.fromarray(a.astype(np.uint8)).convert("RGB")
 
 
+def _fit(img, size: int):
+    """The image scaled to fit a ``size`` square: shrunk, or, when small (28 px benchmark
+    digits), enlarged by a whole factor with its pixels kept sharp."""
+    from PIL import Image
+
+    if max(img.size) < size:
+        scale = size // max(img.size)
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.thumbnail((size, size))
+    return img
+
+
 def _thumbnail(run: runs.Run, i: int, size: int, pixels=None) -> str | None:
     """A JPEG data URI of row i's image, or None when it cannot be read."""
     try:
         img = _image(run, i, pixels)
     except Exception:  # noqa: BLE001  an unreadable image gets a placeholder, not a failed report
         return None
-    if max(img.size) < size:  # small benchmark images (28 px digits): enlarged, pixels kept sharp
-        from PIL import Image
-
-        scale = size // max(img.size)
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.thumbnail((size, size))
+    img = _fit(img, size)
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -252,10 +255,7 @@ def _montage_png(run: runs.Run, montages, options: ReportOptions, path: str, pix
                 img = _image(run, i, pixels)
             except Exception:  # noqa: BLE001  unreadable now: leave the cell blank
                 continue
-            if max(img.size) < size - 4:
-                scale = (size - 4) // max(img.size)
-                img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-            img.thumbnail((size - 4, size - 4))
+            img = _fit(img, size - 4)
             sheet.paste(img, (label + col * size + (size - img.width) // 2, row * size + (size - img.height) // 2))
     with atomic_write(path, "wb") as fh:
         sheet.save(fh, format="PNG")
@@ -297,8 +297,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     os.makedirs(out, exist_ok=True)
     if not len(run.paths):
         raise DeepclustError(f"'{run_dir}' holds no clustered images; nothing to report")
-    rows = read_csv(runs.run_path(run_dir, runs.ASSIGNMENTS))
-    distances = np.array([float(r["distance"]) if r["distance"] else np.nan for r in rows])
+    distances = run.distances
     log.info("report: map of %d images (%s)", min(len(run.paths), options.map_points), options.map_method)
     xy_index, xy = embedding_map(run.embeddings, options.map_points, options.map_method, options.seed)
     montages = cluster_montages(run.clusters, distances, options.per_cluster, options.max_clusters)

@@ -307,3 +307,42 @@ def test_paper_learning_rates_and_a_resnet_trunk_on_sobel_input():
     assert [h["stage"] for h in model.history_] == ["cluster", "rotation"] and model.outputs_.shape == (12, 3)
     with pytest.raises(DeepclustError, match="unknown backbone 'vgg-ish'"):
         MMDC(n_clusters=3, backbone="vgg-ish").fit(images)
+
+
+@pytest.mark.ddp
+def test_two_gloo_processes_keep_the_targets_in_step_and_end_with_identical_weights(tmp_path):
+    """MMDC under torchrun: both heads (clustering and rotation epochs) train through DDP,
+    every rank holds the same image-to-target map, rank 0 writes the checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_mmdc import _bars\n"
+        "from deepclust.methods.mmdc import MMDC\n"
+        "images, _ = _bars(10)\n"
+        "m = MMDC(n_clusters=3, backbone='conv4', epochs=3, refine_epochs=1, batch_size=12, random_state=0,\n"
+        "         checkpoint_dir=sys.argv[1] + '/ckpt').fit(images)\n"
+        "rank = dist.get_rank()\n"
+        "torch.save({'net': m.net_.state_dict(), 'labels': torch.as_tensor(m.labels_), 'owner': torch.as_tensor(m.owner_)},\n"
+        "           f'{sys.argv[1]}/rank{rank}.pt')\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(worker), str(tmp_path), os.path.dirname(__file__)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key, value in rank0["net"].items():
+        assert torch.equal(value, rank1["net"][key]), key
+    assert torch.equal(rank0["labels"], rank1["labels"])
+    assert torch.equal(rank0["owner"], rank1["owner"])  # the Hungarian reassignments of both shares reached both
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    assert [h["stage"] for h in state["history"]] == ["cluster", "rotation", "cluster", "refine"]
+    assert sorted(state["owner"].tolist()) == list(range(30))  # still one target per image
+    for key, value in state["net"].items():  # rank 0's final weights are the checkpoint's
+        assert torch.equal(value, rank0["net"][key]), key

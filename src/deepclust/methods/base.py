@@ -38,7 +38,7 @@ from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
 from deepclust.data.folders import ImageRecord, describe_load_error
 from deepclust.data.transforms import eval_transform, training_transform
-from deepclust.distributed import DistInfo, average_buffers, barrier, init_distributed
+from deepclust.distributed import DistInfo, average_buffers, barrier, init_distributed, wrap_ddp
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, write_csv, write_json, write_npy
 
@@ -319,10 +319,8 @@ class FineTuning:
         elif info.is_main:
             write_config(os.path.join(c.out, "train_config.yaml"), c)
 
-        ddp_net = net
-        if info.enabled:
-            # buffers follow rank 0 at every forward (DDP's default); averaged after each epoch below
-            ddp_net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        # on a CPU, buffers follow rank 0 at every forward (DDP's default) and are averaged after each epoch below
+        ddp_net = wrap_ddp(net, device, info)
         if not history and info.is_main:
             history.append({"epoch": 0, **self._validate(net, backbone, val, val_inputs, device), "lr": c.lr})
             log.info("epoch 0 (before training): validation CA %.3f", history[0]["val_CA"])

@@ -113,14 +113,6 @@ def default_crops(image_size: int) -> list:
     return [[2, max(8, round(image_size * 7 / 8)), [0.2, 1.0]], [4, max(8, round(image_size * 9 / 16)), [0.08, 0.4]]]
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers (the run seed, the epoch, the rank)."""
-    value = 0x9E3779B97F4A7C15
-    for p in parts:
-        value = (value * 6364136223846793005 + (int(p) & 0xFFFFFFFF) + 1442695040888963407) % (1 << 63)
-    return value
-
-
 class IMCSwAV:
     """IMC-SwAV (Ntelemis, Jin and Thomas, 2021), one seeded run.
 
@@ -318,7 +310,7 @@ class IMCSwAV:
         (``history_``). Resumes from ``checkpoint_dir`` when it holds this run. Under
         ``torchrun`` every rank trains on its share of each batch (DDP)."""
         from deepclust.data.transforms import multi_crop
-        from deepclust.distributed import average_buffers, barrier, init_distributed
+        from deepclust.distributed import average_buffers, barrier, init_distributed, rank_seed, wrap_ddp
         from deepclust.metrics import score_clustering
 
         self._check_params()
@@ -348,9 +340,7 @@ class IMCSwAV:
             self.history_, step = state["history"], state["step"]
             if self.history_ and self.verbose:
                 log.info("resuming IMC-SwAV from %s after epoch %d", checkpoint.path, len(self.history_))
-        model = net
-        if dist_info.enabled:
-            model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model = wrap_ddp(net, device, dist_info)
         n_high = crops[0][0]
         aug = dict(crops=[(c, s, tuple(sc)) for c, s, sc in crops], flip=self.flip, jitter=float(self.color_jitter),
                    grey_prob=float(self.grey_prob))
@@ -358,8 +348,8 @@ class IMCSwAV:
         for epoch in range(len(self.history_), self.epochs):
             t0 = time.perf_counter()
             net.train()
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
-            gen = torch.Generator().manual_seed(_seed(seed, epoch, dist_info.rank + 1))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(rank_seed(seed, epoch)))
+            gen = torch.Generator().manual_seed(rank_seed(seed, epoch, dist_info.rank + 1))
             sums = {"swav": 0.0, "mi": 0.0, "loss": 0.0}
             batches = 0
             for s in range(0, n, bs):

@@ -164,11 +164,15 @@ class MMDCNet(nn.Module):
             nn.Linear(width, 4),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: bool = False) -> torch.Tensor:
+        """The normalised cluster outputs, or with ``rotation`` the rotation logits (one
+        forward for both, so that DDP sees every step)."""
+        if rotation:
+            return self.rotation_head(self.trunk(x))
         return F.normalize(self.cluster_head(self.trunk(x)), dim=1)
 
     def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rotation_head(self.trunk(x))
+        return self(x, rotation=True)
 
 
 def default_lr(backbone: str) -> float:
@@ -246,6 +250,8 @@ class MMDC:
         The final normalised outputs (the method's embedding).
     history_ : list of dict
         One row per epoch: stage (cluster / rotation / refine), loss, seconds.
+    owner_ : int64 ndarray of shape (n,)
+        The mixture sample (row of the targets) each image holds after the main stage.
     net_ : MMDCNet
     """
 
@@ -328,8 +334,15 @@ class MMDC:
 
     def fit(self, images, y=None) -> "MMDC":
         """Train on ``images``: array or tensor of shape (n, C, H, W) or (n, H, W), values
-        in [0, 1] or uint8. Resumes from ``checkpoint_dir`` when it holds this run."""
+        in [0, 1] or uint8. Resumes from ``checkpoint_dir`` when it holds this run.
+
+        Under ``torchrun`` every rank trains on its share of each batch (DDP); the
+        target each image holds is kept the same on every rank, rank 0 writes the
+        checkpoints."""
+        import torch.distributed as dist
+
         from deepclust.data.transforms import rotations
+        from deepclust.distributed import average_buffers, barrier, init_distributed, rank_seed, wrap_ddp
 
         self._check_params()
         x_all = image_tensor(images)
@@ -338,7 +351,8 @@ class MMDC:
             raise DeepclustError(f"n_clusters={self.n_clusters} must be <= the number of images ({n})")
         if self.rotation_task and x_all.shape[-1] != x_all.shape[-2]:
             raise DeepclustError(f"the rotation task needs square images; got {tuple(x_all.shape[-2:])}: resize them")
-        device = torch.device(self.device)
+        dist_info, device = init_distributed(torch.device(self.device))
+        rank, world = dist_info.rank, dist_info.world_size
         data_id = fingerprint(x_all)
         rng = as_generator(self.random_state)
         seed = int(rng.integers(2**31 - 1))
@@ -387,6 +401,7 @@ class MMDC:
 
         bs, r = self.batch_size, self.repetitions
         aug = dict(scale=tuple(self.crop_scale), flip=self.flip, jitter=float(self.color_jitter))
+        model = wrap_ddp(net, device, dist_info, find_unused_parameters=True)  # a step uses one of the two heads
         for epoch in range(start, total):
             t0 = time.perf_counter()
             if epoch == self.epochs:  # main stage finished: score it once
@@ -398,23 +413,33 @@ class MMDC:
                 refine_targets = self._refinement_targets(self._outputs(net, x_all), epoch)
             stage = "refine" if refining else ("rotation" if self.rotation_task and epoch % 2 == 1 else "cluster")
             net.train()
-            order = torch.randperm(n, generator=gen)
+            if dist_info.enabled:  # the same order on every rank, each rank its own augmentations
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(rank_seed(seed, epoch)))
+                aug_gen = torch.Generator().manual_seed(rank_seed(seed, epoch, rank + 1))
+            else:
+                order, aug_gen = torch.randperm(n, generator=gen), gen
             losses = []
             for s in range(0, n, bs):
-                idx = order[s: s + bs]
-                if len(idx) < 2:
+                whole = order[s: s + bs]
+                if len(whole) // world < 2:  # the same decision on every rank
                     continue
+                idx = whole[rank::world]  # this rank's share of the batch
                 batch = x_all[idx]
                 if stage == "rotation":
-                    rotated, rot_labels = rotations(augment(batch, gen, **aug))
-                    loss = F.cross_entropy(net.rotation_logits(self._inputs(rotated).to(device)), rot_labels.to(device))
+                    rotated, rot_labels = rotations(augment(batch, aug_gen, **aug))
+                    loss = F.cross_entropy(model(self._inputs(rotated).to(device), rotation=True), rot_labels.to(device))
                 else:
-                    views = torch.cat([augment(batch, gen, **aug) for _ in range(r)])
-                    out = net(self._inputs(views.to(device))).view(r, len(idx), -1)
+                    views = torch.cat([augment(batch, aug_gen, **aug) for _ in range(r)])
+                    out = model(self._inputs(views.to(device))).view(r, len(idx), -1)
                     if stage == "cluster":
                         # the repetitions of an image share its target: match on their mean direction
                         new = reassign_targets(F.normalize(out.mean(0), dim=1), targets[owner[idx]].to(device))
                         owner[idx] = owner[idx][new.cpu()]
+                        if dist_info.enabled:  # every rank learns the other shares' new owners
+                            shares = torch.zeros(len(whole), dtype=owner.dtype)
+                            shares[rank::world] = owner[idx]
+                            dist.all_reduce(shares)
+                            owner[whole] = shares
                         goal = targets[owner[idx]]
                     else:
                         goal = refine_targets[idx]
@@ -423,17 +448,23 @@ class MMDC:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            average_buffers(net, dist_info)
             row = {"epoch": epoch + 1, "stage": stage, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
             self.history_.append(row)
-            if self.verbose:
+            if self.verbose and dist_info.is_main:
                 log.info("MMDC epoch %d/%d %s loss %.4f (%.0f s)", epoch + 1, total, stage, row["loss"], row["seconds"])
-            save()
+            if dist_info.is_main:
+                save()
+            barrier(dist_info)
         if self.loss_ is None:  # no refinement: the main stage ends here
             outputs = self._outputs(net, x_all)
             self.loss_ = float((outputs - targets[owner]).pow(2).sum(1).mean())
             self.labels_main_ = nearest_mean(outputs)
-            save()
+            if dist_info.is_main:
+                save()
+            barrier(dist_info)
         self.net_ = net
+        self.owner_ = owner.numpy()  # the target each image holds at the end of the main stage
         self.outputs_ = self._outputs(net, x_all).numpy()
         self.labels_ = nearest_mean(self.outputs_) if self.refine_epochs else self.labels_main_
         return self

@@ -346,6 +346,36 @@ def test_a_saved_metric_scores_and_clusters_as_before(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DeepclustError, match="not a readable C2M metric"):
         C2M.load(tmp_path / "junk.pt")
+    # search settings may change after training, nothing else
+    searched = C2M.load(path, random_state=5, whiten=True, population=12)
+    assert searched.whiten and searched.population == 12 and searched.score(X, y) == pytest.approx(back.score(X, y))
+    labels = searched.fit_predict(X)
+    assert isinstance(searched.whitened_, bool) and len(labels) == len(X)
+    with pytest.raises(DeepclustError, match="n_neighbours cannot change after training"):
+        C2M.load(path, n_neighbours=5)
+
+
+def test_pooled_whitening_makes_sheared_clusters_round_and_keeps_the_padding():
+    from deepclust.methods.c2m import pooled_whitening
+
+    X, y = make_blobs(600, centers=4, cluster_std=1.0, random_state=3)
+    shear = np.array([[0.6, -0.64], [-0.41, 0.86]])  # scikit-learn's anisotropic blobs
+    x = standardize(X @ shear, 4)  # two real coordinates, two of padding
+    labels = torch.as_tensor(y)
+
+    def within(z):
+        z = z[:, :2].double().numpy()
+        centred = np.concatenate([z[y == c] - z[y == c].mean(0) for c in range(4)])
+        return np.linalg.cond(centred.T @ centred)
+
+    white = pooled_whitening(x, labels)
+    assert within(x) > 5 and within(white) == pytest.approx(1.0, abs=1e-4)
+    assert torch.all(white[:, 2:] == 0)
+    assert float(white.pow(2).sum(1).mean()) == pytest.approx(1.0, abs=1e-4)  # standardised again
+    # round clusters stay almost as they are (their sample covariances are nearly round)
+    round_x = standardize(X, 2)
+    assert float(torch.linalg.norm(pooled_whitening(round_x, labels) - round_x) / torch.linalg.norm(round_x)) < 0.1
+    assert float(torch.linalg.norm(white - x) / torch.linalg.norm(x)) > 0.3  # the sheared ones do not
 
 
 def test_neighbour_components_match_scipy_and_structure_features_see_cuts_and_merges():

@@ -268,9 +268,14 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A setting as YAML gives it (tuples as lists), to compare saved and asked settings."""
+    return json.loads(json.dumps(value))
+
+
 def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every (variant, training, seed); write and return the results."""
-    from deepclust.methods.c2m import C2M
+    from deepclust.methods.c2m import C2M, SEARCH_SETTINGS
 
     t_start = time.perf_counter()
     os.makedirs(os.path.join(config.out, "metrics"), exist_ok=True)
@@ -308,8 +313,12 @@ def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
         log.info("[%d/%d] %s", i, len(units), key)
         spec = config.trainings[training]
         t = time.perf_counter()
-        if os.path.isfile(metric_path):
-            model = C2M.load(metric_path)
+        if os.path.isfile(metric_path):  # trained before: its search settings may change, nothing else
+            model = C2M.load(metric_path, **{k: v for k, v in settings.items() if k in SEARCH_SETTINGS})
+            differ = sorted(k for k, v in settings.items() if _plain(getattr(model, k)) != _plain(v))
+            if differ:
+                raise DeepclustError(f"{metric_path} was trained with other {', '.join(differ)}; remove it to "
+                                     "train again, or set another out: folder")
         else:
             model = C2M(max_clusters=config.max_clusters, epochs=spec["epochs"], random_state=seed, verbose=True,
                         **settings).fit(pool(seed, spec["datasets"]))

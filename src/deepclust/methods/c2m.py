@@ -453,9 +453,35 @@ def near_misses(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) ->
 #: clustering's neighbour-graph structure (mutual-neighbour pieces, and the pieces of each
 #: cluster's dense core) and may only lower its score as it worsens, learns with the per-dataset ranking loss, and the search also
 #: weighs k-means, Ward and single linkage for every k.
+# settings used only by fit_predict's search: a saved metric can be loaded with others
+SEARCH_SETTINGS = ("whiten", "population", "elite", "iterations", "extra_std", "init_std")
+
+
+def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, d, from :func:`standardize`) whitened by the pooled within-cluster
+    covariance of ``labels`` (n,), then standardised again.
+
+    Clusters that share one covariance (the same shear or stretch) become round. Zero
+    columns (the padding of :func:`standardize`) stay zero; directions with almost no
+    within-cluster variance (below 1e-6 of the largest) are not blown up.
+    """
+    active = x.abs().amax(0) > 0
+    z = x[:, active].double()
+    ids = torch.unique(labels, return_inverse=True)[1]
+    k = int(ids.max()) + 1
+    means = torch.zeros(k, z.shape[1], dtype=z.dtype).index_add_(0, ids, z)
+    means /= torch.bincount(ids, minlength=k).clamp_min(1).unsqueeze(1).to(z.dtype)
+    centred = z - means[ids]
+    values, vectors = torch.linalg.eigh(centred.T @ centred / len(z))
+    values = values.clamp_min(float(values.max()) * 1e-6 + 1e-30)
+    white = torch.zeros_like(x)
+    white[:, active] = (z @ vectors @ torch.diag(values.rsqrt()) @ vectors.T).float()
+    return standardize(white, x.shape[1])
+
+
 PRESETS = {
     "paper": {},
-    "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2,
+    "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2, "whiten": True,
                      "objective": "ranking", "search": "cem+candidates", "critic_lr": 0.005, "clip": 100.0},
 }
 
@@ -542,6 +568,12 @@ class C2M:
         Besides the searched clustering, show the critic the :func:`near_misses` of every
         training dataset as negatives (not in the paper; without them the search exploits
         what the critic never saw, e.g. one cluster, and does not learn k).
+    whiten : bool
+        :meth:`fit_predict` searches a second time in the space whitened by the pooled
+        within-cluster covariance of its first answer (:func:`pooled_whitening`), and keeps
+        the answer the metric scores higher in the space it was found in. A linear
+        stretch shared by every cluster (anisotropic blobs) is undone; the training is
+        unchanged. A search-time setting: :meth:`load` can change it.
     random_state : int or None
     verbose : bool
 
@@ -556,6 +588,8 @@ class C2M:
         After :meth:`fit_predict`: the clustering found.
     n_clusters_ : int
         Clusters used by that clustering (the estimate of k).
+    whitened_ : bool
+        With ``whiten``: whether the answer came from the whitened search.
     """
 
     def __init__(self, max_clusters: int = 50, input_dim: int = 16, gae_hidden: int = 32, gae_embed: int = 16,
@@ -568,7 +602,8 @@ class C2M:
                  monotone: bool = False, mutual: bool = False, cores: float = 0.0,
                  critic_widths=(256, 256, 512, 512),
                  min_clusters: int = 2, search: str = "cem",
-                 rotate: bool = False, random_state=None, verbose: bool = False):
+                 rotate: bool = False, whiten: bool = False, random_state=None, verbose: bool = False):
+        self.whiten = whiten
         self.critic_steps = critic_steps
         self.critic_batch = critic_batch
         self.replay = replay
@@ -610,7 +645,10 @@ class C2M:
         the structure features use them, the classic clusterings the search starts from when
         it uses them and ``for_search`` (scoring a given clustering does not need them), the
         neighbour reach of every point when the structure features use cores)."""
-        x = standardize(X, self.input_dim)
+        return self._points_of(standardize(X, self.input_dim), for_search)
+
+    def _points_of(self, x: torch.Tensor, for_search: bool = True):
+        """:meth:`_points` of an already standardised ``x``."""
         wanted = self.graph == "cliques+knn" or self.structure_features
         neighbours = nearest_neighbours(x, self.n_neighbours) if wanted else None
         reach = neighbour_reach(x, neighbours) if self.structure_features and self.cores else None
@@ -789,10 +827,16 @@ class C2M:
             torch.save(state, fh)
 
     @classmethod
-    def load(cls, path, random_state=None) -> "C2M":
+    def load(cls, path, random_state=None, **search) -> "C2M":
         """A metric written by :meth:`save`, ready for :meth:`score` and :meth:`fit_predict`
-        (its searches seeded by ``random_state``, default the saved one)."""
+        (its searches seeded by ``random_state``, default the saved one). ``search``:
+        settings of the search that may differ from the saved ones (``SEARCH_SETTINGS``)."""
         import os
+
+        unknown = sorted(set(search) - set(SEARCH_SETTINGS))
+        if unknown:
+            raise DeepclustError(f"{', '.join(unknown)} cannot change after training; only the search settings "
+                                 f"{', '.join(SEARCH_SETTINGS)} can")
 
         if not os.path.isfile(path):
             raise DeepclustError(f"no C2M metric at '{path}'; train one with C2M(...).fit(datasets).save(path)")
@@ -802,7 +846,7 @@ class C2M:
             raise DeepclustError(f"'{path}' is not a readable C2M metric ({exc})") from exc
         if not isinstance(state, dict) or state.get("format") != "deepclust-c2m/1":
             raise DeepclustError(f"'{path}' is not a C2M metric written by C2M.save")
-        model = cls(**state["settings"])
+        model = cls(**{**state["settings"], **search})
         model._networks()
         model.autoencoder_.load_state_dict(state["autoencoder"])
         model.autoencoder_.requires_grad_(False)
@@ -837,8 +881,16 @@ class C2M:
         """Cluster a new dataset by maximising the learned metric; sets ``labels_`` and
         ``n_clusters_`` (the estimated number of clusters)."""
         self._fitted()
+        self.whitened_ = False
         with torch.no_grad():
-            labels, self.search_curve_ = self._search(self._points(X), self._generator)
+            points = self._points(X)
+            labels, self.search_curve_ = self._search(points, self._generator)
+            if self.whiten:
+                white = self._points_of(pooled_whitening(points[0], labels))
+                other, curve = self._search(white, self._generator)
+                mine = self.critic_(self._embed(points, labels))
+                if float(self.critic_(self._embed(white, other))) > float(mine):
+                    labels, self.search_curve_, self.whitened_ = other, curve, True
         self.labels_ = labels.numpy().astype(np.int64)
         self.n_clusters_ = int(len(np.unique(self.labels_)))
         return self.labels_

@@ -63,9 +63,14 @@ def _add_cluster_parser(subparsers) -> None:
         "labels are known) to RUN_DIR. Running again reuses the cached embeddings.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("images", metavar="IMAGES_DIR", help="folder searched recursively for images")
+    p.add_argument("images", metavar="IMAGES_DIR", nargs="?", help="folder searched recursively for images")
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="run folder to write (reused to resume)")
     p.add_argument("--config", metavar="FILE", help="YAML file of options; command-line options win")
+    p.add_argument("--embeddings", metavar="STORE", help="cluster an embedding store of `deepclust embed` instead "
+                   "of IMAGES_DIR, block by block (kmeans or spectral; parameters sample_size, lloyd_passes, "
+                   "n_init, n_groups, n_neighbors)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --embeddings: local[N] (a Dask cluster of N "
+                   "processes here), a Dask scheduler address (tcp://host:8786), or none (this process; default)")
     p.add_argument("--n-clusters", metavar="K", help="number of clusters, or auto to estimate it "
                    "(default with --labels: number of classes; density algorithms find their own)")
     p.add_argument("--algorithm", metavar="NAME", help=f"clustering algorithm: {_algorithm_names()} (default kmeans)")
@@ -116,6 +121,52 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         from deepclust.report import write_report
 
         print(f"report in {write_report(config.out)}")
+    return 0
+
+
+def _add_embed_parser(subparsers) -> None:
+    from deepclust.backbones import DEFAULT_BACKBONE
+
+    p = subparsers.add_parser(
+        "embed",
+        help="embed a large image collection into a store, on Dask workers or here",
+        description="Split the images under IMAGES_DIR into partitions and embed them, on the workers of a Dask "
+        "cluster (--scheduler) or in this process, into the embedding store STORE (zarr vectors, index.csv, "
+        "skipped.csv). Each worker loads the backbone once. Running the same command again redoes only the "
+        "partitions that did not finish. Cluster the store with `deepclust cluster --embeddings STORE`.",
+    )
+    p.add_argument("images", metavar="IMAGES_DIR", help="folder searched recursively for images")
+    p.add_argument("--out", metavar="STORE", required=True, help="embedding store folder to write (reused to resume)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None, help="local[N] (a Dask cluster of N processes "
+                   "on this machine, 127.0.0.1 only), a Dask scheduler address such as tcp://10.0.0.5:8786, or "
+                   "none (this process; default)")
+    p.add_argument("--backbone", metavar="NAME", default=DEFAULT_BACKBONE, help=f"timm model name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", metavar="PATH", default="pretrained", help="pretrained (default), random, or a checkpoint file")
+    p.add_argument("--image-size", metavar="N", type=_positive_int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--partition-size", metavar="N", type=_positive_int, default=1024,
+                   help="images per partition: the unit of work, of resuming, and of the store's chunks (default 1024)")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default) or cuda on every worker (one GPU "
+                   "per worker: start the workers with dask-cuda)")
+    p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
+    p.add_argument("--subset", metavar="NAME", help="subset of the split to embed: train, val or test")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.set_defaults(func=_cmd_embed)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from deepclust.data import load_split
+    from deepclust.distributed import open_executor
+    from deepclust.scale import embed_images
+
+    if (args.split is None) != (args.subset is None):
+        raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
+    classes = load_split(args.split).classes(args.subset) if args.split else None
+    with open_executor(args.scheduler) as executor:
+        table = embed_images(args.images, args.out, args.backbone, args.weights, args.image_size, executor,
+                             args.partition_size, args.batch_size, args.device, classes, args.progress)
+    print(f"embedded {int(table.valid.sum())} images ({table.n_features} features)"
+          + (f", skipped {len(table.skipped)}" if table.skipped else "") + f" into {table.folder}")
     return 0
 
 
@@ -434,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_cluster_parser(subparsers)
+    _add_embed_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_train_parser(subparsers)
     _add_experiment_parser(subparsers)

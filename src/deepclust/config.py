@@ -61,6 +61,12 @@ class ClusterConfig:
         L2-normalise embeddings before clustering (cosine geometry).
     progress : bool
         Show progress bars.
+    embeddings : str or None
+        An embedding store of ``deepclust embed`` to cluster instead of ``images``
+        (k-means or spectral at scale, block by block; see :mod:`deepclust.scale`).
+    scheduler : str or None
+        With ``embeddings``: ``local[N]`` (a Dask cluster of N processes on this
+        machine), a Dask scheduler address, or None (this process, no Dask).
     """
 
     images: str = ""
@@ -84,6 +90,8 @@ class ClusterConfig:
     subset: str | None = None
     normalize: bool = True
     progress: bool = True
+    embeddings: str | None = None
+    scheduler: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

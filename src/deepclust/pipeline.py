@@ -121,10 +121,19 @@ def check_n_clusters(n_clusters: Any, n_images: int | None = None) -> int | str 
 
 def run_cluster(config: ClusterConfig) -> ClusterResult:
     """Run the main job described by ``config``; write and return its results."""
+    if config.embeddings:
+        if config.images:
+            raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
+        from deepclust.scale import cluster_store
+
+        return cluster_store(config)
+    if config.scheduler:
+        raise DeepclustError("--scheduler needs --embeddings STORE (make one with `deepclust embed IMAGES --out STORE "
+                             "--scheduler ...`)")
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     if not config.images:
-        raise DeepclustError("no image folder given; pass IMAGES_DIR")
+        raise DeepclustError("no image folder given; pass IMAGES_DIR (or --embeddings STORE)")
     if not config.out:
         raise DeepclustError("no run folder given; pass --out RUN_DIR")
     if config.labels is not None and config.labels not in LABEL_SOURCES:

@@ -5,6 +5,8 @@
     RUN_DIR/
       assignments.csv   path, cluster, distance[, label]  one row per clustered image
       embeddings.npy    float32 (n_images, n_features), rows in the order of assignments.csv
+                        (a run of `cluster --embeddings STORE` has none: summary.json names the
+                        store, whose valid rows are these rows)
       skipped.csv       path, reason                      images that could not be read
       summary.json      resolved config, versions, seed, counts, timings
       metrics.json      CA, ACC, NMI, AMI, ARI, ... (only when true labels are known)
@@ -127,22 +129,31 @@ class Run:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run folder written by ``deepclust cluster``."""
     run_dir = os.fspath(run_dir)
-    needed = [ASSIGNMENTS, EMBEDDINGS, SUMMARY]
+    needed = [ASSIGNMENTS, SUMMARY]
     missing = [n for n in needed if not os.path.isfile(run_path(run_dir, n))]
     if missing:
         raise DeepclustError(
             f"'{run_dir}' is not a finished run folder (missing {', '.join(missing)}); "
             "run `deepclust cluster IMAGES --out RUN_DIR` first"
         )
+    with open(run_path(run_dir, SUMMARY), encoding="utf-8") as fh:
+        summary = json.load(fh)
     rows = read_csv(run_path(run_dir, ASSIGNMENTS))
-    embeddings = np.load(run_path(run_dir, EMBEDDINGS))
+    store = summary.get("resolved", {}).get("embeddings_store")
+    if store:  # a run of `cluster --embeddings`: the vectors stay in the store
+        from deepclust.scale import open_store
+
+        embeddings = open_store(store).read()
+    elif os.path.isfile(run_path(run_dir, EMBEDDINGS)):
+        embeddings = np.load(run_path(run_dir, EMBEDDINGS))
+    else:
+        raise DeepclustError(f"'{run_dir}' is not a finished run folder (missing {EMBEDDINGS}); "
+                             "run `deepclust cluster IMAGES --out RUN_DIR` first")
     if len(rows) != len(embeddings):
         raise DeepclustError(
             f"'{run_dir}' is inconsistent: {len(rows)} assignments but {len(embeddings)} embeddings; "
             "run `deepclust cluster` again"
         )
-    with open(run_path(run_dir, SUMMARY), encoding="utf-8") as fh:
-        summary = json.load(fh)
     has_labels = bool(rows) and "label" in rows[0]
     return Run(
         folder=run_dir,

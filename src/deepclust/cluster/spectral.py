@@ -14,6 +14,7 @@ from deepclust.cluster._base import BaseClusterer, as_generator, check_choice, c
 from deepclust.cluster._registry import register_clusterer
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster.neighbors import affinity_matrix, knn_graph
+from deepclust.errors import DeepclustError
 
 log = logging.getLogger("deepclust")
 
@@ -34,6 +35,24 @@ def normalized_affinity(W: sp.spmatrix) -> tuple[sp.csr_matrix, np.ndarray]:
     inv_sqrt = 1.0 / np.sqrt(degree)
     S = sp.diags(inv_sqrt) @ W @ sp.diags(inv_sqrt)
     return S.tocsr(), degree
+
+
+def weighted_normalized_affinity(W: sp.spmatrix, weight: np.ndarray) -> sp.csr_matrix:
+    """``D^-1/2 w^1/2 W w^1/2 D^-1/2`` with ``D = diag(W w)``: the normalised affinity of a
+    graph whose node ``i`` stands for ``weight[i]`` points (e.g. a group centre).
+
+    It is what the normalised affinity of the graph with every node repeated ``w_i``
+    times reduces to for vectors that are constant over the copies, so its leading
+    eigenvectors (rows normalised) give the same spectral embedding of the nodes. It is
+    similar to the random walk ``D^-1 W diag(w)``, so its spectrum lies in [-1, 1].
+    """
+    W = sp.csr_matrix(W, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    w = w / w.mean()
+    degree = np.asarray(W @ w).ravel()
+    degree[degree <= 0] = 1.0
+    scale = np.sqrt(w / degree)
+    return (sp.diags(scale) @ W @ sp.diags(scale)).tocsr()
 
 
 def _to_torch_csr(S: sp.csr_matrix, dtype=torch.float32) -> torch.Tensor:
@@ -254,9 +273,16 @@ class SpectralClustering(BaseClusterer):
         check_choice("neighbors", self.neighbors, NEIGHBOR_METHODS)
         check_choice("eigen_solver", self.eigen_solver, EIGEN_SOLVERS)
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
+        """Cluster ``X`` (n, d). ``sample_weight`` (n,), optional: how many points each row
+        stands for (e.g. the sizes of groups whose centres ``X`` holds); it weights the
+        graph's nodes (:func:`weighted_normalized_affinity`) and the final k-means."""
         X = self._validate_data(X)
         n = X.shape[0]
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != (n,) or not np.all(np.isfinite(sample_weight)) or (sample_weight <= 0).any():
+                raise DeepclustError(f"sample_weight must hold {n} positive numbers, one per row of X")
         rng = as_generator(self.random_state)
         if n == 1:
             self.labels_ = np.zeros(1, dtype=np.int64)
@@ -268,7 +294,11 @@ class SpectralClustering(BaseClusterer):
         n_neighbors = min(int(self.n_neighbors), n - 1)
         say = log.info if n >= 50_000 else log.debug  # long steps show progress in the CLI
         say("spectral: %d-NN graph of %d points", n_neighbors, n)
-        S = knn_affinity(X, n_neighbors, self.affinity, self.neighbors, rng)
+        if sample_weight is None:
+            S = knn_affinity(X, n_neighbors, self.affinity, self.neighbors, rng)
+        else:
+            indices, distances = knn_graph(X, n_neighbors, method=self.neighbors, random_state=rng)
+            S = weighted_normalized_affinity(affinity_matrix(indices, distances, self.affinity), sample_weight)
         say("spectral: eigenvectors of the normalised affinity")
         from deepclust.cluster.k_estimation import KEstimate, eigengap
 
@@ -286,7 +316,13 @@ class SpectralClustering(BaseClusterer):
         self.embedding_ = _unit_rows(vectors)
         self.eigenvalues_ = values
         say("spectral: k-means on the %d-d embedding", k)
-        km = KMeans(n_clusters=k, n_init=self.n_init, device=self.device, random_state=rng).fit(self.embedding_)
-        self.labels_ = km.labels_
+        if sample_weight is None:
+            km = KMeans(n_clusters=k, n_init=self.n_init, device=self.device, random_state=rng).fit(self.embedding_)
+        else:  # scikit-learn's k-means takes weights
+            from sklearn.cluster import KMeans as WeightedKMeans
+
+            km = WeightedKMeans(n_clusters=k, n_init=self.n_init, random_state=int(rng.integers(2**31 - 1)))
+            km.fit(self.embedding_, sample_weight=sample_weight)
+        self.labels_ = np.asarray(km.labels_, dtype=np.int64)
         self.n_clusters_ = k
         return self

@@ -86,6 +86,7 @@ def main() -> None:
         ref = ref[:, 0]
         ref_s = time.perf_counter() - t
         rows.append(("faiss, one process (reference)", ref_s, f"{peak_rss_mb():.0f} (this process)", ref))
+        print(f"reference done in {ref_s:.1f} s", flush=True)
 
         t = time.perf_counter()
         local = kmeans_at_scale(table, args.k, LocalExecutor(), lloyd_passes=args.lloyd_passes, normalize=False,
@@ -111,11 +112,12 @@ def main() -> None:
                 rows.append((f"deepclust spectral on Dask ({facts['n_groups']} groups)", spec_s,
                              " / ".join(f"{v:.0f}" for v in peaks.values()) + " (per worker)", spectral))
 
-    print(f"\n| path | wall s | x reference | peak memory MiB | ARI vs truth | ARI vs reference |")
+    print("\n| path | wall s | x reference | peak memory MiB | ARI vs truth | ARI vs reference |")
     print("|---|---|---|---|---|---|")
     for name, seconds, memory, labels in rows:
         print(f"| {name} | {seconds:.1f} | {seconds / ref_s:.2f} | {memory} | "
               f"{adjusted_rand_score(truth, labels):.4f} | {adjusted_rand_score(ref, labels):.4f} |")
+    print(f"spectral groups: {facts['n_groups']}, sample {facts['sample_size']:,}" if args.spectral else "")
     print(f"\nDask workers after importing deepclust (torch, timm, scikit-learn) and faiss: "
           f"{' / '.join(f'{v:.0f}' for v in baseline.values())} MiB; the clustering adds the rest")
     print(f"Lloyd passes: {args.lloyd_passes}; sample {on_dask.sample_size:,} rows; "

@@ -187,6 +187,26 @@ def test_embed_then_cluster_a_store_gives_an_ordinary_run_folder(moth_species_di
     assert len(rows) == len(own) and all(float(rows[p]["nearest_image_distance"]) < 1e-5 for p in own)
 
 
+def test_a_local_cluster_listens_on_localhost_only_without_dashboard_and_leaves_no_process():
+    psutil = pytest.importorskip("psutil")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with open_executor("local[1]") as executor:
+        info = executor.client.scheduler_info(n_workers=-1)
+        assert executor.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(address.startswith("tcp://127.0.0.1:") for address in info["workers"])
+        cluster = executor.cluster
+        port = info["services"]["dashboard"]  # the scheduler's HTTP server (health checks), not a dashboard
+        assert port != 8787 and cluster.scheduler.http_server is not None
+        assert not any("/status" in str(rule.matcher) for rule in cluster.scheduler.http_application.default_router.rules)
+        for socket_ in cluster.scheduler.http_server._sockets.values():
+            assert socket_.getsockname()[0] == "127.0.0.1"
+        started = {p.pid for p in psutil.Process().children(recursive=True)
+                   if "resource_tracker" not in " ".join(p.cmdline())} - before  # Python's own helper stays
+        assert started  # the worker's process
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in started if psutil.pid_exists(pid)], timeout=10)
+    assert not alive
+
+
 def test_clear_errors_for_scale_misuse(tmp_path, capsys):
     assert parse_scheduler(None) == ("none", None) and parse_scheduler("local[3]") == ("local", 3)
     assert parse_scheduler("tcp://10.0.0.5:8786") == ("address", None)

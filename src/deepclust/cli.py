@@ -330,7 +330,7 @@ def _add_train_parser(subparsers) -> None:
         "processes (DDP). mmdc, imc_swav: train Multi-Modal Deep Clustering or IMC-SwAV networks from "
         "scratch on a folder of images (--images DIR --n-clusters K) and write a run folder like "
         "`deepclust cluster` does (assignments.csv, embeddings.npy, summary.json, metrics.json with "
-        "--labels folders); imc_swav also runs under torchrun. c2m: learn a clustering metric from the labelled "
+        "--labels folders); imc_swav and mmdc also run under torchrun. c2m: learn a clustering metric from the labelled "
         "images (class subfolders) and write metric.pt, for `deepclust cluster --algorithm c2m`. "
         "Running again resumes.",
         argument_default=argparse.SUPPRESS,

@@ -231,8 +231,11 @@ def open_executor(scheduler: str | None = None, threads_per_worker: int = 1) -> 
             raise DeepclustError(f"--scheduler {scheduler} needs Dask: pip install 'deepclust[dask]' ({exc})") from None
         logging.getLogger("distributed").setLevel(logging.WARNING)  # not every worker start and stop
         if kind == "local":
+            # the scheduler's HTTP server (health checks; the dashboard when bokeh is installed) cannot be
+            # turned off: it listens on a free port of 127.0.0.1, never on the fixed 8787, and shows no dashboard
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                                   host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                                   host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                   scheduler_kwargs={"dashboard": False})
             executor = DaskExecutor(Client(cluster), cluster)
         else:
             try:

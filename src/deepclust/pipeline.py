@@ -99,6 +99,39 @@ def distances_to_centres(X: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     return distances
 
 
+def run_metrics(y_true, clusters: np.ndarray) -> dict[str, Any] | None:
+    """metrics.json of a run: the scores against the true classes (None without them),
+    the numbers of clusters, classes and images, and the share of noise if any."""
+    if y_true is None:
+        return None
+    metrics = score_clustering(y_true, clusters)
+    metrics.update(n_clusters=int(len(np.unique(clusters[clusters >= 0]))), n_classes=len(set(y_true)),
+                   n_images=len(clusters))
+    if (clusters < 0).any():
+        metrics["noise_fraction"] = float(np.mean(clusters < 0))
+    return metrics
+
+
+def run_summary(config: ClusterConfig, resolved: dict, counts: dict, clusters: np.ndarray, timings: dict,
+                metrics: dict | None) -> dict[str, Any]:
+    """summary.json of a run of ``cluster``: ``counts`` (images found, clustered,
+    skipped, embeddings reused and computed, classes) completed by the cluster sizes."""
+    member = clusters >= 0
+    sizes = np.bincount(np.unique(clusters[member], return_inverse=True)[1]) if member.any() else np.zeros(1, int)
+    return {
+        "command": "cluster",
+        "config": config.to_dict(),
+        "resolved": resolved,
+        "seed": config.seed,
+        "working_directory": os.getcwd(),
+        "versions": runs.versions(),
+        "counts": {**counts, "clusters": int((sizes > 0).sum()), "noise": int((~member).sum()),
+                   "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())},
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "metrics": metrics,
+    }
+
+
 def check_n_clusters(n_clusters: Any, n_images: int | None = None) -> int | str | None:
     """Validate ``--n-clusters``: ``"auto"`` or a positive integer no larger than the number of images."""
     if n_clusters is None:
@@ -237,12 +270,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     distances = distances_to_centres(X, clusters)
     timings["cluster"] = time.perf_counter() - t
 
-    metrics = None
-    if y_true is not None:
-        metrics = score_clustering(y_true, clusters)
-        metrics.update(n_clusters=int(len(np.unique(clusters[clusters >= 0]))), n_classes=n_classes, n_images=len(kept))
-        if (clusters < 0).any():
-            metrics["noise_fraction"] = float(np.mean(clusters < 0))
+    metrics = run_metrics(y_true, clusters)
 
     # outputs
     t = time.perf_counter()
@@ -254,39 +282,20 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         runs.write_metrics(config.out, metrics)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
-    sizes = np.bincount(np.unique(clusters[clusters >= 0], return_inverse=True)[1]) if (clusters >= 0).any() else np.zeros(1, int)
-    summary = {
-        "command": "cluster",
-        "config": config.to_dict(),
-        "resolved": {
-            "n_clusters": n_clusters,
-            "n_clusters_from": n_clusters_from,
-            "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
-            "backbone": backbone.name,
-            "weights": backbone.weights,
-            "data_config": {k: v for k, v in backbone.data_config.items()},
-            "num_features": backbone.num_features,
-            "device": str(device),
-            "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
-        },
-        "seed": config.seed,
-        "working_directory": os.getcwd(),
-        "versions": runs.versions(),
-        "counts": {
-            "images_found": len(records),
-            "images_clustered": len(kept),
-            "images_skipped": len(skipped),
-            "embeddings_reused": emb.n_reused,
-            "embeddings_computed": emb.n_computed,
-            "clusters": int((sizes > 0).sum()),
-            "noise": int((clusters < 0).sum()),
-            "cluster_size_min": int(sizes.min()),
-            "cluster_size_max": int(sizes.max()),
-            "classes": n_classes,
-        },
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "metrics": metrics,
+    resolved = {
+        "n_clusters": n_clusters,
+        "n_clusters_from": n_clusters_from,
+        "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "data_config": {k: v for k, v in backbone.data_config.items()},
+        "num_features": backbone.num_features,
+        "device": str(device),
+        "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
     }
+    counts = {"images_found": len(records), "images_clustered": len(kept), "images_skipped": len(skipped),
+              "embeddings_reused": emb.n_reused, "embeddings_computed": emb.n_computed, "classes": n_classes}
+    summary = run_summary(config, resolved, counts, clusters, timings, metrics)
     runs.write_summary(config.out, summary)
     return ClusterResult(paths, clusters, emb.vectors, y_true, skipped, metrics, summary)
 

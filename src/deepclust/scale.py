@@ -50,7 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write, read_csv, write_csv, write_json
+from deepclust.io import read_csv, write_csv, write_json
 
 log = logging.getLogger("deepclust")
 
@@ -523,8 +523,7 @@ def cluster_store(config):
     from deepclust import runs
     from deepclust.config import write_config
     from deepclust.distributed import open_executor
-    from deepclust.metrics import score_clustering
-    from deepclust.pipeline import ClusterResult, check_n_clusters
+    from deepclust.pipeline import ClusterResult, check_n_clusters, run_metrics, run_summary
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -570,10 +569,7 @@ def cluster_store(config):
         _, distances = cluster_means(executor, table, clusters, n_clusters, config.normalize, config.progress)
         timings["distances"] = time.perf_counter() - t
         where = executor.name
-    metrics = None
-    if y_true is not None:
-        metrics = score_clustering(y_true, clusters)
-        metrics.update(n_clusters=int(len(np.unique(clusters))), n_classes=n_classes, n_images=len(valid))
+    metrics = run_metrics(y_true, clusters)
     t = time.perf_counter()
     paths = [table.paths[i] for i in valid]
     runs.write_skipped(config.out, table.skipped)
@@ -585,39 +581,20 @@ def cluster_store(config):
         runs.write_metrics(config.out, metrics)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
-    sizes = np.bincount(clusters, minlength=n_clusters)
-    summary = {
-        "command": "cluster",
-        "config": config.to_dict(),
-        "resolved": {
-            "n_clusters": n_clusters,
-            "n_clusters_from": "--n-clusters" if requested is not None else "number of classes",
-            "k_estimate": None,
-            "backbone": backbone.get("name"),
-            "weights": backbone.get("resolved_weights", backbone.get("weights")),
-            "data_config": backbone.get("data_config"),
-            "num_features": table.n_features,
-            "embeddings_store": os.path.abspath(table.folder),
-            "executor": where,
-            "at_scale": facts,
-        },
-        "seed": config.seed,
-        "working_directory": os.getcwd(),
-        "versions": runs.versions(),
-        "counts": {
-            "images_found": len(table.paths),
-            "images_clustered": len(valid),
-            "images_skipped": len(table.skipped),
-            "embeddings_reused": len(valid),
-            "embeddings_computed": 0,
-            "clusters": int((sizes > 0).sum()),
-            "noise": 0,
-            "cluster_size_min": int(sizes.min()),
-            "cluster_size_max": int(sizes.max()),
-            "classes": n_classes,
-        },
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "metrics": metrics,
+    resolved = {
+        "n_clusters": n_clusters,
+        "n_clusters_from": "--n-clusters" if requested is not None else "number of classes",
+        "k_estimate": None,
+        "backbone": backbone.get("name"),
+        "weights": backbone.get("resolved_weights", backbone.get("weights")),
+        "data_config": backbone.get("data_config"),
+        "num_features": table.n_features,
+        "embeddings_store": os.path.abspath(table.folder),
+        "executor": where,
+        "at_scale": facts,
     }
+    counts = {"images_found": len(table.paths), "images_clustered": len(valid), "images_skipped": len(table.skipped),
+              "embeddings_reused": len(valid), "embeddings_computed": 0, "classes": n_classes}
+    summary = run_summary(config, resolved, counts, clusters, timings, metrics)
     runs.write_summary(config.out, summary)
     return ClusterResult(paths, clusters, None, y_true, table.skipped, metrics, summary)

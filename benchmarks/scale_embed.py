@@ -43,7 +43,11 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=5_000_000)
     args = parser.parse_args()
 
+    import logging
+
     import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from deepclust.backbones import create_backbone
     from deepclust.data import find_images, load_image
@@ -60,6 +64,18 @@ def main() -> None:
     t = time.perf_counter()
     tensors = [transform(load_image(r.path)) for r in records[:60]]
     decode = (time.perf_counter() - t) / len(tensors)
+    # a light-trap camera's photo is far larger than these 256-px files: time one of 4000 x 3000
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = os.path.join(tmp, "photo.jpg")
+        load_image(records[0].path).resize((4000, 3000)).save(photo, quality=90)
+        transform(load_image(photo))
+        t = time.perf_counter()
+        for _ in range(5):
+            transform(load_image(photo))
+        decode_photo = (time.perf_counter() - t) / 5
+        Image.open(photo).close()
     batch = torch.stack(tensors[:32])
     with torch.inference_mode():
         backbone.eval()(batch[:4])  # warm-up
@@ -68,7 +84,8 @@ def main() -> None:
         forward = (time.perf_counter() - t) / len(batch)
     torch.set_num_threads(threads)
     print(f"{len(records)} EU-moths images at {args.image_size} px, Lite0; {os.cpu_count()} cores")
-    print(f"one thread: decode + preprocess {decode * 1e3:.1f} ms/image, forward {forward * 1e3:.1f} ms/image")
+    print(f"one thread: decode + preprocess {decode * 1e3:.1f} ms/image (256-px files), "
+          f"{decode_photo * 1e3:.0f} ms/image (12-MP JPEG), forward {forward * 1e3:.1f} ms/image")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "images")
@@ -87,14 +104,15 @@ def main() -> None:
     for name, rate in rates.items():
         print(f"deepclust embed, {name}: {rate:.1f} images/s ({rate / base:.2f} x this process)")
 
-    decode_rate = args.gpus * args.cores_per_gpu / decode
     gpu_rate = args.gpus * args.gpu_rate
-    rate = min(decode_rate, gpu_rate)
-    print(f"\nestimate, {args.total:,} images on {args.gpus} GPUs with {args.cores_per_gpu} decoding cores each:")
-    print(f"  decoding {decode_rate:,.0f} images/s ({args.gpus * args.cores_per_gpu} cores x 1 / {decode * 1e3:.1f} ms), "
-          f"forward {gpu_rate:,.0f} images/s ({args.gpus} x {args.gpu_rate:,.0f})")
-    print(f"  -> {'decode' if decode_rate < gpu_rate else 'GPU'}-bound, {args.total / rate / 60:.0f} min "
-          f"({args.total / rate / 3600:.2f} h) of embedding, plus reading {args.total:,} files from storage")
+    print(f"\nestimate, {args.total:,} images on {args.gpus} GPUs ({args.gpu_rate:,.0f} images/s each) with "
+          f"{args.cores_per_gpu} decoding cores per GPU:")
+    for name, cost in (("256-px files", decode), ("12-MP photos", decode_photo)):
+        decode_rate = args.gpus * args.cores_per_gpu / cost
+        rate = min(decode_rate, gpu_rate)
+        print(f"  {name}: decoding {decode_rate:,.0f} images/s, forward {gpu_rate:,.0f} images/s -> "
+              f"{'decode' if decode_rate < gpu_rate else 'GPU'}-bound, {args.total / rate / 60:,.1f} min "
+              f"({args.total / rate / 3600:.2f} h), plus reading the files from storage")
 
 
 if __name__ == "__main__":

@@ -117,3 +117,10 @@ def test_decoding_in_worker_processes_gives_the_same_vectors(tmp_path, tiny_back
     inline = extract_embeddings(records, tiny_backbone, batch_size=3, num_workers=0, progress=False)
     workers = extract_embeddings(records, tiny_backbone, batch_size=3, num_workers=2, progress=False)
     np.testing.assert_allclose(inline.vectors, workers.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cache_folder_whose_name_is_a_glob_pattern_is_still_read(tmp_path):
+    store = EmbeddingStore(tmp_path / "runs[2]" / "cache", "sig")
+    store.add(["a", "b"], np.eye(2, dtype=np.float32), {"c": "broken"})
+    vectors, failures = EmbeddingStore(tmp_path / "runs[2]" / "cache", "sig").load()
+    assert sorted(vectors) == ["a", "b"] and failures == {"c": "broken"}

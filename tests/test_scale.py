@@ -74,7 +74,7 @@ def test_two_dask_workers_embed_exactly_what_one_process_embeds(many_moths, dask
 
 @needs_moths
 def test_an_interrupted_embedding_resumes_with_only_the_unfinished_partition(moth_species_dir, tmp_path, monkeypatch):
-    store = str(tmp_path / "store")
+    store = str(tmp_path / "store[1]")  # a name that is also a glob pattern
     real = scale.embed_partition
 
     def dies_on_part_1(task, *args):
@@ -88,7 +88,7 @@ def test_an_interrupted_embedding_resumes_with_only_the_unfinished_partition(mot
                            progress=False)
     with pytest.raises(DeepclustError, match="unfinished .* run the same `deepclust embed` command again"):
         scale.open_store(store)
-    parts = tmp_path / "store" / "parts"
+    parts = tmp_path / "store[1]" / "parts"
     assert sorted(p.name for p in parts.iterdir()) == ["part-000000.json", "part-000002.json"]
     stamps = {p.name: p.stat().st_mtime_ns for p in parts.iterdir()}
     monkeypatch.setattr(scale, "embed_partition", real)

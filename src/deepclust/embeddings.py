@@ -55,7 +55,7 @@ class EmbeddingStore:
         """All cached vectors and all cached failures, by :func:`record_key`."""
         vectors: dict[str, np.ndarray] = {}
         failures: dict[str, str] = {}
-        shards = sorted(glob.glob(os.path.join(self.folder, "shard-*.npz")))
+        shards = sorted(glob.glob(os.path.join(glob.escape(self.folder), "shard-*.npz")))  # a run folder may be runs[2]/
         for shard in shards:
             with np.load(shard, allow_pickle=False) as data:
                 vectors.update(zip(data["keys"].tolist(), data["vectors"]))

@@ -132,7 +132,7 @@ def open_store(folder: str | os.PathLike) -> EmbeddingTable:
     if info.get("format") != STORE_FORMAT:
         raise DeepclustError(f"'{folder}' is not an embedding store of this deepclust ({info.get('format')!r})")
     if not info.get("complete"):
-        done = len(glob.glob(os.path.join(folder, "parts", "part-*.json")))
+        done = len(_finished_parts(folder))
         raise DeepclustError(f"the embedding store '{folder}' is unfinished ({done} of {info['n_partitions']} "
                              "partitions); run the same `deepclust embed` command again to finish it")
     rows = read_csv(os.path.join(folder, "index.csv"))
@@ -150,7 +150,7 @@ def _part_file(folder: str, part: int) -> str:
 
 def _finished_parts(folder: str) -> dict[int, dict]:
     parts = {}
-    for path in glob.glob(os.path.join(folder, "parts", "part-*.json")):
+    for path in glob.glob(os.path.join(glob.escape(folder), "parts", "part-*.json")):  # e.g. store[2]/
         with open(path, encoding="utf-8") as fh:
             parts[int(os.path.basename(path)[5:-5])] = json.load(fh)
     return parts

@@ -229,3 +229,38 @@ def test_clear_errors_for_scale_misuse(tmp_path, capsys):
         assert message in capsys.readouterr().err, argv
     with pytest.raises(DeepclustError, match="already holds an embedding store"):
         _store(tmp_path, np.zeros((3, 2)), "small")
+
+
+def test_a_running_dask_scheduler_is_reached_by_its_address(tmp_path):
+    """`dask scheduler` and `dask worker` started apart, as on a cluster: only --scheduler changes."""
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("distributed")
+    X, _ = make_blobs(3_000, n_features=8, centers=4, random_state=0)
+    table = _store(tmp_path, X, partition_size=1_000)
+    file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    scheduler = subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+                                         "--scheduler-file", str(file)], stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        for _ in range(100):
+            if file.is_file() and file.stat().st_size:
+                break
+            time.sleep(0.2)
+        address = json.loads(file.read_text())["address"]
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                   "--host", "127.0.0.1"], stderr=subprocess.DEVNULL)
+        with open_executor(address) as executor:
+            executor.client.wait_for_workers(1, timeout=60)
+            assert len(executor.client.scheduler_info(n_workers=-1)["workers"]) == 1
+            on_cluster = scale.kmeans_at_scale(table, 4, executor, random_state=0)
+        here = scale.kmeans_at_scale(table, 4, LocalExecutor(), random_state=0)
+        assert np.array_equal(on_cluster.labels, here.labels)
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)

@@ -62,8 +62,9 @@ def test_two_dask_workers_embed_exactly_what_one_process_embeds(many_moths, dask
     assert np.array_equal(table.read(), reference.vectors)  # bit for bit
     assert table.skipped == [(records[i].path, reason) for i, reason in reference.skipped]
     assert [os.path.basename(p) for p, _ in table.skipped] == ["broken.jpg"]
-    workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "store" / "parts").iterdir()}
-    assert len(workers) == 2  # both workers took partitions
+    parts = [json.loads(p.read_text()) for p in (tmp_path / "store" / "parts").iterdir()]
+    assert len({p["worker"] for p in parts}) == 2  # both workers took partitions
+    assert {p["device"] for p in parts} == {"cuda" if torch.cuda.is_available() else "cpu"}  # device "auto"
     # a dask array reads the store as it is
     import dask.array as da
 

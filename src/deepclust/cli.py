@@ -146,8 +146,8 @@ def _add_embed_parser(subparsers) -> None:
     p.add_argument("--partition-size", metavar="N", type=_positive_int, default=1024,
                    help="images per partition: the unit of work, of resuming, and of the store's chunks (default 1024)")
     p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default) or cuda on every worker (one GPU "
-                   "per worker: start the workers with dask-cuda)")
+    p.add_argument("--device", metavar="DEV", default="auto", help="auto (default: each worker's GPU when it has "
+                   "one, else its CPU; start GPU workers with dask-cuda, one per GPU), cpu or cuda")
     p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
     p.add_argument("--subset", metavar="NAME", help="subset of the split to embed: train, val or test")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

@@ -233,7 +233,10 @@ def embed_partition(task: dict, spec: dict, settings: dict) -> dict:
 
     t0 = time.perf_counter()
     backbone = _worker_backbone(spec)
-    device = resolve_device(settings["device"])  # one GPU per worker: dask-cuda sets CUDA_VISIBLE_DEVICES
+    name = settings["device"]
+    if name == "auto":  # this worker's GPU when it has one (dask-cuda gives each worker its own)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(name)
     records = task["records"]
     emb = extract_embeddings(records, backbone, batch_size=settings["batch_size"], device=device, num_workers=0,
                              progress=False)
@@ -245,15 +248,18 @@ def embed_partition(task: dict, spec: dict, settings: dict) -> dict:
     result = {"start": start, "stop": start + len(records),
               "failed": [[start + i, reason] for i, reason in emb.skipped],
               "seconds": round(time.perf_counter() - t0, 3), "worker": f"{socket.gethostname()}:{os.getpid()}",
-              "threads": torch.get_num_threads()}
+              "device": str(device), "threads": torch.get_num_threads()}
     write_json(_part_file(task["folder"], task["part"]), result)
     return result
 
 
 def embed_images(images: str, out: str, backbone: str | None = None, weights: str = "pretrained",
                  image_size: int | None = None, executor=None, partition_size: int = 1024, batch_size: int = 32,
-                 device: str = "cpu", classes: Sequence[str] | None = None, progress: bool = True) -> EmbeddingTable:
+                 device: str = "auto", classes: Sequence[str] | None = None, progress: bool = True) -> EmbeddingTable:
     """Embed every image under ``images`` into the store ``out``, partition by partition.
+
+    ``device``: ``auto`` (each worker its GPU when it has one, else its CPU), ``cpu``,
+    ``cuda``.
 
     Resumes an unfinished store made with the same images and backbone; refuses one
     made with others. Returns the finished store.
@@ -266,6 +272,10 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     out = os.fspath(out)
     if partition_size < 1 or batch_size < 1:
         raise DeepclustError("--partition-size and --batch-size must be >= 1")
+    if device != "auto":
+        from deepclust.backbones import resolve_device
+
+        resolve_device(device)  # a wrong name fails here, not on every worker
     records = find_images(images, classes=classes, exclude=[out])
     if not records:
         raise DeepclustError(f"no images found under '{images}'")

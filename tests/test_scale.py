@@ -66,11 +66,12 @@ def test_two_dask_workers_embed_exactly_what_one_process_embeds(many_moths, dask
     assert len({p["worker"] for p in parts}) == 2  # both workers took partitions
     assert {p["device"] for p in parts} == {"cuda" if torch.cuda.is_available() else "cpu"}  # device "auto"
     # a dask array reads the store as it is
-    import dask.array as da
-
-    array = da.from_zarr(str(tmp_path / "store" / "vectors.zarr"))
+    array = table.array()
     assert array.shape == (len(records), 1280) and array.chunks[0][0] == 32
     assert np.isnan(array[table.valid.argmin()].compute()).all()  # the corrupt image's row
+    # clustering skips that row: one label per readable image
+    result = scale.kmeans_at_scale(table, 24, dask_pair, random_state=0)
+    assert len(result.labels) == int(table.valid.sum()) == len(records) - 1
 
 
 @needs_moths

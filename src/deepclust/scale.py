@@ -113,11 +113,9 @@ class EmbeddingTable:
 
         return da.from_zarr(self.vectors_path)
 
-    def read(self, rows=None) -> np.ndarray:
-        """The vectors of the valid rows (or of the given rows) as one in-memory array."""
-        z = _zarr().open_array(self.vectors_path, mode="r")
-        return np.asarray(z[:] if rows is None else z.get_orthogonal_selection((np.asarray(rows), slice(None))),
-                          dtype=np.float32)[self.valid if rows is None else slice(None)]
+    def read(self) -> np.ndarray:
+        """The vectors of the valid rows, in row order, as one in-memory array."""
+        return np.asarray(_zarr().open_array(self.vectors_path, mode="r")[:], dtype=np.float32)[self.valid]
 
 
 def open_store(folder: str | os.PathLike) -> EmbeddingTable:
@@ -259,7 +257,8 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     """Embed every image under ``images`` into the store ``out``, partition by partition.
 
     ``device``: ``auto`` (each worker its GPU when it has one, else its CPU), ``cpu``,
-    ``cuda``.
+    ``cuda``. Workers on other machines must see the images and ``out`` at the same
+    absolute paths as this process (a shared file system).
 
     Resumes an unfinished store made with the same images and backbone; refuses one
     made with others. Returns the finished store.
@@ -301,7 +300,10 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     else:
         _create(out, info, index_rows)
     done = _finished_parts(out)
-    tasks = [{"folder": out, "part": p, "start": s, "records": records[s:s + partition_size]}
+    # workers may run elsewhere, in another folder: they get absolute paths (of a file system they share)
+    where = os.path.abspath(out)
+    tasks = [{"folder": where, "part": p, "start": s,
+              "records": [dataclasses.replace(r, path=os.path.abspath(r.path)) for r in records[s:s + partition_size]]}
              for p, s in enumerate(range(0, len(records), partition_size)) if p not in done]
     log.info("embedding %d images in %d partitions (%d already done) on the %s", len(records),
              info["n_partitions"], len(done), executor.name)
@@ -338,8 +340,10 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
 def _read_block(block: dict, normalize: bool) -> np.ndarray:
     """The valid rows of one block (optionally L2-normalised), float32."""
     z = _zarr().open_array(block["path"], mode="r")
-    X = np.asarray(z[block["start"]:block["stop"]], dtype=np.float32)
-    X = X[np.isfinite(X).all(axis=1)]
+    X = np.asarray(z[block["start"]:block["stop"]], dtype=np.float32)[block["valid"]]
+    if not np.isfinite(X).all():
+        raise DeepclustError(f"the embeddings of rows {block['start']}-{block['stop']} hold NaN or infinite values "
+                             "(a backbone that overflowed?); embed again with another backbone or in float32")
     if normalize:
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
@@ -413,7 +417,7 @@ class ScaleKMeans:
 
 
 def _blocks(table: EmbeddingTable) -> list[dict]:
-    return [{"path": table.vectors_path, "start": a, "stop": b} for a, b in table.blocks()]
+    return [{"path": table.vectors_path, "start": a, "stop": b, "valid": table.valid[a:b]} for a, b in table.blocks()]
 
 
 def kmeans_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, sample_size: int | None = None,

@@ -4,7 +4,8 @@ per-image costs behind them, and what they predict for 5 million images on 8 GPU
 Measured in one run, on --n EU-moths images (every few-th file, all species):
 
 * decode + preprocess, one thread: seconds per image of PIL decoding, RGB conversion,
-  resize and normalisation (the CPU work every image needs, GPU or not);
+  resize and normalisation (the CPU work every image needs, GPU or not), for these
+  256-px files and for a 12-MP JPEG (fully, and with --fast-decode);
 * forward pass, one thread: seconds per image of the backbone on preprocessed batches;
 * `deepclust embed` with no scheduler (this process, all its threads) and with
   --scheduler local[W] (W processes of one thread): images per second.
@@ -52,6 +53,7 @@ def main() -> None:
     from deepclust.backbones import create_backbone
     from deepclust.data import find_images, load_image
     from deepclust.distributed import open_executor
+    from deepclust.embeddings import decode_size
     from deepclust.scale import embed_images
 
     everything = find_images(args.images)
@@ -75,6 +77,11 @@ def main() -> None:
         for _ in range(5):
             transform(load_image(photo))
         decode_photo = (time.perf_counter() - t) / 5
+        size = decode_size(backbone)
+        t = time.perf_counter()
+        for _ in range(5):
+            transform(load_image(photo, size))
+        decode_fast = (time.perf_counter() - t) / 5
         Image.open(photo).close()
     batch = torch.stack(tensors[:32])
     with torch.inference_mode():
@@ -85,7 +92,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     print(f"{len(records)} EU-moths images at {args.image_size} px, Lite0; {os.cpu_count()} cores")
     print(f"one thread: decode + preprocess {decode * 1e3:.1f} ms/image (256-px files), "
-          f"{decode_photo * 1e3:.0f} ms/image (12-MP JPEG), forward {forward * 1e3:.1f} ms/image")
+          f"{decode_photo * 1e3:.0f} ms/image (12-MP JPEG; {decode_fast * 1e3:.0f} ms with --fast-decode), "
+          f"forward {forward * 1e3:.1f} ms/image")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "images")
@@ -107,7 +115,8 @@ def main() -> None:
     gpu_rate = args.gpus * args.gpu_rate
     print(f"\nestimate, {args.total:,} images on {args.gpus} GPUs ({args.gpu_rate:,.0f} images/s each) with "
           f"{args.cores_per_gpu} decoding cores per GPU:")
-    for name, cost in (("256-px files", decode), ("12-MP photos", decode_photo)):
+    for name, cost in (("256-px files", decode), ("12-MP photos", decode_photo),
+                       ("12-MP photos, --fast-decode", decode_fast)):
         decode_rate = args.gpus * args.cores_per_gpu / cost
         rate = min(decode_rate, gpu_rate)
         print(f"  {name}: decoding {decode_rate:,.0f} images/s, forward {gpu_rate:,.0f} images/s -> "

@@ -124,3 +124,31 @@ def test_a_cache_folder_whose_name_is_a_glob_pattern_is_still_read(tmp_path):
     store.add(["a", "b"], np.eye(2, dtype=np.float32), {"c": "broken"})
     vectors, failures = EmbeddingStore(tmp_path / "runs[2]" / "cache", "sig").load()
     assert sorted(vectors) == ["a", "b"] and failures == {"c": "broken"}
+
+
+def test_fast_decode_reads_camera_sized_jpegs_smaller_with_nearly_the_same_features(tmp_path, lite0_small):
+    from conftest import MOTHS
+
+    from deepclust.data import load_image
+    from deepclust.embeddings import decode_size, embedding_signature
+
+    if not (MOTHS / "images").is_dir():
+        pytest.skip("EU moths not found")
+    moth = find_images(MOTHS / "images")[0]
+    (tmp_path / "a").mkdir()
+    load_image(moth.path).resize((1600, 1200)).save(tmp_path / "a" / "photo.jpg", quality=90)
+    os.symlink(moth.path, tmp_path / "a" / "small.jpg")  # 256 px: no smaller decode keeps 2x the input size
+    size = decode_size(lite0_small)
+    assert size == 2 * round(128 / lite0_small.data_config["crop_pct"])
+    drafted = load_image(tmp_path / "a" / "photo.jpg", draft_size=size)
+    assert min(drafted.size) >= size and drafted.size[0] < 1600  # decoded at 1/2 or 1/4
+    records = find_images(tmp_path)
+    full = extract_embeddings(records, lite0_small, progress=False)
+    fast = extract_embeddings(records, lite0_small, progress=False, fast_decode=True)
+    photo, small = [r.relpath for r in records].index("a/photo.jpg"), [r.relpath for r in records].index("a/small.jpg")
+    assert np.array_equal(full.vectors[small], fast.vectors[small])
+    assert not np.array_equal(full.vectors[photo], fast.vectors[photo])
+    cosine = float(full.vectors[photo] @ fast.vectors[photo]
+                   / np.linalg.norm(full.vectors[photo]) / np.linalg.norm(fast.vectors[photo]))
+    assert cosine > 0.99
+    assert embedding_signature(lite0_small, True) != embedding_signature(lite0_small) == lite0_small.signature()

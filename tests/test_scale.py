@@ -162,7 +162,7 @@ def test_weighted_affinity_is_the_graph_with_every_node_repeated():
 def test_embed_then_cluster_a_store_gives_an_ordinary_run_folder(moth_species_dir, tmp_path, capsys):
     store, run = tmp_path / "store", tmp_path / "run"
     assert main(["-q", "embed", str(moth_species_dir), "--out", str(store), "--image-size", "64",
-                 "--partition-size", "16", "--no-progress"]) == 0
+                 "--partition-size", "16", "--fast-decode", "--no-progress"]) == 0
     assert "into" in capsys.readouterr().out
     assert main(["-q", "cluster", "--embeddings", str(store), "--out", str(run), "--algorithm", "spectral",
                  "--labels", "folders", "--param", "n_groups=20", "--no-progress"]) == 0
@@ -177,6 +177,8 @@ def test_embed_then_cluster_a_store_gives_an_ordinary_run_folder(moth_species_di
     assert loaded.paths == table.paths and np.array_equal(loaded.embeddings, table.read())
     assert loaded.summary["resolved"]["backbone"] == "tf_efficientnet_lite0"
     assert loaded.summary["resolved"]["at_scale"]["n_groups"] == 20
+    assert loaded.summary["config"]["fast_decode"] is True  # predict decodes new images as the store did
+    assert table.info["backbone"]["signature"].endswith("|draft146")
     assert np.all(np.isfinite(loaded.distances))
     # report and predict work on it as on any run
     assert main(["-q", "report", str(run), "--map", "pca"]) == 0

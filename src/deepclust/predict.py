@@ -188,7 +188,7 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
     """The features of a run of ``deepclust cluster``: its backbone, weights and preprocessing."""
     from deepclust.backbones import create_backbone, resolve_device
     from deepclust.data import find_images
-    from deepclust.embeddings import EmbeddingStore, extract_embeddings
+    from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
 
     config, resolved = run.summary["config"], run.summary["resolved"]
     records = find_images(images, exclude=[out, run.folder])
@@ -199,9 +199,10 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
         raise DeepclustError(f"the backbone loaded now ({backbone.name}, {backbone.weights}) is not the one the run "
                              f"used ({resolved.get('backbone')}, {resolved.get('weights')}); was the checkpoint "
                              "changed or moved? Cluster again, or restore it")
-    store = EmbeddingStore(runs.run_path(run.folder, runs.CACHE), backbone.signature())
+    fast = bool(config.get("fast_decode", False))  # decode as the run did
+    store = EmbeddingStore(runs.run_path(run.folder, runs.CACHE), embedding_signature(backbone, fast))
     emb = extract_embeddings(records, backbone, batch_size=batch_size, device=resolve_device(device),
-                             num_workers=num_workers, store=store, progress=progress)
+                             num_workers=num_workers, store=store, progress=progress, fast_decode=fast)
     skipped = [(records[i].path, reason) for i, reason in emb.skipped]
     return ([records[i].path for i in emb.indices], emb.vectors, len(records), skipped,
             {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds)

@@ -237,7 +237,7 @@ def embed_partition(task: dict, spec: dict, settings: dict) -> dict:
     device = resolve_device(name)
     records = task["records"]
     emb = extract_embeddings(records, backbone, batch_size=settings["batch_size"], device=device, num_workers=0,
-                             progress=False)
+                             progress=False, fast_decode=spec.get("fast_decode", False))
     out = np.full((len(records), backbone.num_features), np.nan, dtype=np.float32)
     out[emb.indices] = emb.vectors
     start = task["start"]
@@ -253,12 +253,14 @@ def embed_partition(task: dict, spec: dict, settings: dict) -> dict:
 
 def embed_images(images: str, out: str, backbone: str | None = None, weights: str = "pretrained",
                  image_size: int | None = None, executor=None, partition_size: int = 1024, batch_size: int = 32,
-                 device: str = "auto", classes: Sequence[str] | None = None, progress: bool = True) -> EmbeddingTable:
+                 device: str = "auto", classes: Sequence[str] | None = None, progress: bool = True,
+                 fast_decode: bool = False) -> EmbeddingTable:
     """Embed every image under ``images`` into the store ``out``, partition by partition.
 
     ``device``: ``auto`` (each worker its GPU when it has one, else its CPU), ``cpu``,
     ``cuda``. Workers on other machines must see the images and ``out`` at the same
-    absolute paths as this process (a shared file system).
+    absolute paths as this process (a shared file system). ``fast_decode``: see
+    :func:`~deepclust.embeddings.extract_embeddings`.
 
     Resumes an unfinished store made with the same images and backbone; refuses one
     made with others. Returns the finished store.
@@ -266,6 +268,7 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     from deepclust.backbones import DEFAULT_BACKBONE, create_backbone
     from deepclust.data import find_images
     from deepclust.distributed import LocalExecutor
+    from deepclust.embeddings import embedding_signature
 
     executor = executor or LocalExecutor()
     out = os.fspath(out)
@@ -279,8 +282,9 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     if not records:
         raise DeepclustError(f"no images found under '{images}'")
     model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
-    spec = {"name": model.name, "weights": weights, "image_size": model.image_size}
-    info = _new_info(images, {**spec, "resolved_weights": model.weights, "signature": model.signature(),
+    spec = {"name": model.name, "weights": weights, "image_size": model.image_size, "fast_decode": bool(fast_decode)}
+    info = _new_info(images, {**spec, "resolved_weights": model.weights,
+                              "signature": embedding_signature(model, fast_decode),
                               "data_config": dict(model.data_config)},
                      model.num_features, len(records), partition_size)
     index_rows = [(r.path, r.folder, r.size, r.mtime_ns) for r in records]
@@ -557,7 +561,7 @@ def cluster_store(config):
     backbone = table.info.get("backbone", {})
     if backbone.get("signature"):  # the run records the store's backbone, as `predict` needs
         config = dataclasses.replace(config, backbone=backbone["name"], weights=backbone["weights"],
-                                     image_size=backbone["image_size"])
+                                     image_size=backbone["image_size"], fast_decode=backbone.get("fast_decode", False))
     valid = np.flatnonzero(table.valid)
     y_true = [table.folders[i] for i in valid] if config.labels == "folders" else None
     n_classes = len(set(y_true)) if y_true is not None else None

@@ -112,6 +112,15 @@ def run_metrics(y_true, clusters: np.ndarray) -> dict[str, Any] | None:
     return metrics
 
 
+def write_run_files(config: ClusterConfig, paths, clusters: np.ndarray, distances: np.ndarray, y_true,
+                    metrics: dict | None) -> None:
+    """assignments.csv, config.yaml and (with true classes) metrics.json of a run."""
+    runs.write_assignments(config.out, paths, clusters, distances, y_true)
+    write_config(runs.run_path(config.out, runs.CONFIG), config)
+    if metrics is not None:
+        runs.write_metrics(config.out, metrics)
+
+
 def run_summary(config: ClusterConfig, resolved: dict, counts: dict, clusters: np.ndarray, timings: dict,
                 metrics: dict | None) -> dict[str, Any]:
     """summary.json of a run of ``cluster``: ``counts`` (images found, clustered,
@@ -277,10 +286,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     t = time.perf_counter()
     paths = [r.path for r in kept]
     runs.write_embeddings(config.out, emb.vectors)
-    runs.write_assignments(config.out, paths, clusters, distances, y_true)
-    write_config(runs.run_path(config.out, runs.CONFIG), config)
-    if metrics is not None:
-        runs.write_metrics(config.out, metrics)
+    write_run_files(config, paths, clusters, distances, y_true, metrics)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     resolved = {

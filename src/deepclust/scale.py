@@ -539,9 +539,8 @@ def cluster_store(config):
     usual form (assignments.csv, skipped.csv, summary.json, metrics.json with labels,
     config.yaml). The vectors stay in the store: summary.json points to it."""
     from deepclust import runs
-    from deepclust.config import write_config
     from deepclust.distributed import open_executor
-    from deepclust.pipeline import ClusterResult, check_n_clusters, run_metrics, run_summary
+    from deepclust.pipeline import ClusterResult, check_n_clusters, run_metrics, run_summary, write_run_files
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -591,12 +590,9 @@ def cluster_store(config):
     t = time.perf_counter()
     paths = [table.paths[i] for i in valid]
     runs.write_skipped(config.out, table.skipped)
-    runs.write_assignments(config.out, paths, clusters, distances, y_true)
+    write_run_files(config, paths, clusters, distances, y_true, metrics)
     if os.path.exists(runs.run_path(config.out, runs.EMBEDDINGS)):
         os.remove(runs.run_path(config.out, runs.EMBEDDINGS))  # of an earlier run: the store holds them now
-    write_config(runs.run_path(config.out, runs.CONFIG), config)
-    if metrics is not None:
-        runs.write_metrics(config.out, metrics)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     resolved = {

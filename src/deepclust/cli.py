@@ -52,9 +52,27 @@ def _given_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
 
 
-def _add_cluster_parser(subparsers) -> None:
+def _add_model_options(p, with_defaults: bool) -> None:
+    """--backbone, --weights, --image-size, --batch-size, --fast-decode: how images become
+    vectors (``cluster`` leaves absent options unset, for its config file to fill)."""
     from deepclust.backbones import DEFAULT_BACKBONE
 
+    def default(value):
+        return {"default": value} if with_defaults else {}
+
+    p.add_argument("--backbone", metavar="NAME", help=f"timm model name (default {DEFAULT_BACKBONE})",
+                   **default(DEFAULT_BACKBONE))
+    p.add_argument("--weights", metavar="PATH", help="pretrained (default), random, or a checkpoint / state-dict file",
+                   **default("pretrained"))
+    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)",
+                   **default(None))
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, help="images per forward pass (default 32)",
+                   **default(32))
+    p.add_argument("--fast-decode", dest="fast_decode", action="store_true", help="decode JPEGs directly at twice the "
+                   "model's input side (PIL draft mode: 7.7x faster on a 12-MP photo, features at cosine 0.9998)")
+
+
+def _add_cluster_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "cluster",
         help="cluster a folder of images",
@@ -82,18 +100,13 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--k-max", metavar="K", type=_positive_int, help="with --n-clusters auto: largest k tried (default 50)")
     p.add_argument("--k-metric", metavar="FILE", help="with --k-method c2m: a learned metric (metric.pt of "
                    "`deepclust train --method c2m`)")
-    p.add_argument("--backbone", metavar="NAME", help=f"timm model name (default {DEFAULT_BACKBONE})")
-    p.add_argument("--weights", metavar="PATH", help="pretrained (default), random, or a checkpoint / state-dict file")
-    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
-    p.add_argument("--batch-size", metavar="N", type=_positive_int, help="images per forward pass (default 32)")
+    _add_model_options(p, with_defaults=False)
     p.add_argument("--num-workers", metavar="N", type=int, help="image-decoding worker processes (default: 0 on cpu, 4 on gpu)")
     p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")
     p.add_argument("--seed", metavar="N", type=int, help="random seed of the clustering (default 0)")
     p.add_argument("--labels", choices=["folders"], help="folders: each image's parent folder is its true class")
     p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
     p.add_argument("--subset", metavar="NAME", help="subset of the split to cluster: train, val or test")
-    p.add_argument("--fast-decode", dest="fast_decode", action="store_true", help="decode JPEGs directly at twice "
-                   "the model's input size (several times faster for camera photos, nearly the same features)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="cluster raw, not L2-normalised, embeddings")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--report", dest="report", action="store_true",
@@ -127,8 +140,6 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def _add_embed_parser(subparsers) -> None:
-    from deepclust.backbones import DEFAULT_BACKBONE
-
     p = subparsers.add_parser(
         "embed",
         help="embed a large image collection into a store, on Dask workers or here",
@@ -142,18 +153,13 @@ def _add_embed_parser(subparsers) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", default=None, help="local[N] (a Dask cluster of N processes "
                    "on this machine, 127.0.0.1 only), a Dask scheduler address such as tcp://10.0.0.5:8786, or "
                    "none (this process; default)")
-    p.add_argument("--backbone", metavar="NAME", default=DEFAULT_BACKBONE, help=f"timm model name (default {DEFAULT_BACKBONE})")
-    p.add_argument("--weights", metavar="PATH", default="pretrained", help="pretrained (default), random, or a checkpoint file")
-    p.add_argument("--image-size", metavar="N", type=_positive_int, default=None, help="input side in pixels (default: the model's)")
+    _add_model_options(p, with_defaults=True)
     p.add_argument("--partition-size", metavar="N", type=_positive_int, default=1024,
                    help="images per partition: the unit of work, of resuming, and of the store's chunks (default 1024)")
-    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", metavar="DEV", default="auto", help="auto (default: each worker's GPU when it has "
                    "one, else its CPU; start GPU workers with dask-cuda, one per GPU), cpu or cuda")
     p.add_argument("--split", metavar="NAME|FILE", help="class-split file or shipped split name (e.g. eu-moths)")
     p.add_argument("--subset", metavar="NAME", help="subset of the split to embed: train, val or test")
-    p.add_argument("--fast-decode", action="store_true", help="decode JPEGs directly at twice the model's input "
-                   "size (PIL draft mode: 7.7x faster on a 12-MP photo, features at cosine 0.9998)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=_cmd_embed)
 

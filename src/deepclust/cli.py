@@ -418,7 +418,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"--param metric={config.out}/metric.pt)")
         return 0
     if getattr(method, "end_to_end", False):  # an end-to-end clustering method: its run folder is the result
-        method.fit()
+        import torch.distributed as dist
+
+        try:
+            method.fit()
+        finally:  # under torchrun (MMDC, IMC-SwAV): leave the process group cleanly
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports, as it wrote the run folder
+            return 0
         metrics = method.summary_["metrics"]
         print(f"clustered {len(method.labels_)} images into {method.summary_['counts']['clusters']} clusters; "
               f"results in {config.out}")

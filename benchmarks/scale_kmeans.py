@@ -40,8 +40,7 @@ def peak_rss_mb() -> float:
 
 
 def warm_worker() -> float:
-    """Import what the tasks import (torch, timm and scikit-learn come with deepclust);
-    return the worker's memory after that."""
+    """Import what the clustering tasks import; return the worker's memory after that."""
     import faiss  # noqa: F401
 
     import deepclust.scale  # noqa: F401
@@ -118,7 +117,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.1f} | {seconds / ref_s:.2f} | {memory} | "
               f"{adjusted_rand_score(truth, labels):.4f} | {adjusted_rand_score(ref, labels):.4f} |")
     print(f"spectral groups: {facts['n_groups']}, sample {facts['sample_size']:,}" if args.spectral else "")
-    print(f"\nDask workers after importing deepclust (torch, timm, scikit-learn) and faiss: "
+    print(f"\nDask workers after importing deepclust.scale and faiss: "
           f"{' / '.join(f'{v:.0f}' for v in baseline.values())} MiB; the clustering adds the rest")
     print(f"Lloyd passes: {args.lloyd_passes}; sample {on_dask.sample_size:,} rows; "
           f"inertia per pass {', '.join(f'{v:.6g}' for v in on_dask.inertia_history)}")

@@ -5,14 +5,33 @@ The pipeline, one way: data -> backbones -> embeddings -> cluster -> metrics -> 
 
 __version__ = "0.1.0"
 
-from deepclust.backbones import Backbone, create_backbone, save_backbone  # noqa: E402
-from deepclust.cluster import create_clusterer, list_clusterers  # noqa: E402
-from deepclust.config import ClusterConfig, IMCSwAVConfig, MMDCConfig, TrainConfig  # noqa: E402
-from deepclust.data import find_images, load_image, load_split  # noqa: E402
-from deepclust.embeddings import EmbeddingStore, extract_embeddings  # noqa: E402
-from deepclust.errors import DeepclustError  # noqa: E402
-from deepclust.methods import MMDC, IMCSwAV, create_method, list_methods  # noqa: E402
-from deepclust.pipeline import evaluate_run, run_cluster  # noqa: E402
+# The public names load their modules on first use (PEP 562), so that ``import deepclust``
+# (and a Dask worker that only clusters stored vectors) does not pay for torch and timm.
+_WHERE = {
+    "Backbone": "backbones", "create_backbone": "backbones", "save_backbone": "backbones",
+    "create_clusterer": "cluster", "list_clusterers": "cluster",
+    "ClusterConfig": "config", "IMCSwAVConfig": "config", "MMDCConfig": "config", "TrainConfig": "config",
+    "find_images": "data", "load_image": "data", "load_split": "data",
+    "EmbeddingStore": "embeddings", "extract_embeddings": "embeddings",
+    "DeepclustError": "errors",
+    "MMDC": "methods", "IMCSwAV": "methods", "create_method": "methods", "list_methods": "methods",
+    "evaluate_run": "pipeline", "run_cluster": "pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        value = getattr(importlib.import_module(f"deepclust.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deepclust' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __all__ = [
     "Backbone",

@@ -100,6 +100,26 @@ def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_chec
     path.write_text(yaml.safe_dump(changed, sort_keys=False))
     assert main(["experiment", str(path), "--no-progress"]) == 2
     assert "-s0.json was made with other settings" in capsys.readouterr().err
+    # a saved metric is reused under a new search setting (its part redone, its training time kept)...
+    trained = results["parts"]["features-standard-s0"]["train_seconds"]
+    assert trained > 0
+    searched = dict(config, variants={"features": {**config["variants"]["features"], "whiten": True}})
+    path.write_text(yaml.safe_dump(searched, sort_keys=False))
+    for training in ("standard", "few-shot"):
+        (tmp_path / "exp" / "parts" / f"features-{training}-s0.json").unlink()
+    metric = tmp_path / "exp" / "metrics" / "features-standard-s0.pt"
+    stamp = metric.stat().st_mtime_ns
+    assert main(["experiment", str(path), "--no-progress"]) == 0
+    redone = json.loads((tmp_path / "exp" / "parts" / "features-standard-s0.json").read_text())
+    assert metric.stat().st_mtime_ns == stamp and redone["settings"]["whiten"] is True
+    assert 0.5 * trained <= redone["train_seconds"] <= trained  # the epochs' time when it was trained
+    # ... but not under another training setting
+    for training in ("standard", "few-shot"):
+        (tmp_path / "exp" / "parts" / f"features-{training}-s0.json").unlink()
+    retrained = dict(config, variants={"features": {**config["variants"]["features"], "mutual": True}})
+    path.write_text(yaml.safe_dump(retrained, sort_keys=False))
+    assert main(["experiment", str(path), "--no-progress"]) == 2
+    assert "features-standard-s0.pt was trained with other mutual" in capsys.readouterr().err
     bad = dict(config, variants={"x": {"colour": 1}})
     path.write_text(yaml.safe_dump(bad))
     assert main(["experiment", str(path)]) == 2

@@ -268,6 +268,14 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
     return out
 
 
+def _recorded_training(metric_path: str) -> float:
+    """Seconds the epochs of a saved metric took when it was trained (its history)."""
+    import torch
+
+    state = torch.load(metric_path, map_location="cpu", weights_only=True)
+    return round(sum(h.get("seconds", 0.0) for h in state.get("history", [])), 1)
+
+
 def _plain(value: Any) -> Any:
     """A setting as YAML gives it (tuples as lists), to compare saved and asked settings."""
     return json.loads(json.dumps(value))
@@ -302,28 +310,32 @@ def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
             if part.get("settings") != settings:
                 raise DeepclustError(
                     f"{part_path} was made with other settings ({part.get('settings')}, now {settings}); "
-                    f"set another out: folder, or remove {key}.json from parts/ and {key}.pt from metrics/ to redo it")
+                    f"set another out: folder, or remove {key}.json from parts/ to redo it (a saved metric is reused "
+                    f"when only search settings changed; remove {key}.pt from metrics/ to train it again)")
             stale = checked and ("checks" not in part or next(iter(part["checks"].values()))["fractions"] != list(FRACTIONS))
             if stale:  # checks of an older kind: redo them with the saved metric
                 log.info("[%d/%d] %s: critic checks", i, len(units), key)
                 part["checks"] = _checks(C2M.load(metric_path), tests, config.check_datasets, seed)
                 write_json(part_path, part)
+            if not part.get("train_seconds") and os.path.isfile(metric_path):  # made from a loaded metric
+                part["train_seconds"] = _recorded_training(metric_path)
             results["parts"][key] = part
             continue
         log.info("[%d/%d] %s", i, len(units), key)
         spec = config.trainings[training]
-        t = time.perf_counter()
         if os.path.isfile(metric_path):  # trained before: its search settings may change, nothing else
             model = C2M.load(metric_path, **{k: v for k, v in settings.items() if k in SEARCH_SETTINGS})
             differ = sorted(k for k, v in settings.items() if _plain(getattr(model, k)) != _plain(v))
             if differ:
                 raise DeepclustError(f"{metric_path} was trained with other {', '.join(differ)}; remove it to "
                                      "train again, or set another out: folder")
+            train_seconds = _recorded_training(metric_path)  # the time its epochs took then
         else:
+            t = time.perf_counter()
             model = C2M(max_clusters=config.max_clusters, epochs=spec["epochs"], random_state=seed, verbose=True,
                         **settings).fit(pool(seed, spec["datasets"]))
             model.save(metric_path)
-        train_seconds = time.perf_counter() - t
+            train_seconds = time.perf_counter() - t
         t = time.perf_counter()
         part = {"variant": variant, "training": training, "seed": seed, "settings": settings,
                 "train_seconds": round(train_seconds, 1), "test": _evaluate(model.seed_search(seed), tests,

@@ -447,12 +447,6 @@ def near_misses(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) ->
     return out
 
 
-#: Named settings of :class:`C2M`. ``paper``: Algorithm 2 as published (the constructor's
-#: defaults). ``transferable``: what carries a metric learned on blobs over to other shapes
-#: and collections (measured with ``configs/c2m-synthetic.yaml``): the critic scores the
-#: clustering's neighbour-graph structure (mutual-neighbour pieces, and the pieces of each
-#: cluster's dense core) and may only lower its score as it worsens, learns with the per-dataset ranking loss, and the search also
-#: weighs k-means, Ward and single linkage for every k.
 # settings used only by fit_predict's search: a saved metric can be loaded with others
 SEARCH_SETTINGS = ("whiten", "population", "elite", "iterations", "extra_std", "init_std")
 
@@ -479,6 +473,13 @@ def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return standardize(white, x.shape[1])
 
 
+#: Named settings of :class:`C2M`. ``paper``: Algorithm 2 as published (the constructor's
+#: defaults). ``transferable``: what carries a metric learned on blobs over to other shapes
+#: and collections (measured with ``configs/c2m-synthetic.yaml``): the critic scores the
+#: clustering's neighbour-graph structure (mutual-neighbour pieces, and the pieces of each
+#: cluster's dense core) and may only lower its score as it worsens, learns with the per-dataset ranking loss, and the search also
+#: weighs k-means, Ward and single linkage for every k, then searches again in the space the
+#: first answer's pooled within-cluster covariance whitens (``whiten``).
 PRESETS = {
     "paper": {},
     "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2, "whiten": True,

@@ -105,7 +105,8 @@ def main() -> None:
                          on_dask.labels))
             if args.spectral:
                 t = time.perf_counter()
-                spectral, facts = spectral_at_scale(table, args.k, executor, normalize=False, random_state=args.seed)
+                result = spectral_at_scale(table, args.k, executor, normalize=False, random_state=args.seed)
+                spectral, facts = result.labels, result.facts
                 spec_s = time.perf_counter() - t
                 peaks = executor.client.run(peak_rss_mb)
                 rows.append((f"deepclust spectral on Dask ({facts['n_groups']} groups)", spec_s,

@@ -124,15 +124,15 @@ def test_kmeans_and_spectral_at_scale_agree_with_one_machine_on_dask_and_without
     history = np.array(coarse.inertia_history)
     assert np.all(np.diff(history) <= 1e-6 * history[0]) and history[-1] < history[0]
     assert np.array_equal(on_dask.counts, np.bincount(on_dask.labels, minlength=10))
-    labels, facts = scale.spectral_at_scale(table, 10, dask_pair, random_state=0)
-    assert adjusted_rand_score(one_s, labels) >= 0.95 and facts["n_groups"] == 1000
+    spectral = scale.spectral_at_scale(table, 10, dask_pair, random_state=0)
+    assert adjusted_rand_score(one_s, spectral.labels) >= 0.95 and spectral.facts["n_groups"] == 1000
 
 
 def test_spectral_at_scale_follows_rings_that_kmeans_cuts(tmp_path, dask_pair):
     X2, y = make_circles(20_000, factor=0.4, noise=0.04, random_state=0)
     X = np.hstack([X2 + 3.0, np.zeros((len(X2), 6))])  # shifted: normalisation would fold the rings
     table = _store(tmp_path, X, "rings")
-    labels, _ = scale.spectral_at_scale(table, 2, dask_pair, normalize=False, random_state=0)
+    labels = scale.spectral_at_scale(table, 2, dask_pair, normalize=False, random_state=0).labels
     assert adjusted_rand_score(y, labels) >= 0.95
     km = scale.kmeans_at_scale(table, 2, dask_pair, normalize=False, random_state=0)
     assert adjusted_rand_score(y, km.labels) < 0.1

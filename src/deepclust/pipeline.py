@@ -77,12 +77,12 @@ def make_clusterer(algorithm: str, n_clusters: int | None, seed: int, params: di
 def cluster_centres(X: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, centres): the sorted cluster ids (noise ``-1`` has no centre) and the float64
     mean of the rows of ``X`` in each."""
+    from deepclust.scale import cluster_sums
+
     member = clusters >= 0
     ids, inverse = np.unique(clusters[member], return_inverse=True)
-    centres = np.zeros((len(ids), X.shape[1]), dtype=np.float64)
-    np.add.at(centres, inverse, X[member])
-    centres /= np.bincount(inverse)[:, None]
-    return ids, centres
+    sums, counts = cluster_sums(X[member], inverse, len(ids))
+    return ids, sums / counts[:, None]
 
 
 def distances_to_centres(X: np.ndarray, clusters: np.ndarray) -> np.ndarray:

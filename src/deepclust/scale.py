@@ -368,10 +368,10 @@ def _nearest(X: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return nearest[:, 0].astype(np.int32), np.maximum(distances[:, 0], 0.0)
 
 
-def _sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 sum of each cluster's rows (k, d) and the counts (k,), as one sparse
-    product (np.add.at took 0.38 s per 65,536 x 128 block, this 0.05 s; and the
-    clustering tasks need no torch)."""
+def cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 sum of the rows of ``X`` in each of clusters ``0..k-1`` (k, d) and their
+    counts (k,), as one sparse product (np.add.at took 0.38 s per 65,536 x 128 block,
+    this 0.05 s; and it needs no torch, so neither do the clustering tasks)."""
     import scipy.sparse as sp
 
     member = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
@@ -382,7 +382,7 @@ def _assign_block(block: dict, centres: np.ndarray, normalize: bool) -> dict:
     """Nearest centres of a block's rows, and the per-centre sums a Lloyd step needs."""
     X = _read_block(block, normalize)
     labels, sq = _nearest(X, centres)
-    sums, counts = _sums(X, labels, len(centres))
+    sums, counts = cluster_sums(X, labels, len(centres))
     return {"labels": labels, "counts": counts, "sums": sums, "inertia": float(sq.sum())}
 
 
@@ -410,18 +410,39 @@ def _run_blocks(executor, fn, blocks: list[dict], *args, desc: str = "", progres
 
 @dataclass
 class ScaleKMeans:
-    """Result of :func:`kmeans_at_scale`: per valid row, in store order."""
+    """Result of :func:`kmeans_at_scale`: ``labels`` per valid row, in store order;
+    ``sums`` (k, d) and ``counts`` (k,) of the rows in each cluster of the last pass."""
 
     labels: np.ndarray
     centres: np.ndarray
+    sums: np.ndarray
     counts: np.ndarray
     inertia: float
     inertia_history: list[float]
     sample_size: int
 
 
+@dataclass
+class ScaleSpectral:
+    """Result of :func:`spectral_at_scale`: ``labels`` per valid row, ``sums`` and
+    ``counts`` of the rows in each cluster, and ``facts`` for the run's summary."""
+
+    labels: np.ndarray
+    sums: np.ndarray
+    counts: np.ndarray
+    facts: dict
+
+
 def _blocks(table: EmbeddingTable) -> list[dict]:
-    return [{"path": table.vectors_path, "start": a, "stop": b, "valid": table.valid[a:b]} for a, b in table.blocks()]
+    """Every block of the store: its rows, which of them hold a vector, and where its
+    vectors start among all valid rows (``first``; ``count`` of them)."""
+    blocks, first = [], 0
+    for a, b in table.blocks():
+        valid = table.valid[a:b]
+        blocks.append({"path": table.vectors_path, "start": a, "stop": b, "valid": valid, "first": first,
+                       "count": int(valid.sum())})
+        first += blocks[-1]["count"]
+    return blocks
 
 
 def kmeans_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, sample_size: int | None = None,
@@ -442,17 +463,16 @@ def kmeans_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, sampl
 
     executor = executor or LocalExecutor()
     blocks = _blocks(table)
-    valid_per_block = [int(table.valid[a:b].sum()) for a, b in table.blocks()]
-    n = int(sum(valid_per_block))
+    n = sum(b["count"] for b in blocks)
     if not 1 <= n_clusters <= n:
         raise DeepclustError(f"n_clusters={n_clusters} must be between 1 and the number of vectors ({n})")
     rng = np.random.default_rng(random_state)
     size = min(n, int(sample_size) if sample_size else max(256 * n_clusters, 50_000))
     chosen = np.sort(rng.choice(n, size=size, replace=False))
-    offsets = np.concatenate([[0], np.cumsum(valid_per_block)])
     sample_tasks = []
-    for block, lo, hi in zip(blocks, offsets[:-1], offsets[1:]):
-        take = chosen[(chosen >= lo) & (chosen < hi)] - lo
+    for block in blocks:
+        lo = block["first"]
+        take = chosen[(chosen >= lo) & (chosen < lo + block["count"])] - lo
         if len(take):
             sample_tasks.append({**block, "take": take})
     sample = np.concatenate(_run_blocks(executor, _sample_block, sample_tasks, normalize, desc="sampling",
@@ -467,41 +487,31 @@ def kmeans_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, sampl
         parts = _run_blocks(executor, _assign_block, blocks, shared, normalize,
                             desc=f"assigning (pass {step + 1})", progress=progress)
         counts = np.sum([p["counts"] for p in parts], axis=0)
+        sums = np.sum([p["sums"] for p in parts], axis=0)
         inertia = float(sum(p["inertia"] for p in parts))
         history.append(inertia)
         if step == lloyd_passes:
             break
-        sums = np.sum([p["sums"] for p in parts], axis=0)
         moved = counts > 0  # an emptied centre stays where it was
         centres = centres.copy()
         centres[moved] = (sums[moved] / counts[moved, None]).astype(np.float32)
         log.info("k-means: Lloyd pass %d of %d, inertia %.6g", step + 1, lloyd_passes, inertia)
     labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
-    return ScaleKMeans(labels, centres, counts, inertia, history, size)
+    return ScaleKMeans(labels, centres, sums, counts, inertia, history, size)
 
 
-def cluster_means(executor, table: EmbeddingTable, labels: np.ndarray, n_clusters: int,
-                  normalize: bool, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of each cluster's rows and each row's distance to it (two passes over the blocks)."""
-    blocks = _blocks(table)
-    bounds = np.concatenate([[0], np.cumsum([int(table.valid[a:b].sum()) for a, b in table.blocks()])])
-    labelled = [{**b, "labels": labels[lo:hi]} for b, lo, hi in zip(blocks, bounds[:-1], bounds[1:])]
-    parts = _run_blocks(executor, _sum_block, labelled, n_clusters, normalize, desc="centres", progress=progress)
-    sums = np.sum([p[0] for p in parts], axis=0)
-    counts = np.sum([p[1] for p in parts], axis=0)
-    means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    distances = np.concatenate(_run_blocks(executor, _distance_block, labelled, executor.share(means), normalize,
-                                           desc="distances", progress=progress))
-    return means, distances
-
-
-def _sum_block(block: dict, k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
-    return _sums(_read_block(block, normalize), block["labels"], k)
+def cluster_distances(executor, table: EmbeddingTable, labels: np.ndarray, means: np.ndarray, normalize: bool,
+                      progress: bool = False) -> np.ndarray:
+    """Each valid row's distance to the mean of its cluster (``means``, from the sums the
+    clustering's last pass returned), in one pass over the blocks."""
+    labelled = [{**b, "labels": labels[b["first"]:b["first"] + b["count"]]} for b in _blocks(table)]
+    return np.concatenate(_run_blocks(executor, _distance_block, labelled, executor.share(means.astype(np.float32)),
+                                      normalize, desc="distances", progress=progress))
 
 
 def spectral_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, n_groups: int | None = None,
                       n_neighbors: int = 10, sample_size: int | None = None, lloyd_passes: int = 1,
-                      normalize: bool = True, random_state=0, progress: bool = False) -> tuple[np.ndarray, dict]:
+                      normalize: bool = True, random_state=0, progress: bool = False) -> ScaleSpectral:
     """Spectral clustering of every valid row through an over-clustering.
 
     K-means at scale cuts the data into ``n_groups`` small groups (default
@@ -509,8 +519,7 @@ def spectral_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, n_g
     ``max(40 n_groups, 50,000)``, 20 iterations, then ``lloyd_passes`` over all rows: the
     groups only need to be small and compact, not optimal);
     :class:`~deepclust.cluster.SpectralClustering` clusters the group centres, each
-    weighted by its size; each row takes its group's cluster. Returns the labels (per
-    valid row) and facts for the summary.
+    weighted by its size; each row takes its group's cluster.
     """
     from deepclust.cluster import SpectralClustering
 
@@ -526,8 +535,10 @@ def spectral_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, n_g
                             random_state=random_state).fit(km.centres[used], sample_weight=km.counts[used])
     group_cluster = np.full(groups, -1, dtype=np.int64)
     group_cluster[used] = sc.labels_
-    return group_cluster[km.labels], {"n_groups": groups, "sample_size": km.sample_size,
-                                      "group_inertia": km.inertia}
+    sums, _ = cluster_sums(km.sums[used], sc.labels_, n_clusters)  # a cluster's rows are its groups' rows
+    counts = np.bincount(sc.labels_, weights=km.counts[used], minlength=n_clusters).astype(np.int64)
+    return ScaleSpectral(group_cluster[km.labels], sums, counts,
+                         {"n_groups": groups, "sample_size": km.sample_size, "group_inertia": km.inertia})
 
 
 SCALE_ALGORITHMS = {"kmeans": ("sample_size", "lloyd_passes", "n_init", "max_iter"),
@@ -577,13 +588,16 @@ def cluster_store(config):
         if config.algorithm == "kmeans":
             result = kmeans_at_scale(table, n_clusters, executor, normalize=config.normalize,
                                      random_state=config.seed, progress=config.progress, **params)
-            clusters, facts = result.labels, {"sample_size": result.sample_size, "inertia": result.inertia_history}
+            facts = {"sample_size": result.sample_size, "inertia": result.inertia_history}
         else:
-            clusters, facts = spectral_at_scale(table, n_clusters, executor, normalize=config.normalize,
-                                                random_state=config.seed, progress=config.progress, **params)
+            result = spectral_at_scale(table, n_clusters, executor, normalize=config.normalize,
+                                       random_state=config.seed, progress=config.progress, **params)
+            facts = result.facts
+        clusters = result.labels
         timings["cluster"] = time.perf_counter() - t
         t = time.perf_counter()
-        _, distances = cluster_means(executor, table, clusters, n_clusters, config.normalize, config.progress)
+        means = result.sums / np.maximum(result.counts, 1)[:, None]
+        distances = cluster_distances(executor, table, clusters, means, config.normalize, config.progress)
         timings["distances"] = time.perf_counter() - t
         where = executor.name
     metrics = run_metrics(y_true, clusters)

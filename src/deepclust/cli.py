@@ -165,13 +165,11 @@ def _add_embed_parser(subparsers) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from deepclust.data import load_split
+    from deepclust.data import split_classes
     from deepclust.distributed import open_executor
     from deepclust.scale import embed_images
 
-    if (args.split is None) != (args.subset is None):
-        raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
-    classes = load_split(args.split).classes(args.subset) if args.split else None
+    classes = split_classes(args.split, args.subset)
     with open_executor(args.scheduler) as executor:
         table = embed_images(args.images, args.out, args.backbone, args.weights, args.image_size, executor,
                              args.partition_size, args.batch_size, args.device, classes, args.progress,

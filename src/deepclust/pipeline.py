@@ -18,7 +18,7 @@ from deepclust import runs
 from deepclust.backbones import create_backbone, resolve_device
 from deepclust.cluster import K_METHODS, create_clusterer, estimate_n_clusters, get_clusterer_class, takes_n_clusters
 from deepclust.config import ClusterConfig, write_config
-from deepclust.data import find_images, load_split
+from deepclust.data import find_images, split_classes
 from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, write_csv, write_json
@@ -191,8 +191,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
 
         C2MClusterer(metric=config.k_metric)._check_params()  # the metric file exists
     density = not takes_n_clusters(config.algorithm)
-    if (config.split is None) != (config.subset is None):
-        raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset test")
+    classes = split_classes(config.split, config.subset)
     requested_k = check_n_clusters(config.n_clusters)
     # (option, smallest value, None allowed): None workers means "choose by device"
     for name, minimum, optional in (("batch_size", 1, False), ("seed", 0, False), ("num_workers", 0, True),
@@ -207,7 +206,6 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     device = resolve_device(config.device)
 
     # data
-    classes = load_split(config.split).classes(config.subset) if config.split else None
     t = time.perf_counter()
     records = find_images(config.images, classes=classes, exclude=[config.out])
     timings["discover"] = time.perf_counter() - t

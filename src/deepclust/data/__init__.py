@@ -6,7 +6,7 @@ from deepclust.data.folders import (
     find_images,
     load_image,
 )
-from deepclust.data.splits import ClassSplit, list_splits, load_split
+from deepclust.data.splits import ClassSplit, list_splits, load_split, split_classes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -16,4 +16,5 @@ __all__ = [
     "ClassSplit",
     "list_splits",
     "load_split",
+    "split_classes",
 ]

@@ -49,6 +49,14 @@ class ClassSplit:
         return self.subsets[subset]
 
 
+def split_classes(split: str | os.PathLike | None, subset: str | None, example: str = "test") -> tuple[str, ...] | None:
+    """The class names of ``subset`` of the split ``split`` (a shipped name or a file), or
+    None when neither is given (every class); one without the other is an error."""
+    if (split is None) != (subset is None):
+        raise DeepclustError(f"--split and --subset go together, e.g. --split eu-moths --subset {example}")
+    return load_split(split).classes(subset) if split is not None else None
+
+
 def list_splits() -> list[str]:
     """Names of the splits shipped with deepclust."""
     files = resources.files(_PACKAGED).iterdir()

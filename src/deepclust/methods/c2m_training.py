@@ -63,14 +63,12 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
     if not images:
         raise DeepclustError("no labelled images given: pass a folder of class subfolders (--images DIR) "
                              "or a dataset {name: mnist|coil20, source: PATH}")
-    if (split is None) != (subset is None):
-        raise DeepclustError("--split and --subset go together, e.g. --split eu-moths --subset train")
     from deepclust.backbones import DEFAULT_BACKBONE, create_backbone, resolve_device
-    from deepclust.data import find_images, load_split
+    from deepclust.data import find_images, split_classes
     from deepclust.embeddings import EmbeddingStore, extract_embeddings
     from deepclust.pipeline import prepare_features
 
-    classes = load_split(split).classes(subset) if split else None
+    classes = split_classes(split, subset, example="train")
     records = find_images(os.path.expanduser(images), classes=classes)
     model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
     log.info("embedding %d images of '%s' with %s (%d px)", len(records), images, model.name, model.image_size)

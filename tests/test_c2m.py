@@ -454,6 +454,31 @@ def test_cores_see_two_blobs_merged_through_a_sparse_bridge_but_not_a_ring():
     assert merged[3] > 0.05
 
 
+def test_concentration_makes_the_cut_share_the_modularity_of_the_neighbour_graph():
+    import networkx as nx
+
+    from deepclust.methods.c2m import structure_features
+
+    angle = torch.arange(60) * (2 * np.pi / 60)  # evenly spaced on a circle: every point is 4 points' neighbour
+    x = torch.stack([angle.cos(), angle.sin()], 1)
+    nb = nearest_neighbours(x, 4)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.arange(60) // 20, torch.arange(60) // 30, torch.randint(0, 5, (60,), generator=g),
+                          torch.zeros(60, dtype=torch.long)])
+    feats = structure_features(labels, nb, concentration=True)
+    assert feats.shape == (4, 4) and torch.equal(feats[:, :3], structure_features(labels, nb))
+    graph = nx.DiGraph([(i, int(j)) for i in range(60) for j in nb[i]])
+    for lab, (cut, _, _, concentration) in zip(labels, feats):
+        shares = torch.bincount(lab).double() / 60
+        assert float(concentration) == pytest.approx(float(shares.pow(2).sum()))
+        clusters = [set(torch.nonzero(lab == c).flatten().tolist()) for c in lab.unique()]
+        assert 1 - float(cut) - float(concentration) == pytest.approx(nx.community.modularity(graph, clusters), abs=1e-6)
+    arcs, halves, noise, one = (1 - feats[:, 0] - feats[:, 3]).tolist()
+    assert arcs > halves > one == 0 > noise  # three arcs beat two, any arcs beat one cluster or a random labelling
+    names = torch.tensor([3, 0, 4, 1, 2])  # renaming clusters changes nothing
+    assert torch.equal(structure_features(names[labels[2]], nb, concentration=True), feats[2])
+
+
 def test_a_feature_only_metric_and_the_smallest_number_of_clusters():
     from deepclust.methods import C2M
 

@@ -259,7 +259,8 @@ def _outside_largest(labels: torch.Tensor, comp: torch.Tensor, weight: torch.Ten
 
 
 def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: bool = False,
-                       reach: torch.Tensor | None = None, core_factor: float = 1.2) -> torch.Tensor:
+                       reach: torch.Tensor | None = None, core_factor: float = 1.2,
+                       concentration: bool = False) -> torch.Tensor:
     """(..., n) labels -> (..., 3): how a clustering sits on the data's nearest-neighbour
     graph, whatever the clusters' shapes. The share of neighbour pairs it cuts (a cluster
     split through a dense region cuts many), the share of points outside their cluster's
@@ -276,7 +277,14 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
     Two blobs put in one cluster are often joined through a few sparse margin points; their
     cores, without those points, fall apart (a density valley). A moon or a ring has about
     the same density all along, so its core stays one piece. The threshold is relative to
-    each cluster, so a sparse outer ring is judged by its own density, not the inner one's."""
+    each cluster, so a sparse outer ring is judged by its own density, not the inner one's.
+
+    With ``concentration``, a last one: the sum of the squared cluster shares, the share of
+    point pairs that a random labelling with these cluster sizes keeps together (the null
+    model of modularity: 1 - cut - concentration is the clustering's modularity on the
+    neighbour graph). Cutting no pairs is easy with few large clusters; this says how few
+    pairs any clustering of these sizes would have kept. Where every clustering cuts many
+    neighbour pairs (image embeddings), the cut share alone prefers the fewest clusters."""
     n = labels.shape[-1]
     cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
     links = mutual_neighbours(neighbours) if mutual else None
@@ -294,6 +302,8 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
         if links is not None:
             core_links = core_links & links
         parts.append(_outside_largest(labels, neighbour_components(labels, neighbours, core_links), core))
+    if concentration:
+        parts.append((counts / n).pow(2).sum(-1))
     return torch.stack(parts, -1)
 
 
@@ -556,6 +566,12 @@ class C2M:
         core (its points whose neighbour reach is at most ``cores`` times the cluster's mean)
         outside the largest piece of that core (:func:`structure_features`): it sees two
         blobs merged through a few sparse points. 0 leaves it out.
+    concentration : bool
+        With ``structure_features``: one more, the sum of the squared cluster shares (the
+        null model of modularity on the neighbour graph, :func:`structure_features`). With
+        it the critic can weigh the pairs a clustering cuts against the pairs any clustering
+        of those sizes would cut: on image embeddings, where every clustering cuts many, the
+        cut share alone prefers two clusters.
     critic_widths : tuple of int
         Hidden layers of the critic's MLP (the paper: 256, 256, 512, 512); ``()`` makes it
         linear in its inputs.
@@ -600,7 +616,7 @@ class C2M:
                  graph: str = "cliques", n_neighbours: int = 10, critic_steps: int = 5, critic_batch: int = 64,
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
                  size_features: bool = False, structure_features: bool = False, gae: bool = True,
-                 monotone: bool = False, mutual: bool = False, cores: float = 0.0,
+                 monotone: bool = False, mutual: bool = False, cores: float = 0.0, concentration: bool = False,
                  critic_widths=(256, 256, 512, 512),
                  min_clusters: int = 2, search: str = "cem",
                  rotate: bool = False, whiten: bool = False, random_state=None, verbose: bool = False):
@@ -617,6 +633,7 @@ class C2M:
         self.monotone = monotone
         self.mutual = mutual
         self.cores = cores
+        self.concentration = concentration
         self.critic_widths = critic_widths
         self.search = search
         self.rotate = rotate
@@ -665,7 +682,7 @@ class C2M:
                               tuple(self.critic_widths), penalised=self._n_structure() if self.monotone else 0)
 
     def _n_structure(self) -> int:
-        return (3 + (self.cores > 0)) * self.structure_features
+        return (3 + (self.cores > 0) + bool(self.concentration)) * self.structure_features
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
@@ -675,7 +692,8 @@ class C2M:
         if self.size_features:
             parts.append(size_features(labels, self.max_clusters))
         if self.structure_features:
-            parts.append(structure_features(labels, neighbours, self.mutual, points[3], self.cores))
+            parts.append(structure_features(labels, neighbours, self.mutual, points[3], self.cores,
+                                            self.concentration))
         return torch.cat(parts, -1)
 
     def _embed_many(self, pairs, items) -> torch.Tensor:

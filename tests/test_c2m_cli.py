@@ -33,11 +33,12 @@ def test_train_a_metric_on_moth_species_then_cluster_and_choose_k_with_it(moth_s
     assert summary["classes"] == 4 and summary["datasets"] == 3 and summary["features"] == 1280
     assert (out / "history.csv").read_text().startswith("epoch,real,fake,ari,seconds")
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["preset"] == "transferable" and saved["params"]["n_neighbours"] == 5
+    assert saved["preset"] == "images" and saved["params"]["n_neighbours"] == 5
     from deepclust.methods import C2M
 
-    metric = C2M.load(out / "metric.pt")  # the transferable preset, with the given parameter on top
+    metric = C2M.load(out / "metric.pt")  # the images preset, with the given parameter on top
     assert metric.structure_features and metric.monotone and not metric.gae and metric.n_neighbours == 5
+    assert metric.concentration and metric.critic_.penalty.shape == (5,)
     before = (out / "metric.pt").stat().st_mtime_ns
     assert main(args) == 0 and (out / "metric.pt").stat().st_mtime_ns == before  # reused, not retrained
 

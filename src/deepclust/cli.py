@@ -387,9 +387,9 @@ def _add_train_parser(subparsers) -> None:
                      help="points in each labelled dataset drawn from the images (default 200)")
     c2m.add_argument("--max-clusters", metavar="K", type=_positive_int,
                      help="most classes per drawn dataset and most clusters the metric finds (default 50)")
-    c2m.add_argument("--preset", choices=["transferable", "paper"],
-                     help="transferable (default: carries over to unseen shapes and collections) or paper "
-                     "(Algorithm 2 as published)")
+    c2m.add_argument("--preset", choices=["images", "transferable", "paper"],
+                     help="images (default: carries over to unseen classes of image embeddings), transferable "
+                     "(2-D shapes: from blobs to moons and rings) or paper (Algorithm 2 as published)")
     c2m.add_argument("--param", metavar="KEY=VALUE", dest="params", action="append", type=_param,
                      help="a further argument of deepclust.methods.C2M, e.g. objective=ranking (repeatable)")
     p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")

@@ -330,8 +330,9 @@ class C2MConfig:
     epochs : int
         Passes of the critic over the datasets (the paper: 10; 1 for few-shot).
     preset : str
-        ``transferable`` (default: the setting that carries over to unseen shapes and
-        collections) or ``paper`` (Algorithm 2 as published); see ``deepclust.methods.c2m.PRESETS``.
+        ``images`` (default: what carries a metric over to unseen classes of image
+        embeddings), ``transferable`` (2-D shapes: from blobs to moons and rings) or ``paper``
+        (Algorithm 2 as published); see ``deepclust.methods.c2m.PRESETS``.
     params : dict
         Further arguments of :class:`deepclust.methods.c2m.C2M` on top of the preset
         (e.g. ``{n_neighbours: 15}``).
@@ -350,7 +351,7 @@ class C2MConfig:
     task_size: int = 200
     max_clusters: int = 50
     epochs: int = 10
-    preset: str = "transferable"
+    preset: str = "images"
     params: dict = dataclasses.field(default_factory=dict)
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"

@@ -489,11 +489,18 @@ def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 #: clustering's neighbour-graph structure (mutual-neighbour pieces, and the pieces of each
 #: cluster's dense core) and may only lower its score as it worsens, learns with the per-dataset ranking loss, and the search also
 #: weighs k-means, Ward and single linkage for every k, then searches again in the space the
-#: first answer's pooled within-cluster covariance whitens (``whiten``).
+#: first answer's pooled within-cluster covariance whitens (``whiten``). ``images`` (the
+#: default of ``deepclust train --method c2m``): ``transferable`` plus ``concentration``, so
+#: the critic weighs the neighbour pairs a clustering cuts against what any clustering of
+#: those sizes cuts. Image embeddings' neighbour graphs are not cut cleanly by any clustering;
+#: without it the metric answers 2 clusters there (``configs/c2m-transfer-*.yaml``). On 2-D
+#: shapes it would cut moons and rings into arcs, so ``transferable`` leaves it out.
+_TRANSFERABLE = {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2,
+                 "whiten": True, "objective": "ranking", "search": "cem+candidates", "critic_lr": 0.005, "clip": 100.0}
 PRESETS = {
     "paper": {},
-    "transferable": {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2, "whiten": True,
-                     "objective": "ranking", "search": "cem+candidates", "critic_lr": 0.005, "clip": 100.0},
+    "transferable": _TRANSFERABLE,
+    "images": {**_TRANSFERABLE, "concentration": True},
 }
 
 

@@ -544,3 +544,29 @@ def test_sample_datasets_draws_class_subsets_of_the_asked_size():
     assert all(np.array_equal(a, b) for a, b in zip(subsets, sample_datasets(y, 40, 50, 5, random_state=0)))
     with pytest.raises(DeepclustError, match="at least 2 classes"):
         sample_datasets(np.zeros(10), 3, 5, 4)
+
+
+def test_the_images_preset_finds_k_where_every_clustering_cuts_many_neighbour_pairs():
+    """Touching 16-d blobs (the true clusters cut 4 to 26% of the 10-neighbour pairs, as
+    image classes do): the transferable metric only gains by merging and answers about 2
+    clusters; with concentration the critic weighs the cut against the cluster sizes."""
+    from deepclust.methods import C2M
+    from deepclust.methods.c2m import PRESETS, structure_features
+
+    def sets(seed, count):
+        rng = np.random.default_rng(seed)
+        return [make_blobs(160, n_features=16, centers=int(rng.integers(3, 9)), cluster_std=2.0, center_box=(-4, 4),
+                           random_state=int(rng.integers(10**9))) for _ in range(count)]
+
+    train, test = sets(0, 4), sets(1, 6)
+    cuts = [float(structure_features(torch.as_tensor(y), nearest_neighbours(standardize(X, 16), 10))[0]) for X, y in test]
+    assert max(cuts) > 0.03
+    found = {}
+    for name in ("transferable", "images"):
+        metric = C2M(max_clusters=10, input_dim=16, population=20, iterations=5, epochs=1, random_state=0,
+                     **{**PRESETS[name], "whiten": False}).fit(train)
+        found[name] = [(len(np.unique(y)), int(len(np.unique(metric.fit_predict(X)))),
+                        adjusted_rand_score(y, metric.labels_)) for X, y in test]
+    assert np.mean([k_found for _, k_found, _ in found["transferable"]]) < 3
+    assert sum(k == k_found for k, k_found, _ in found["images"]) >= 4
+    assert np.mean([ari for _, _, ari in found["images"]]) > 0.8 > np.mean([ari for _, _, ari in found["transferable"]])

@@ -138,6 +138,34 @@ def test_spectral_at_scale_follows_rings_that_kmeans_cuts(tmp_path, dask_pair):
     assert adjusted_rand_score(y, km.labels) < 0.1
 
 
+def test_a_store_clustered_with_n_clusters_auto_estimates_k_on_a_sample(tmp_path, capsys):
+    X, y = make_blobs(20_000, n_features=16, centers=6, cluster_std=1.0, random_state=3)
+    store = _store(tmp_path, X, partition_size=3_000).folder
+    run = tmp_path / "run"
+    argv = ["-q", "cluster", "--embeddings", store, "--out", str(run), "--no-normalize", "--no-progress"]
+    assert main(argv + ["--n-clusters", "auto", "--k-max", "12"]) == 0
+    summary = json.loads((run / "summary.json").read_text())["resolved"]
+    assert summary["n_clusters"] == 6
+    assert summary["n_clusters_from"] == "estimated (silhouette) on a sample of 10000 vectors"
+    curve = (run / "k_estimation.csv").read_text().splitlines()
+    assert curve[0] == "k,score" and len(curve) == 1 + 11  # k = 2..12
+    best = max(curve[1:], key=lambda row: float(row.split(",")[1]))
+    assert best.startswith("6,") and summary["k_estimate"]["n_clusters"] == 6
+    from deepclust.runs import load_run
+
+    assert adjusted_rand_score(y, load_run(run).clusters) >= 0.99
+    # spectral estimates by its eigengap, here on a smaller sample
+    assert main(argv + ["--algorithm", "spectral", "--n-clusters", "auto", "--k-max", "12",
+                        "--param", "k_sample_size=2000", "--param", "n_groups=200"]) == 0
+    summary = json.loads((run / "summary.json").read_text())["resolved"]
+    assert summary["n_clusters"] == 6 and summary["n_clusters_from"] == "estimated (eigengap) on a sample of 2000 vectors"
+    # a run with a given k leaves no curve of an earlier estimate behind; the sample size is for auto only
+    assert main(argv + ["--n-clusters", "6"]) == 0 and not (run / "k_estimation.csv").exists()
+    capsys.readouterr()
+    assert main(argv + ["--n-clusters", "6", "--param", "k_sample_size=500"]) == 2
+    assert "k_sample_size is for --n-clusters auto only" in capsys.readouterr().err
+
+
 def test_weighted_affinity_is_the_graph_with_every_node_repeated():
     """Node i standing for w_i points: the top of the spectrum equals that of the graph in
     which node i is copied w_i times (copies joined to every copy of each neighbour)."""

@@ -445,6 +445,21 @@ def _blocks(table: EmbeddingTable) -> list[dict]:
     return blocks
 
 
+def sample_rows(blocks: list[dict], size: int, executor, normalize: bool, rng: np.random.Generator,
+                progress: bool = False) -> np.ndarray:
+    """A uniform random sample of ``size`` of the valid rows of ``blocks`` (:func:`_blocks`),
+    read block by block on the executor, in store order."""
+    n = sum(b["count"] for b in blocks)
+    chosen = np.sort(rng.choice(n, size=min(size, n), replace=False))
+    tasks = []
+    for block in blocks:
+        lo = block["first"]
+        take = chosen[(chosen >= lo) & (chosen < lo + block["count"])] - lo
+        if len(take):
+            tasks.append({**block, "take": take})
+    return np.concatenate(_run_blocks(executor, _sample_block, tasks, normalize, desc="sampling", progress=progress))
+
+
 def kmeans_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, sample_size: int | None = None,
                     lloyd_passes: int = 0, n_init: int = 1, max_iter: int = 100, normalize: bool = True,
                     random_state=0, progress: bool = False) -> ScaleKMeans:
@@ -468,15 +483,7 @@ def kmeans_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, sampl
         raise DeepclustError(f"n_clusters={n_clusters} must be between 1 and the number of vectors ({n})")
     rng = np.random.default_rng(random_state)
     size = min(n, int(sample_size) if sample_size else max(256 * n_clusters, 50_000))
-    chosen = np.sort(rng.choice(n, size=size, replace=False))
-    sample_tasks = []
-    for block in blocks:
-        lo = block["first"]
-        take = chosen[(chosen >= lo) & (chosen < lo + block["count"])] - lo
-        if len(take):
-            sample_tasks.append({**block, "take": take})
-    sample = np.concatenate(_run_blocks(executor, _sample_block, sample_tasks, normalize, desc="sampling",
-                                        progress=progress))
+    sample = sample_rows(blocks, size, executor, normalize, rng, progress)
     log.info("k-means: %d clusters trained on a sample of %d of %d vectors", n_clusters, size, n)
     model = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, backend="faiss",
                    random_state=rng).fit(sample)
@@ -541,8 +548,33 @@ def spectral_at_scale(table: EmbeddingTable, n_clusters: int, executor=None, n_g
                          {"n_groups": groups, "sample_size": km.sample_size, "group_inertia": km.inertia})
 
 
-SCALE_ALGORITHMS = {"kmeans": ("sample_size", "lloyd_passes", "n_init", "max_iter"),
-                    "spectral": ("n_groups", "n_neighbors", "sample_size", "lloyd_passes")}
+SCALE_ALGORITHMS = {"kmeans": ("sample_size", "lloyd_passes", "n_init", "max_iter", "k_sample_size"),
+                    "spectral": ("n_groups", "n_neighbors", "sample_size", "lloyd_passes", "k_sample_size")}
+K_SAMPLE_SIZE = 10_000  # rows that --n-clusters auto estimates k on
+
+
+def estimate_k_of_store(table: EmbeddingTable, config, executor, sample_size: int = K_SAMPLE_SIZE):
+    """``--n-clusters auto`` with ``--embeddings``: the number of clusters estimated, as
+    ``deepclust cluster`` does (``config.k_method``, else the algorithm's own; ``k_min`` to
+    ``k_max``), on a uniform random sample of ``sample_size`` rows of the store. Returns
+    the :class:`~deepclust.cluster.KEstimate` and the sample's size."""
+    from deepclust.cluster import estimate_n_clusters, get_clusterer_class
+
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 3:
+        raise DeepclustError(f"k_sample_size={sample_size!r} must be a whole number >= 3 (rows to estimate k on)")
+    blocks = _blocks(table)
+    rng = np.random.default_rng(config.seed)
+    sample = sample_rows(blocks, sample_size, executor, config.normalize, rng, config.progress)
+    method = config.k_method or get_clusterer_class(config.algorithm).k_method
+    k_max = min(config.k_max, len(sample) - 1)
+    if k_max < config.k_min:
+        raise DeepclustError(f"--n-clusters auto needs more vectors than k_min={config.k_min}; got {len(sample)}")
+    log.info("estimating the number of clusters (%s, k=%d..%d) on a sample of %d vectors", method, config.k_min,
+             k_max, len(sample))
+    estimate = estimate_n_clusters(sample, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
+                                   metric=config.k_metric)
+    log.info("estimated %d clusters", estimate.n_clusters)
+    return estimate, len(sample)
 
 
 def cluster_store(config):
@@ -551,6 +583,7 @@ def cluster_store(config):
     config.yaml). The vectors stay in the store: summary.json points to it."""
     from deepclust import runs
     from deepclust.distributed import open_executor
+    from deepclust.io import write_csv
     from deepclust.pipeline import ClusterResult, check_n_clusters, run_metrics, run_summary, write_run_files
 
     timings: dict[str, float] = {}
@@ -576,15 +609,27 @@ def cluster_store(config):
     y_true = [table.folders[i] for i in valid] if config.labels == "folders" else None
     n_classes = len(set(y_true)) if y_true is not None else None
     requested = check_n_clusters(config.n_clusters)
-    if requested == "auto":
-        raise DeepclustError("--n-clusters auto is not available with --embeddings; give K")
     n_clusters = requested if requested is not None else n_classes
     if n_clusters is None:
-        raise DeepclustError("the number of clusters is unknown; pass --n-clusters K (or --labels folders)")
+        raise DeepclustError("the number of clusters is unknown; pass --n-clusters K or auto (or --labels folders)")
     check_n_clusters(n_clusters, len(valid))
+    k_sample = params.pop("k_sample_size", K_SAMPLE_SIZE)
+    if k_sample != K_SAMPLE_SIZE and requested != "auto":
+        raise DeepclustError("k_sample_size is for --n-clusters auto only")
     os.makedirs(config.out, exist_ok=True)
+    k_estimate, n_clusters_from = None, "--n-clusters" if requested is not None else "number of classes"
     with open_executor(config.scheduler) as executor:
         t = time.perf_counter()
+        if n_clusters == "auto":
+            k_estimate, sampled = estimate_k_of_store(table, config, executor, k_sample)
+            n_clusters = k_estimate.n_clusters
+            n_clusters_from = f"estimated ({k_estimate.method}) on a sample of {sampled} vectors"
+            write_csv(runs.run_path(config.out, runs.K_ESTIMATION), ["k", "score"],
+                      [[p["k"], f"{p['score']:.6f}"] for p in k_estimate.curve()])
+            timings["k_estimation"] = time.perf_counter() - t
+            t = time.perf_counter()
+        elif os.path.exists(runs.run_path(config.out, runs.K_ESTIMATION)):
+            os.remove(runs.run_path(config.out, runs.K_ESTIMATION))  # a curve of an earlier run would mislead
         if config.algorithm == "kmeans":
             result = kmeans_at_scale(table, n_clusters, executor, normalize=config.normalize,
                                      random_state=config.seed, progress=config.progress, **params)
@@ -611,8 +656,8 @@ def cluster_store(config):
     timings["total"] = time.perf_counter() - t_start
     resolved = {
         "n_clusters": n_clusters,
-        "n_clusters_from": "--n-clusters" if requested is not None else "number of classes",
-        "k_estimate": None,
+        "n_clusters_from": n_clusters_from,
+        "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
         "backbone": backbone.get("name"),
         "weights": backbone.get("resolved_weights", backbone.get("weights")),
         "data_config": backbone.get("data_config"),

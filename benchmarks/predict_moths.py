@@ -9,7 +9,11 @@ the run never saw. Prints:
   class-mates (where `deepclust cluster` put their species), over all species and over
   the species the run kept together (at least --clean of their images in one cluster);
   and the share put in a cluster holding any class-mate;
-* far rate of held-back images (species in the run) and of unseen species.
+* far rate of held-back images (species in the run) and of unseen species;
+* the ceiling the embedding sets: with a perfect clustering (every species its own cluster)
+  the share of held-back images nearest their own species' centre, and the share whose
+  nearest clustered image is a class-mate. No assignment rule over these embeddings does
+  much better than these.
 
 The folders are symbolic links in a temporary directory (the data is not copied).
 
@@ -41,6 +45,32 @@ def link_images(root: str, species: list[str], pick) -> int:
             os.symlink(os.path.abspath(os.path.join(DATA, s, f)), os.path.join(root, s, f))
             n += 1
     return n
+
+
+def embedding_ceiling(run, held_dir: str, held_labels: list[str], held_paths: list[str]) -> tuple[float, float]:
+    """(share of held-back images nearest their species' centre, share whose nearest clustered
+    image is of their species), in the space the run clustered, as if its clusters were the
+    true species."""
+    from deepclust.backbones import create_backbone
+    from deepclust.data import find_images
+    from deepclust.embeddings import extract_embeddings
+
+    config = run.summary["config"]
+    backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"))
+    records = {r.path: r for r in find_images(held_dir)}
+    emb = extract_embeddings([records[p] for p in held_paths], backbone, progress=False,
+                             fast_decode=bool(config.get("fast_decode", False)))
+    known, new = run.embeddings.astype(np.float64), emb.vectors.astype(np.float64)
+    if config.get("normalize", True):
+        known /= np.linalg.norm(known, axis=1, keepdims=True)
+        new /= np.linalg.norm(new, axis=1, keepdims=True)
+    species = np.asarray(run.labels)
+    names = np.unique(species)
+    centres = np.stack([known[species == s].mean(0) for s in names])
+    truth = np.asarray(held_labels)[emb.indices]
+    nearest_centre = names[((new[:, None] - centres[None]) ** 2).sum(-1).argmin(1)]
+    nearest_image = species[((new[:, None] - known[None]) ** 2).sum(-1).argmin(1)]
+    return float(np.mean(nearest_centre == truth)), float(np.mean(nearest_image == truth))
 
 
 def main() -> int:
@@ -85,6 +115,7 @@ def main() -> int:
                               assign=args.assign, progress=False)
         t_predict = time.perf_counter() - t
         new = predict_images(out, unseen, os.path.join(tmp, "p-unseen"), args.far_quantile, progress=False)
+        ceiling_centre, ceiling_nn = embedding_ceiling(run, held, seen.labels, seen.paths)
         pairs = list(zip(seen.clusters.tolist(), seen.labels))
         agree = np.mean([c == home[s] for c, s in pairs])
         clean = [c == home[s] for c, s in pairs if share[s] >= args.clean]
@@ -97,6 +128,8 @@ def main() -> int:
               f"{sum(share[s] >= args.clean for s in test)} species with >= {args.clean:.0%} of their images in one "
               f"cluster ({len(clean)} images): {np.mean(clean) if clean else float('nan'):.3f}")
         print(f"put in a cluster holding any class-mate: {mates:.3f}")
+        print(f"ceiling of the embedding (a perfect clustering: each species its own cluster): nearest species "
+              f"centre {ceiling_centre:.3f}, nearest clustered image a class-mate {ceiling_nn:.3f}")
         print(f"far rate: held-back (species in the run) {seen.far.mean():.3f}, unseen species {new.far.mean():.3f}")
         print(f"predict time for {n_held} images: {t_predict:.1f} s")
     return 0

@@ -143,3 +143,18 @@ def test_the_transfer_experiment_learns_on_coil20_pixels_and_clusters_mnist_sets
     assert 0 <= results["kmeans_true_k"]["test"]["ACC"] <= 1 and np.isfinite(test["NMI"])
     checks = results["parts"]["c2m-standard-s0"]["checks"]["test"]  # class names, not numbers: checks still run
     assert checks["rename_change"] < 1e-4 and len(checks["ranks"]) == 1
+
+
+def test_training_warns_when_classes_are_about_the_size_of_the_neighbourhood():
+    from deepclust.methods import C2M
+    from deepclust.methods.c2m import PRESETS
+    from deepclust.methods.c2m_training import small_classes_hint
+
+    moths_like, omniglot_like = np.repeat(np.arange(100), 11), np.repeat(np.arange(200), 20)
+    images = C2M(**PRESETS["images"])  # 10 neighbours
+    hint = small_classes_hint(moths_like, images)
+    assert "median of 11 images" in hint and "--param n_neighbours=5" in hint
+    assert small_classes_hint(omniglot_like, images) is None
+    assert small_classes_hint(moths_like, C2M(**{**PRESETS["images"], "n_neighbours": 5})) is None
+    assert small_classes_hint(np.repeat(np.arange(30), 5), C2M(**{**PRESETS["images"], "n_neighbours": 3})) is None
+    assert small_classes_hint(moths_like, C2M(**PRESETS["paper"])) is None  # no structure features to mislead

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import SHARED, needs_moths
 from deepclust.cli import main
+from deepclust.errors import DeepclustError
 
 COIL = {"name": "coil20", "source": str(SHARED / "data" / "coil20" / "COIL20.mat")}
 MNIST = {"name": "mnist", "source": str(SHARED / "data" / "mnist")}
@@ -158,3 +159,6 @@ def test_training_warns_when_classes_are_about_the_size_of_the_neighbourhood():
     assert small_classes_hint(moths_like, C2M(**{**PRESETS["images"], "n_neighbours": 5})) is None
     assert small_classes_hint(np.repeat(np.arange(30), 5), C2M(**{**PRESETS["images"], "n_neighbours": 3})) is None
     assert small_classes_hint(moths_like, C2M(**PRESETS["paper"])) is None  # no structure features to mislead
+    assert small_classes_hint(moths_like, C2M(**{**PRESETS["images"], "n_neighbours": "ten"})) is None
+    with pytest.raises(DeepclustError, match="n_neighbours='ten' must be a whole number >= 1"):
+        C2M(**{**PRESETS["images"], "n_neighbours": "ten"}).fit([(np.zeros((20, 2)), np.arange(20) % 2)])

@@ -24,6 +24,8 @@ This module holds the pieces as plain functions and small modules:
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -756,6 +758,9 @@ class C2M:
         if isinstance(self.cores, bool) or not isinstance(self.cores, (int, float)) or self.cores < 0:
             raise DeepclustError(f"cores={self.cores!r} must be a number >= 0 (the core's reach factor, e.g. 1.2; "
                                  "0 leaves the core feature out)")
+        if isinstance(self.n_neighbours, bool) or not isinstance(self.n_neighbours, numbers.Integral) or self.n_neighbours < 1:
+            raise DeepclustError(f"n_neighbours={self.n_neighbours!r} must be a whole number >= 1 (the neighbourhood "
+                                 "the structure features and graphs use, e.g. 10)")
         if not 1 <= self.min_clusters <= self.max_clusters:
             raise DeepclustError(f"min_clusters={self.min_clusters} must be between 1 and max_clusters="
                                  f"{self.max_clusters}")

@@ -13,6 +13,7 @@ with ``--n-clusters auto --k-method c2m --k-metric OUT/metric.pt``.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 
@@ -114,8 +115,8 @@ def small_classes_hint(y, metric) -> str | None:
     fewer, larger clusters. Measured on EU moths (11 images a species): 30 clusters of 50
     species with 10 neighbours, 43 with 5; on Omniglot (20 a character) 5 neighbours did
     worse than 10. None when the neighbourhood suits the classes."""
-    if not metric.structure_features:
-        return None
+    if not metric.structure_features or isinstance(metric.n_neighbours, bool) or not isinstance(metric.n_neighbours, numbers.Integral):
+        return None  # a bad n_neighbours is C2M.fit's to report
     median = float(np.median(np.unique(np.asarray(y), return_counts=True)[1]))
     if median >= 2 * metric.n_neighbours:
         return None

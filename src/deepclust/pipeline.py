@@ -161,6 +161,31 @@ def check_n_clusters(n_clusters: Any, n_images: int | None = None) -> int | str 
     return int(n_clusters)
 
 
+def estimate_k(X: np.ndarray, config: ClusterConfig, noun: str = "images"):
+    """``--n-clusters auto``: the :class:`~deepclust.cluster.KEstimate` of the prepared
+    features ``X`` by ``config.k_method`` (else the algorithm's own) over ``k_min`` to
+    ``k_max`` (at most one less than the rows). ``noun`` names the rows in messages."""
+    method = config.k_method or get_clusterer_class(config.algorithm).k_method
+    k_max = min(config.k_max, len(X) - 1)
+    if k_max < config.k_min:
+        raise DeepclustError(f"--n-clusters auto needs more {noun} than k_min={config.k_min}; got {len(X)}")
+    log.info("estimating the number of clusters (%s, k=%d..%d) from %d %s", method, config.k_min, k_max, len(X), noun)
+    estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
+                                   metric=config.k_metric)
+    log.info("estimated %d clusters", estimate.n_clusters)
+    return estimate
+
+
+def record_k_estimate(out: str, estimate) -> None:
+    """Write the estimate's curve to the run's ``k_estimation.csv``; without an estimate,
+    remove a curve an earlier run left there (it would mislead)."""
+    path = runs.run_path(out, runs.K_ESTIMATION)
+    if estimate is not None:
+        write_csv(path, ["k", "score"], [[p["k"], f"{p['score']:.6f}"] for p in estimate.curve()])
+    elif os.path.exists(path):
+        os.remove(path)
+
+
 def run_cluster(config: ClusterConfig) -> ClusterResult:
     """Run the main job described by ``config``; write and return its results."""
     if config.embeddings:
@@ -253,22 +278,11 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     # cluster
     t = time.perf_counter()
     X = prepare_features(emb.vectors, config.normalize)
-    k_estimate = None
-    if n_clusters == "auto":
-        method = config.k_method or get_clusterer_class(config.algorithm).k_method
-        k_max = min(config.k_max, len(kept) - 1)
-        if k_max < config.k_min:
-            raise DeepclustError(f"--n-clusters auto needs more images than k_min={config.k_min}; got {len(kept)}")
-        log.info("estimating the number of clusters (%s, k=%d..%d)", method, config.k_min, k_max)
-        k_estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
-                                         metric=config.k_metric)
+    k_estimate = estimate_k(X, config, "images") if n_clusters == "auto" else None
+    record_k_estimate(config.out, k_estimate)
+    if k_estimate is not None:
         n_clusters = k_estimate.n_clusters
-        n_clusters_from = f"estimated ({method})"
-        log.info("estimated %d clusters", n_clusters)
-        write_csv(runs.run_path(config.out, runs.K_ESTIMATION), ["k", "score"],
-                  [[p["k"], f"{p['score']:.6f}"] for p in k_estimate.curve()])
-    elif os.path.exists(runs.run_path(config.out, runs.K_ESTIMATION)):
-        os.remove(runs.run_path(config.out, runs.K_ESTIMATION))  # a curve of an earlier run would mislead
+        n_clusters_from = f"estimated ({k_estimate.method})"
     log.info("clustering %d images%s with %s", len(kept),
              f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
     clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params, device=config.device)

@@ -554,27 +554,15 @@ K_SAMPLE_SIZE = 10_000  # rows that --n-clusters auto estimates k on
 
 
 def estimate_k_of_store(table: EmbeddingTable, config, executor, sample_size: int = K_SAMPLE_SIZE):
-    """``--n-clusters auto`` with ``--embeddings``: the number of clusters estimated, as
-    ``deepclust cluster`` does (``config.k_method``, else the algorithm's own; ``k_min`` to
-    ``k_max``), on a uniform random sample of ``sample_size`` rows of the store. Returns
-    the :class:`~deepclust.cluster.KEstimate` and the sample's size."""
-    from deepclust.cluster import estimate_n_clusters, get_clusterer_class
+    """``--n-clusters auto`` with ``--embeddings``: the number of clusters estimated as
+    ``deepclust cluster`` does (:func:`deepclust.pipeline.estimate_k`), on a uniform random
+    sample of ``sample_size`` rows of the store. Returns the
+    :class:`~deepclust.cluster.KEstimate` and the sample's size."""
+    from deepclust.pipeline import estimate_k
 
-    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 3:
-        raise DeepclustError(f"k_sample_size={sample_size!r} must be a whole number >= 3 (rows to estimate k on)")
-    blocks = _blocks(table)
-    rng = np.random.default_rng(config.seed)
-    sample = sample_rows(blocks, sample_size, executor, config.normalize, rng, config.progress)
-    method = config.k_method or get_clusterer_class(config.algorithm).k_method
-    k_max = min(config.k_max, len(sample) - 1)
-    if k_max < config.k_min:
-        raise DeepclustError(f"--n-clusters auto needs more vectors than k_min={config.k_min}; got {len(sample)}")
-    log.info("estimating the number of clusters (%s, k=%d..%d) on a sample of %d vectors", method, config.k_min,
-             k_max, len(sample))
-    estimate = estimate_n_clusters(sample, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
-                                   metric=config.k_metric)
-    log.info("estimated %d clusters", estimate.n_clusters)
-    return estimate, len(sample)
+    sample = sample_rows(_blocks(table), sample_size, executor, config.normalize, np.random.default_rng(config.seed),
+                         config.progress)
+    return estimate_k(sample, config, "sampled vectors"), len(sample)
 
 
 def cluster_store(config):
@@ -583,8 +571,8 @@ def cluster_store(config):
     config.yaml). The vectors stay in the store: summary.json points to it."""
     from deepclust import runs
     from deepclust.distributed import open_executor
-    from deepclust.io import write_csv
-    from deepclust.pipeline import ClusterResult, check_n_clusters, run_metrics, run_summary, write_run_files
+    from deepclust.pipeline import (ClusterResult, check_n_clusters, record_k_estimate, run_metrics, run_summary,
+                                    write_run_files)
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -613,9 +601,11 @@ def cluster_store(config):
     if n_clusters is None:
         raise DeepclustError("the number of clusters is unknown; pass --n-clusters K or auto (or --labels folders)")
     check_n_clusters(n_clusters, len(valid))
-    k_sample = params.pop("k_sample_size", K_SAMPLE_SIZE)
-    if k_sample != K_SAMPLE_SIZE and requested != "auto":
+    if "k_sample_size" in params and requested != "auto":
         raise DeepclustError("k_sample_size is for --n-clusters auto only")
+    k_sample = params.pop("k_sample_size", K_SAMPLE_SIZE)
+    if isinstance(k_sample, bool) or not isinstance(k_sample, int) or k_sample < 3:
+        raise DeepclustError(f"k_sample_size={k_sample!r} must be a whole number >= 3 (rows to estimate k on)")
     os.makedirs(config.out, exist_ok=True)
     k_estimate, n_clusters_from = None, "--n-clusters" if requested is not None else "number of classes"
     with open_executor(config.scheduler) as executor:
@@ -624,12 +614,9 @@ def cluster_store(config):
             k_estimate, sampled = estimate_k_of_store(table, config, executor, k_sample)
             n_clusters = k_estimate.n_clusters
             n_clusters_from = f"estimated ({k_estimate.method}) on a sample of {sampled} vectors"
-            write_csv(runs.run_path(config.out, runs.K_ESTIMATION), ["k", "score"],
-                      [[p["k"], f"{p['score']:.6f}"] for p in k_estimate.curve()])
             timings["k_estimation"] = time.perf_counter() - t
             t = time.perf_counter()
-        elif os.path.exists(runs.run_path(config.out, runs.K_ESTIMATION)):
-            os.remove(runs.run_path(config.out, runs.K_ESTIMATION))  # a curve of an earlier run would mislead
+        record_k_estimate(config.out, k_estimate)
         if config.algorithm == "kmeans":
             result = kmeans_at_scale(table, n_clusters, executor, normalize=config.normalize,
                                      random_state=config.seed, progress=config.progress, **params)

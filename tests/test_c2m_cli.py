@@ -62,6 +62,10 @@ def test_train_a_metric_on_moth_species_then_cluster_and_choose_k_with_it(moth_s
     assert main(["train", "--method", "c2m", "--images", str(images), "--out", str(tmp_path / "x"),
                  "--param", "colour=3"]) == 2
     assert "C2M has no parameter colour" in capsys.readouterr().err
+    # a bad value fails before any image is read (the folder does not even exist)
+    assert main(["train", "--method", "c2m", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"),
+                 "--param", "cores=-1"]) == 2
+    assert "cores=-1 must be a number >= 0" in capsys.readouterr().err
 
 
 def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_checks(tmp_path, capsys):

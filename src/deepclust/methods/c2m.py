@@ -739,15 +739,8 @@ class C2M:
             found, curve = relabel(candidates[best]), curve + [float(scores[best])]
         return (found, curve, list(out[2]) + list(candidates)) if with_elite else (found, curve)
 
-    def fit(self, datasets) -> "C2M":
-        """Learn the metric from ``datasets``: a list of labelled ``(X, y)`` pairs (X of shape
-        (n, d), any d; y the true clusters)."""
-        import logging
-        import time
-
-        from sklearn.metrics import adjusted_rand_score
-
-        log = logging.getLogger(__name__)
+    def _check_params(self) -> None:
+        """Refuse settings that cannot work, with what to change (before any training)."""
         if self.search not in ("cem", "cem+candidates"):
             raise DeepclustError(f"search={self.search!r} is not 'cem' or 'cem+candidates'")
         if self.objective not in ("wgan", "ranking"):
@@ -764,6 +757,17 @@ class C2M:
         if not 1 <= self.min_clusters <= self.max_clusters:
             raise DeepclustError(f"min_clusters={self.min_clusters} must be between 1 and max_clusters="
                                  f"{self.max_clusters}")
+
+    def fit(self, datasets) -> "C2M":
+        """Learn the metric from ``datasets``: a list of labelled ``(X, y)`` pairs (X of shape
+        (n, d), any d; y the true clusters)."""
+        import logging
+        import time
+
+        from sklearn.metrics import adjusted_rand_score
+
+        log = logging.getLogger(__name__)
+        self._check_params()
         pairs, dims = [], []
         for i, item in enumerate(datasets):
             if not isinstance(item, (tuple, list)) or len(item) != 2:

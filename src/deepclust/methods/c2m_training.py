@@ -147,7 +147,9 @@ def c2m_estimator(config: C2MConfig):
     params.setdefault("epochs", config.epochs)
     params.setdefault("random_state", config.seed)
     params.setdefault("verbose", True)
-    return C2M(**params)
+    estimator = C2M(**params)
+    estimator._check_params()
+    return estimator
 
 
 class C2MTraining:

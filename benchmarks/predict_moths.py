@@ -53,13 +53,15 @@ def embedding_ceiling(run, held_dir: str, held_labels: list[str], held_paths: li
     true species."""
     from deepclust.backbones import create_backbone
     from deepclust.data import find_images
-    from deepclust.embeddings import extract_embeddings
+    from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
+    from deepclust.runs import CACHE, run_path
 
     config = run.summary["config"]
+    fast = bool(config.get("fast_decode", False))
     backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"))
     records = {r.path: r for r in find_images(held_dir)}
-    emb = extract_embeddings([records[p] for p in held_paths], backbone, progress=False,
-                             fast_decode=bool(config.get("fast_decode", False)))
+    store = EmbeddingStore(run_path(run.folder, CACHE), embedding_signature(backbone, fast))  # predict's, reused
+    emb = extract_embeddings([records[p] for p in held_paths], backbone, store=store, progress=False, fast_decode=fast)
     known, new = run.embeddings.astype(np.float64), emb.vectors.astype(np.float64)
     if config.get("normalize", True):
         known /= np.linalg.norm(known, axis=1, keepdims=True)

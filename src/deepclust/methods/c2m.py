@@ -224,25 +224,25 @@ def neighbour_components(labels: torch.Tensor, neighbours: torch.Tensor, links: 
     """Connected components of each cluster in the nearest-neighbour graph: (..., n) labels,
     (n, m) neighbour indices -> (..., n) component ids (the smallest point index in the
     component). Two points are joined when one is among the other's neighbours and both
-    carry the same label (and, with ``links`` (n, m) bool, only along the neighbour pairs it
-    marks, e.g. :func:`mutual_neighbours`). Batched min-label propagation with pointer
-    jumping, no n x n matrix."""
+    carry the same label (and, with ``links`` (n, m) or (..., n, m) bool, only along the
+    neighbour pairs it marks, e.g. :func:`mutual_neighbours`). A whole batch of clusterings
+    (the search's population) is one sparse graph of ``batch * n`` nodes, one block per
+    clustering, for scipy's ``connected_components``: no n x n matrix."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = labels.shape[-1]
-    same = labels[..., :, None] == labels[..., neighbours]  # (..., n, m)
+    flat = labels.reshape(-1, n)
+    same = flat[:, :, None] == flat[:, neighbours]  # (batch, n, m)
     if links is not None:
-        same = same & links
-    comp = torch.arange(n).expand(labels.shape).clone()
-    big = torch.tensor(n)
-    flat = neighbours.reshape(-1).expand(*labels.shape[:-1], -1)
-    for _ in range(n):
-        pulled = torch.where(same, comp[..., neighbours], big).amin(-1)  # from my neighbours
-        pushed = torch.where(same, comp[..., :, None].expand(same.shape), big).reshape(*labels.shape[:-1], -1)
-        new = torch.minimum(comp, pulled).scatter_reduce(-1, flat, pushed, "amin")  # to them
-        new = new.gather(-1, new)  # pointer jumping: a point's root's root is in its component too
-        if torch.equal(new, comp):
-            break
-        comp = new
-    return comp
+        same = same & links.reshape(-1, *neighbours.shape)
+    block, i, j = np.nonzero(same.numpy())
+    rows, cols = block * n + i, block * n + neighbours.numpy()[i, j]
+    size = flat.shape[0] * n
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(size, size))
+    _, comp = connected_components(graph, directed=False)
+    _, first = np.unique(comp, return_index=True)  # nodes in order: a component's first is its smallest
+    return torch.as_tensor(first[comp] % n, dtype=torch.long).reshape(labels.shape)
 
 
 def neighbour_reach(x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:

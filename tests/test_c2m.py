@@ -479,6 +479,38 @@ def test_concentration_makes_the_cut_share_the_modularity_of_the_neighbour_graph
     assert torch.equal(structure_features(names[labels[2]], nb, concentration=True), feats[2])
 
 
+def test_balance_is_how_unequal_the_cluster_sizes_are_and_sees_touching_blobs_merged():
+    from deepclust.methods.c2m import structure_features
+
+    angle = torch.arange(60) * (2 * np.pi / 60)
+    x = torch.stack([angle.cos(), angle.sin()], 1)
+    nb = nearest_neighbours(x, 4)
+    halves, quarters = torch.arange(60) // 30, torch.arange(60) // 15
+    uneven = torch.cat([torch.zeros(30), torch.ones(15), torch.full((15,), 2)]).long()  # shares 1/2, 1/4, 1/4
+    feats = structure_features(torch.stack([halves, quarters, uneven, torch.zeros(60, dtype=torch.long)]), nb,
+                               balance=True)
+    assert feats.shape == (4, 4) and torch.equal(feats[:, :3], structure_features(torch.stack(
+        [halves, quarters, uneven, torch.zeros(60, dtype=torch.long)]), nb))
+    entropy = 0.5 * np.log(2) + 2 * 0.25 * np.log(4)
+    assert feats[:, 3].tolist() == pytest.approx([0, 0, 1 - entropy / np.log(3), 0], abs=1e-6)
+    assert feats[1, 0] > feats[0, 0]  # equal arcs keep the balance but cut more pairs
+    names = torch.tensor([2, 0, 1])
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(structure_features(names[uneven], nb, balance=True), feats[2])
+    assert float(structure_features(uneven[order], nearest_neighbours(x[order], 4), balance=True)[3]) == \
+        pytest.approx(float(feats[2, 3]))
+    # two touching blobs of five merged: fewer pairs cut, no more points apart, but one cluster twice the others
+    X, y = make_blobs(200, centers=[[0, 0], [3.2, 0], [10, 0], [0, 10], [10, 10]], cluster_std=1.0, random_state=0)
+    x = standardize(X, 2)
+    nb = nearest_neighbours(x, 10)
+    truth = torch.as_tensor(y)
+    merged = truth.masked_fill(truth == 1, 0)
+    (cut_t, out_t, _, bal_t), (cut_m, out_m, _, bal_m) = structure_features(
+        torch.stack([truth, merged]), nb, mutual=True, balance=True).tolist()
+    assert cut_m < cut_t and out_m <= out_t  # the merge looks better to the neighbour structure
+    assert bal_t == 0 and bal_m > 0.03
+
+
 def test_a_feature_only_metric_and_the_smallest_number_of_clusters():
     from deepclust.methods import C2M
 
@@ -548,8 +580,9 @@ def test_sample_datasets_draws_class_subsets_of_the_asked_size():
 
 def test_the_images_preset_finds_k_where_every_clustering_cuts_many_neighbour_pairs():
     """Touching 16-d blobs (the true clusters cut 4 to 26% of the 10-neighbour pairs, as
-    image classes do): the transferable metric only gains by merging and answers about 2
-    clusters; with concentration the critic weighs the cut against the cluster sizes."""
+    image classes do): a metric of the neighbour structure alone only gains by merging and
+    answers about 2 clusters; balance (in the transferable preset) undoes some merges; with
+    concentration the critic weighs the cut against the cluster sizes and finds k."""
     from deepclust.methods import C2M
     from deepclust.methods.c2m import PRESETS, structure_features
 
@@ -562,11 +595,13 @@ def test_the_images_preset_finds_k_where_every_clustering_cuts_many_neighbour_pa
     cuts = [float(structure_features(torch.as_tensor(y), nearest_neighbours(standardize(X, 16), 10))[0]) for X, y in test]
     assert max(cuts) > 0.03
     found = {}
-    for name in ("transferable", "images"):
+    for name, preset in (("structure", {**PRESETS["transferable"], "balance": False}),
+                         ("transferable", PRESETS["transferable"]), ("images", PRESETS["images"])):
         metric = C2M(max_clusters=10, input_dim=16, population=20, iterations=5, epochs=1, random_state=0,
-                     **{**PRESETS[name], "whiten": False}).fit(train)
+                     **{**preset, "whiten": False}).fit(train)
         found[name] = [(len(np.unique(y)), int(len(np.unique(metric.fit_predict(X)))),
                         adjusted_rand_score(y, metric.labels_)) for X, y in test]
-    assert np.mean([k_found for _, k_found, _ in found["transferable"]]) < 3
+    ari = {name: np.mean([a for _, _, a in rows]) for name, rows in found.items()}
+    assert np.mean([k_found for _, k_found, _ in found["structure"]]) < 3
     assert sum(k == k_found for k, k_found, _ in found["images"]) >= 4
-    assert np.mean([ari for _, _, ari in found["images"]]) > 0.8 > np.mean([ari for _, _, ari in found["transferable"]])
+    assert ari["images"] > 0.8 > ari["transferable"] > ari["structure"] + 0.1

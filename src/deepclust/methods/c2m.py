@@ -262,7 +262,7 @@ def _outside_largest(labels: torch.Tensor, comp: torch.Tensor, weight: torch.Ten
 
 def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: bool = False,
                        reach: torch.Tensor | None = None, core_factor: float = 1.2,
-                       concentration: bool = False) -> torch.Tensor:
+                       concentration: bool = False, balance: bool = False) -> torch.Tensor:
     """(..., n) labels -> (..., 3): how a clustering sits on the data's nearest-neighbour
     graph, whatever the clusters' shapes. The share of neighbour pairs it cuts (a cluster
     split through a dense region cuts many), the share of points outside their cluster's
@@ -286,7 +286,15 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
     model of modularity: 1 - cut - concentration is the clustering's modularity on the
     neighbour graph). Cutting no pairs is easy with few large clusters; this says how few
     pairs any clustering of these sizes would have kept. Where every clustering cuts many
-    neighbour pairs (image embeddings), the cut share alone prefers the fewest clusters."""
+    neighbour pairs (image embeddings), the cut share alone prefers the fewest clusters.
+
+    With ``balance``, a last one: how unequal the cluster sizes are, ``1 - H / log k`` for
+    the entropy H of the shares of the k clusters used (0 when all are the same size, 0 for
+    one cluster). Two touching blobs merged cut fewer neighbour pairs than the truth and
+    stay one piece, but make one cluster twice the others' size; cutting a moon or a ring
+    in equal arcs leaves the sizes even but cuts pairs. Unlike ``concentration`` it does
+    not depend on how many clusters there are, so it does not reward cutting. It is a
+    prior the labelled sets teach: sets whose classes differ in size give it less weight."""
     n = labels.shape[-1]
     cut = (labels[..., :, None] != labels[..., neighbours]).to(torch.float32).mean((-1, -2))
     links = mutual_neighbours(neighbours) if mutual else None
@@ -306,6 +314,11 @@ def structure_features(labels: torch.Tensor, neighbours: torch.Tensor, mutual: b
         parts.append(_outside_largest(labels, neighbour_components(labels, neighbours, core_links), core))
     if concentration:
         parts.append((counts / n).pow(2).sum(-1))
+    if balance:
+        share = counts / n
+        entropy = -(share * share.clamp_min(1e-12).log()).sum(-1)
+        parts.append(torch.where(used > 1, 1 - entropy / used.to(torch.float32).log().clamp_min(1e-12),
+                                 torch.zeros_like(entropy)))
     return torch.stack(parts, -1)
 
 
@@ -487,9 +500,10 @@ def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 #: Named settings of :class:`C2M`. ``paper``: Algorithm 2 as published (the constructor's
 #: defaults). ``transferable``: what carries a metric learned on blobs over to other shapes
-#: and collections (measured with ``configs/c2m-synthetic.yaml``): the critic scores the
-#: clustering's neighbour-graph structure (mutual-neighbour pieces, and the pieces of each
-#: cluster's dense core) and may only lower its score as it worsens, learns with the per-dataset ranking loss, and the search also
+#: and collections (measured with ``configs/c2m-synthetic-separated.yaml``): the critic scores
+#: the clustering's neighbour-graph structure (mutual-neighbour pieces, the pieces of each
+#: cluster's dense core) and how unequal its cluster sizes are (``balance``), may only lower
+#: its score as they worsen, and learns with the per-dataset ranking loss; the search also
 #: weighs k-means, Ward and single linkage for every k, then searches again in the space the
 #: first answer's pooled within-cluster covariance whitens (``whiten``). ``images`` (the
 #: default of ``deepclust train --method c2m``): ``transferable`` plus ``concentration``, so
@@ -497,12 +511,14 @@ def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 #: those sizes cuts. Image embeddings' neighbour graphs are not cut cleanly by any clustering;
 #: without it the metric answers 2 clusters there (``configs/c2m-transfer-*.yaml``). On 2-D
 #: shapes it would cut moons and rings into arcs, so ``transferable`` leaves it out.
+#: ``images`` leaves ``balance`` out until it is measured on the image transfers.
 _TRANSFERABLE = {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2,
-                 "whiten": True, "objective": "ranking", "search": "cem+candidates", "critic_lr": 0.005, "clip": 100.0}
+                 "balance": True, "whiten": True, "objective": "ranking", "search": "cem+candidates",
+                 "critic_lr": 0.005, "clip": 100.0}
 PRESETS = {
     "paper": {},
     "transferable": _TRANSFERABLE,
-    "images": {**_TRANSFERABLE, "concentration": True},
+    "images": {**_TRANSFERABLE, "concentration": True, "balance": False},
 }
 
 
@@ -581,6 +597,11 @@ class C2M:
         it the critic can weigh the pairs a clustering cuts against the pairs any clustering
         of those sizes would cut: on image embeddings, where every clustering cuts many, the
         cut share alone prefers two clusters.
+    balance : bool
+        With ``structure_features``: one more, how unequal the cluster sizes are
+        (``1 - entropy / log k``, :func:`structure_features`). A merge of two touching
+        blobs cuts fewer neighbour pairs than the truth but leaves one cluster twice the
+        size of the others; labelled sets of even classes teach the critic to weigh that.
     critic_widths : tuple of int
         Hidden layers of the critic's MLP (the paper: 256, 256, 512, 512); ``()`` makes it
         linear in its inputs.
@@ -626,7 +647,7 @@ class C2M:
                  replay: int = 5000, train_embedding: bool = False, objective: str = "wgan",
                  size_features: bool = False, structure_features: bool = False, gae: bool = True,
                  monotone: bool = False, mutual: bool = False, cores: float = 0.0, concentration: bool = False,
-                 critic_widths=(256, 256, 512, 512),
+                 balance: bool = False, critic_widths=(256, 256, 512, 512),
                  min_clusters: int = 2, search: str = "cem",
                  rotate: bool = False, whiten: bool = False, random_state=None, verbose: bool = False):
         self.whiten = whiten
@@ -643,6 +664,7 @@ class C2M:
         self.mutual = mutual
         self.cores = cores
         self.concentration = concentration
+        self.balance = balance
         self.critic_widths = critic_widths
         self.search = search
         self.rotate = rotate
@@ -691,7 +713,7 @@ class C2M:
                               tuple(self.critic_widths), penalised=self._n_structure() if self.monotone else 0)
 
     def _n_structure(self) -> int:
-        return (3 + (self.cores > 0) + bool(self.concentration)) * self.structure_features
+        return (3 + (self.cores > 0) + bool(self.concentration) + bool(self.balance)) * self.structure_features
 
     def _embed(self, points, labels: torch.Tensor) -> torch.Tensor:
         """The critic's input for one or a batch (..., n) of clusterings of ``points``."""
@@ -702,7 +724,7 @@ class C2M:
             parts.append(size_features(labels, self.max_clusters))
         if self.structure_features:
             parts.append(structure_features(labels, neighbours, self.mutual, points[3], self.cores,
-                                            self.concentration))
+                                            self.concentration, self.balance))
         return torch.cat(parts, -1)
 
     def _embed_many(self, pairs, items) -> torch.Tensor:

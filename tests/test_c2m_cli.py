@@ -89,6 +89,9 @@ def test_the_synthetic_experiment_resumes_and_writes_table_2_and_the_critic_chec
     assert set(checks) == {"blobs", "aniso", "moons", "circles"}
     assert all(c["rename_change"] < 1e-4 for c in checks.values())  # renaming clusters changes no score
     assert all(len(c["mean_score"]) == 11 and len(c["ranks"]) == 1 for c in checks.values())
+    assert all(c["truth_top3"] == float(c["ranks"][0] <= 3) >= c["truth_best"] == float(c["ranks"][0] == 1)
+               for c in checks.values())  # Table 4: Best and Top 3
+    assert "Best and Top 3" in table
     sets = results["parts"]["paper-standard-s0"]["test"]["moons"]["sets"]
     assert len(sets) == 2 and all(r["k_true"] == 2 and 2 <= r["k_found"] <= 4 for r in sets)
     assert (tmp_path / "exp" / "figure.png").stat().st_size > 1000

@@ -308,6 +308,28 @@ def test_separated_blobs_keep_their_centres_apart_and_the_nearest_true_centre_bo
         synthetic_clusters("blobs", min_separation=10)
 
 
+def test_uneven_blobs_keep_a_minimum_size_and_even_ones_are_unchanged():
+    from deepclust.data.synthetic import MIN_CLUSTER_SIZE, synthetic_clusters, synthetic_collection
+
+    for separation in (0, 4):
+        even = synthetic_collection("blobs", 10, random_state=0, min_separation=separation)
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(even, synthetic_collection(
+            "blobs", 10, random_state=0, min_separation=separation, size_alpha=None)))
+        uneven = synthetic_collection("aniso", 30, random_state=0, min_separation=separation, size_alpha=1.0)
+        sizes = [np.bincount(y) for _, y in uneven]
+        assert all(X.shape == (200, 2) and s.sum() == 200 and s.min() >= MIN_CLUSTER_SIZE for (X, _), s in
+                   zip(uneven, sizes))
+        assert np.median([s.max() / s.min() for s in sizes]) > 3  # one size for all is gone
+        assert max(len(s) for s in sizes) == 9 and min(len(s) for s in sizes) == 2
+    X, y, centres = synthetic_clusters("blobs", random_state=2, min_separation=4, size_alpha=0.5, return_centers=True)
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)[np.triu_indices(len(centres), 1)]
+    assert len(centres) == len(np.unique(y)) and gaps.min() >= 2  # still 4 stds (>= 0.5) apart
+    with pytest.raises(DeepclustError, match="size_alpha=0 must be a number > 0"):
+        synthetic_clusters("blobs", size_alpha=0)
+    with pytest.raises(DeepclustError, match="n_samples >= 5"):
+        synthetic_clusters("blobs", n_samples=30, size_alpha=1.0)
+
+
 def test_critic_checks_mislabel_the_asked_fraction_and_rank_the_truth():
     from deepclust.methods import C2M
     from deepclust.methods.c2m import mislabel, mislabel_scores, truth_rank

@@ -264,7 +264,6 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
                        "spearman": float(np.mean([spearmanr(FRACTIONS, c)[0] for c in curves])),
                        "truth_above_half": float(np.mean(curves[:, 0] > curves[:, 5])),
                        "rename_change": float(np.max(renamed)), "truth_best": float(np.mean(np.array(ranks) == 1)),
-                       "truth_top3": float(np.mean(np.array(ranks) <= 3)),
                        "ranks": [int(r) for r in ranks]}
     return out
 

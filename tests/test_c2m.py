@@ -509,10 +509,9 @@ def test_balance_is_how_unequal_the_cluster_sizes_are_and_sees_touching_blobs_me
     nb = nearest_neighbours(x, 4)
     halves, quarters = torch.arange(60) // 30, torch.arange(60) // 15
     uneven = torch.cat([torch.zeros(30), torch.ones(15), torch.full((15,), 2)]).long()  # shares 1/2, 1/4, 1/4
-    feats = structure_features(torch.stack([halves, quarters, uneven, torch.zeros(60, dtype=torch.long)]), nb,
-                               balance=True)
-    assert feats.shape == (4, 4) and torch.equal(feats[:, :3], structure_features(torch.stack(
-        [halves, quarters, uneven, torch.zeros(60, dtype=torch.long)]), nb))
+    labels = torch.stack([halves, quarters, uneven, torch.zeros(60, dtype=torch.long)])
+    feats = structure_features(labels, nb, balance=True)
+    assert feats.shape == (4, 4) and torch.equal(feats[:, :3], structure_features(labels, nb))
     entropy = 0.5 * np.log(2) + 2 * 0.25 * np.log(4)
     assert feats[:, 3].tolist() == pytest.approx([0, 0, 1 - entropy / np.log(3), 0], abs=1e-6)
     assert feats[1, 0] > feats[0, 0]  # equal arcs keep the balance but cut more pairs

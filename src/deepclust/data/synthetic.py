@@ -60,19 +60,16 @@ def synthetic_clusters(kind: str, n_samples: int = 200, max_clusters: int = 9, r
     if kind in ("blobs", "aniso"):
         k = int(rng.integers(2, max_clusters + 1))
         std = float(rng.uniform(0.5, 1.0))
-        centers = k
-        if min_separation > 0:  # rejection sampling of the centres
-            while True:
+        centers, sizes = k, n_samples
+        if min_separation > 0 or size_alpha is not None:  # our own centres: make_blobs takes a count only with one size
+            while True:  # rejection sampling: the first draw when the centres may lie anywhere
                 centers = rng.uniform(-10, 10, size=(k, 2))
                 gaps = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
-                if gaps[np.triu_indices(k, 1)].min() >= min_separation * std:
+                if min_separation <= 0 or gaps[np.triu_indices(k, 1)].min() >= min_separation * std:
                     break
-        sizes = n_samples
         if size_alpha is not None:  # every cluster its minimum, the rest split by Dirichlet shares
-            sizes = MIN_CLUSTER_SIZE + rng.multinomial(n_samples - MIN_CLUSTER_SIZE * k, rng.dirichlet([size_alpha] * k))
-            if min_separation <= 0:  # make_blobs takes the number of centres only with one size
-                centers = rng.uniform(-10, 10, size=(k, 2))
-            sizes = [int(c) for c in sizes]
+            shares = rng.dirichlet([size_alpha] * k)
+            sizes = [int(c) for c in MIN_CLUSTER_SIZE + rng.multinomial(n_samples - MIN_CLUSTER_SIZE * k, shares)]
         X, y, centers = make_blobs(sizes, centers=centers, cluster_std=std, center_box=(-10, 10),
                                    random_state=seed, return_centers=True)
         if kind == "aniso":

@@ -126,21 +126,24 @@ def test_export_keeps_two_images_of_the_same_name_and_lists_missing_ones(tmp_pat
     from deepclust import runs
     from deepclust.export import export_clusters
 
+    from PIL import Image
+
     files = []
-    for folder in ("a", "b", "c"):
+    for shade, folder in enumerate(("a", "b", "c")):
         (tmp_path / "in" / folder).mkdir(parents=True)
-        (tmp_path / "in" / folder / "x.jpg").write_bytes(folder.encode())
+        Image.new("RGB", (4, 4), (shade * 100,) * 3).save(tmp_path / "in" / folder / "x.jpg")
         files.append(str(tmp_path / "in" / folder / "x.jpg"))
     run = tmp_path / "run"
     run.mkdir()
     runs.write_assignments(run, files, np.array([0, 0, -1]), np.array([0.1, 0.2, np.nan]))
     runs.write_embeddings(run, np.zeros((3, 2)))
-    runs.write_summary(run, {"command": "cluster"})
+    runs.write_summary(run, {"command": "cluster", "config": {"images": str(tmp_path / "in")}})
     os.unlink(files[2])  # gone since the run
     done = export_clusters(run, tmp_path / "out")
-    assert done == {"images": 2, "missing": 1, "clusters": 1, "folder": str(tmp_path / "out"), "mode": "link"}
+    assert done == {"images": 2, "missing": 1, "refused": 0, "clusters": 1, "folder": str(tmp_path / "out"),
+                    "mode": "link"}
     assert sorted(os.listdir(tmp_path / "out" / "cluster-000")) == ["x.jpg", "x__2.jpg"]
-    assert (tmp_path / "out" / "cluster-000" / "x__2.jpg").read_bytes() == b"b"
+    assert (tmp_path / "out" / "cluster-000" / "x__2.jpg").read_bytes() == (tmp_path / "in" / "b" / "x.jpg").read_bytes()
     assert [r["exported"] for r in _read_csv(tmp_path / "out" / "mapping.csv")] == [
         "cluster-000/x.jpg", "cluster-000/x__2.jpg", ""]
 
@@ -217,7 +220,12 @@ def test_export_onnx_of_a_run_uses_its_backbone_and_size(moths_test_run, tmp_pat
     pytest.importorskip("onnxscript")
     _, out = moths_test_run
     assert main(["-q", "export-onnx", str(out), "--out", str(tmp_path / "m.onnx")]) == 0
-    assert "largest difference from PyTorch" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "largest difference from PyTorch" in captured.out
+    assert "torch.onnx" not in captured.err  # the exporter's progress stays out of the user's terminal
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "m.onnx").st_mode & 0o777 == 0o666 & ~umask  # shareable, like every other output
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
     assert meta["backbone"] == "tf_efficientnet_lite0" and meta["image_size"] == 128
     assert main(["export-onnx", "--out", str(tmp_path / "x.onnx")]) == 2

@@ -27,7 +27,7 @@ from torch import nn
 
 import deepclust.models  # noqa: F401  registers deepclust's own small networks (conv4) with timm
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write
+from deepclust.checkpoint import load_checkpoint, save_checkpoint
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -206,13 +206,8 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     """
     if not os.path.isfile(path):
         raise DeepclustError(f"weights file '{path}' does not exist; check the path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DeepclustError(
-            f"cannot read weights file '{path}' ({type(exc).__name__}); "
-            "pass a PyTorch state dict or a checkpoint written by deepclust"
-        ) from None
+    ckpt = load_checkpoint(path, "weights file", "pass a PyTorch state dict (.pt/.pth, saved with torch.save) "
+                           "or a checkpoint written by deepclust (best.pt of `deepclust train`)")
     state = ckpt
     if isinstance(ckpt, dict):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -257,8 +252,7 @@ def save_backbone(backbone: Backbone, path: str | os.PathLike, **extra: Any) -> 
         "state_dict": {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()},
         **extra,
     }
-    with atomic_write(path, "wb") as fh:
-        torch.save(payload, fh)
+    save_checkpoint(path, payload)
 
 
 def _file_digest(path: str, chunk: int = 1 << 20) -> str:

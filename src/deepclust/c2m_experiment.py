@@ -270,9 +270,9 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
 
 def _recorded_training(metric_path: str) -> float:
     """Seconds the epochs of a saved metric took when it was trained (its history)."""
-    import torch
+    from deepclust.checkpoint import load_checkpoint
 
-    state = torch.load(metric_path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(metric_path, "C2M metric", "delete it to train it again")
     return round(sum(h.get("seconds", 0.0) for h in state.get("history", [])), 1)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from deepclust.errors import DeepclustError
@@ -49,7 +51,7 @@ def _algorithm_names() -> str:
 
 def _given_options(args: argparse.Namespace) -> dict:
     """The options given on the command line (parsers use SUPPRESS: absent ones are not set)."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet")}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "quiet", "verbose")}
 
 
 def _add_model_options(p, with_defaults: bool) -> None:
@@ -220,7 +222,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     done = export_clusters(args.run, args.to, args.mode)
     print(f"exported {done['images']} images into {done['clusters']} cluster folders "
           f"({'links' if done['mode'] == 'link' else 'copies'}) in {done['folder']}"
-          + (f"; {done['missing']} no longer exist (see mapping.csv)" if done["missing"] else ""))
+          + (f"; {done['missing']} no longer exist (see mapping.csv)" if done["missing"] else "")
+          + (f"; {done['refused']} refused as not the run's own images (see refused.csv)" if done["refused"] else ""))
     return 0
 
 
@@ -499,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deepclust {deepclust.__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show debugging messages and those of the libraries deepclust uses")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_cluster_parser(subparsers)
@@ -517,15 +522,48 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"deepclust: warning: {message}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the work done so far is saved on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+class _OwnMessages(logging.Filter):
+    """deepclust's own messages; other libraries' only when ``--verbose`` or when they are
+    errors (faiss's loader and the ONNX exporter talk a lot at INFO)."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name == "deepclust" or record.name.startswith("deepclust.")
+        return own or self.verbose or record.levelno >= logging.ERROR
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        own = record.name == "deepclust" or record.name.startswith("deepclust.")
+        return f"deepclust: {text}" if own else f"deepclust: [{record.name}] {text}"
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format("%(message)s"))
+    handler.addFilter(_OwnMessages(verbose))
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="deepclust: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    _setup_logging(args.quiet, args.verbose)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     if args.quiet and args.command == "cluster" and not hasattr(args, "progress"):
         args.progress = False
     previous = warnings.showwarning
@@ -535,9 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     except DeepclustError as exc:
         print(f"deepclust: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("deepclust: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"deepclust: {what}; the work done so far is saved: run the same command again to resume",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
         warnings.showwarning = previous
 

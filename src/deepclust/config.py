@@ -373,6 +373,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
             data = yaml.safe_load(fh) or {}
     except FileNotFoundError:
         raise DeepclustError(f"config file '{path}' does not exist; check the path") from None
+    except IsADirectoryError:
+        raise DeepclustError(f"config file '{path}' is a folder; pass the YAML file itself") from None
+    except UnicodeDecodeError:
+        raise DeepclustError(f"config file '{path}' is not a text file (it is not UTF-8); pass a YAML file") from None
+    except OSError as exc:
+        raise DeepclustError(f"cannot read config file '{path}' ({exc.strerror or exc}); check the path") from None
     except yaml.YAMLError as exc:
         raise DeepclustError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -389,12 +395,16 @@ def build_config(cls, file: str | os.PathLike | None = None, **overrides: Any):
     if file is not None:
         values.update({str(k).replace("-", "_"): v for k, v in load_yaml(file).items()})
     values.update(overrides)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise DeepclustError(
-            f"unknown config option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
+            f"unknown config option(s) {', '.join(unknown)}; known options: {', '.join(sorted(fields))}"
         )
+    for name, value in values.items():
+        # YAML reads `"false"` and `no` as strings, which Python takes as true: only true/false are booleans.
+        if fields[name].type in ("bool", bool) and not isinstance(value, bool):
+            raise DeepclustError(f"{name}={value!r} must be true or false (without quotes)")
     return cls(**values)
 
 

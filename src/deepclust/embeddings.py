@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -51,18 +53,43 @@ class EmbeddingStore:
         self.signature = signature
         self._next_shard = 0
 
-    def load(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """All cached vectors and all cached failures, by :func:`record_key`."""
+    def load(self, num_features: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """All cached vectors and all cached failures, by :func:`record_key`.
+
+        A shard that cannot be read (truncated, damaged, empty) or that holds vectors of
+        another shape or type than ``num_features`` float32 columns is named in a warning
+        and set aside (renamed ``*.damaged``); its images are then computed again.
+        """
         vectors: dict[str, np.ndarray] = {}
         failures: dict[str, str] = {}
         shards = sorted(glob.glob(os.path.join(glob.escape(self.folder), "shard-*.npz")))  # a run folder may be runs[2]/
         for shard in shards:
-            with np.load(shard, allow_pickle=False) as data:
-                vectors.update(zip(data["keys"].tolist(), data["vectors"]))
-                failures.update(zip(data["failed_keys"].tolist(), data["failed_reasons"].tolist()))
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    keys, vecs = data["keys"], data["vectors"]
+                    failed_keys, reasons = data["failed_keys"], data["failed_reasons"]
+                    problem = _shard_problem(keys, vecs, failed_keys, reasons, num_features)
+                    if problem is None:
+                        vectors.update(zip(keys.tolist(), vecs))
+                        failures.update(zip(failed_keys.tolist(), reasons.tolist()))
+            except Exception as exc:  # noqa: BLE001  BadZipFile, EOFError, KeyError, ValueError, OSError...
+                problem = f"it cannot be read ({type(exc).__name__})"
+            if problem is not None:
+                self._set_aside(shard, problem)
         if shards:
             self._next_shard = int(os.path.basename(shards[-1])[6:-4]) + 1
         return vectors, failures
+
+    @staticmethod
+    def _set_aside(shard: str, problem: str) -> None:
+        aside = shard + ".damaged"
+        try:
+            os.replace(shard, aside)
+            where = f"moved to '{os.path.basename(aside)}'"
+        except OSError:
+            where = "left in place"
+        warnings.warn(f"embedding cache shard '{shard}' is not usable: {problem}; {where}, and its images "
+                      "are embedded again", stacklevel=3)
 
     def add(self, keys: Sequence[str], vectors: np.ndarray, failed: dict[str, str]) -> None:
         """Write one shard of new vectors and failures, atomically."""
@@ -81,6 +108,19 @@ class EmbeddingStore:
             failed_reasons=np.array(list(failed.values()), dtype=str),
         )
         self._next_shard += 1
+
+
+def _shard_problem(keys, vectors, failed_keys, reasons, num_features: int | None) -> str | None:
+    """What is wrong with a shard's arrays, or None when they can be used."""
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        return f"its vectors are {vectors.dtype} of shape {vectors.shape}, not float32 rows"
+    if num_features is not None and vectors.shape[1] != num_features and len(vectors):
+        return f"its vectors have {vectors.shape[1]} features, the backbone gives {num_features}"
+    if keys.ndim != 1 or len(keys) != len(vectors) or len(failed_keys) != len(reasons):
+        return f"it holds {len(keys)} keys for {len(vectors)} vectors"
+    if not np.isfinite(vectors).all():
+        return "its vectors hold NaN or infinite values"
+    return None
 
 
 @dataclass
@@ -156,6 +196,7 @@ def extract_embeddings(
     flush_every: int = 1024,
     progress: bool = True,
     fast_decode: bool = False,
+    flush_seconds: float = 60.0,
 ) -> Embeddings:
     """Compute (or reuse) one feature vector per image.
 
@@ -176,6 +217,10 @@ def extract_embeddings(
     flush_every : int
         Write a shard to ``store`` after this many new images, bounding the work an
         interruption can lose.
+    flush_seconds : float
+        Also write a shard when this much time has passed since the last one, so a hard
+        kill (SIGKILL, the OOM killer) loses at most about this much work. A stop by
+        Ctrl-C or SIGTERM loses nothing: the vectors computed so far are written first.
     progress : bool
         Show a progress bar.
     fast_decode : bool
@@ -189,7 +234,7 @@ def extract_embeddings(
     """
     start = time.perf_counter()
     keys = [record_key(r) for r in records]
-    cached, cached_failures = store.load() if store is not None else ({}, {})
+    cached, cached_failures = store.load(backbone.num_features) if store is not None else ({}, {})
     vectors: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}
     todo = []
@@ -201,6 +246,10 @@ def extract_embeddings(
         else:
             todo.append(i)
     n_reused = len(vectors)
+    if store is not None and (n_reused or len(skipped)) and todo:
+        logging.getLogger("deepclust").info(
+            "resuming: %d image(s) taken from the cache in '%s', %d to embed", n_reused + len(skipped),
+            store.folder, len(todo))
 
     if todo:
         device = torch.device(device)
@@ -220,13 +269,23 @@ def extract_embeddings(
         pending_vectors: list[np.ndarray] = []
         pending_failed: dict[str, str] = {}
 
+        last_flush = [time.monotonic()]
+        cache = [store]  # None once writing to it failed: the run goes on without it
+
         def flush() -> None:
-            if store is not None and (pending_keys or pending_failed):
-                store.add(pending_keys, np.stack(pending_vectors) if pending_vectors else
-                          np.zeros((0, backbone.num_features), np.float32), pending_failed)
+            if cache[0] is not None and (pending_keys or pending_failed):
+                try:
+                    cache[0].add(pending_keys, np.stack(pending_vectors) if pending_vectors else
+                                 np.zeros((0, backbone.num_features), np.float32), pending_failed)
+                except OSError as exc:  # a full disk: keep the vectors in memory, stop caching
+                    warnings.warn(f"cannot write the embedding cache in '{cache[0].folder}' ({exc.strerror or exc}); "
+                                  "going on without it: an interruption now loses the images not yet cached",
+                                  stacklevel=2)
+                    cache[0] = None
             pending_keys.clear()
             pending_vectors.clear()
             pending_failed.clear()
+            last_flush[0] = time.monotonic()
 
         bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
         try:
@@ -244,7 +303,8 @@ def extract_embeddings(
                             pending_keys.append(keys[i])
                             pending_vectors.append(vec)
                     bar.update(len(batch_positions) + len(failed))
-                    if len(pending_keys) + len(pending_failed) >= flush_every:
+                    if (len(pending_keys) + len(pending_failed) >= flush_every
+                            or time.monotonic() - last_flush[0] >= flush_seconds):
                         flush()
         finally:
             # Also on Ctrl-C or an error: keep every vector computed so far.

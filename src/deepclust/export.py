@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 
@@ -20,12 +24,13 @@ import numpy as np
 
 from deepclust import runs
 from deepclust.errors import DeepclustError
-from deepclust.io import _UMASK, write_csv, write_json
+from deepclust.io import UMASK, write_csv, write_json
 
 log = logging.getLogger("deepclust")
 
 MODES = ("link", "copy")
 MAPPING = "mapping.csv"
+REFUSED = "refused.csv"
 
 
 def cluster_folder_name(cluster: int, width: int) -> str:
@@ -42,23 +47,27 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     if mode not in MODES:
         raise DeepclustError(f"mode={mode!r} is not one of {', '.join(MODES)}")
     run = runs.load_run(run_dir)
-    to = os.path.abspath(os.fspath(to))
+    to = os.path.realpath(os.fspath(to))  # a link to a folder is that folder (renaming onto a link fails)
     if os.path.exists(to) and (not os.path.isdir(to) or os.listdir(to)):
         raise DeepclustError(f"'{to}' already exists and is not an empty folder; deepclust never writes over "
                              "your files: pass a new folder to --to")
     parent = os.path.dirname(to)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(to)}.", suffix=".tmp")
-    os.chmod(work, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the folder is the user's, like any they create
+    os.chmod(work, 0o777 & ~UMASK)  # mkdtemp makes 0700; the folder is the user's, like any they create
     width = max(3, len(str(int(run.clusters.max())))) if len(run.clusters) else 3
+    roots = image_roots(run)
     used: dict[str, set] = {}
-    rows, exported, missing = [], 0, 0
+    rows, exported, missing, refused = [], 0, 0, []
     try:
         for i, (path, cluster) in enumerate(zip(run.paths, run.clusters.tolist())):
             source = os.path.abspath(run.resolve(path))
             folder = cluster_folder_name(int(cluster), width)
             target = ""
-            if os.path.isfile(source):
+            problem = foreign_image(source, roots) if os.path.lexists(source) else None
+            if problem:
+                refused.append((path, problem))
+            elif os.path.isfile(source):
                 names = used.setdefault(folder, set())
                 stem, ext = os.path.splitext(os.path.basename(source))
                 name, n = stem + ext, 1
@@ -79,6 +88,8 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
             rows.append([path, int(cluster), target, distance] + ([run.labels[i]] if run.labels is not None else []))
         write_csv(os.path.join(work, MAPPING), ["path", "cluster", "exported", "distance"]
                   + (["label"] if run.labels is not None else []), rows)
+        if refused:
+            write_csv(os.path.join(work, REFUSED), ["path", "reason"], refused)
         if os.path.isdir(to):
             os.rmdir(to)  # empty (checked above); rmdir fails rather than lose anything put there since
         os.rename(work, to)
@@ -87,7 +98,50 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
         raise
     if missing:
         log.warning("%d image(s) of the run no longer exist; they are listed in %s without a file", missing, MAPPING)
-    return {"images": exported, "missing": missing, "clusters": len(used), "folder": to, "mode": mode}
+    if refused:
+        log.warning("%d path(s) of the run's assignments.csv are not its own images and were not exported "
+                    "(e.g. %s: %s); see %s", len(refused), refused[0][0], refused[0][1], os.path.join(to, REFUSED))
+    return {"images": exported, "missing": missing, "refused": len(refused), "clusters": len(used), "folder": to,
+            "mode": mode}
+
+
+def image_roots(run: runs.Run) -> list[str]:
+    """The image folders a run recorded (``deepclust cluster IMAGES``, a store's images,
+    an end-to-end method's images), as absolute paths: its images lie under them."""
+    config = run.summary.get("config") or {}
+    roots = []
+    for folder in (config.get("images"),):
+        if isinstance(folder, str) and folder:
+            roots.append(os.path.normpath(os.path.abspath(run.resolve(folder))))
+    store = (run.summary.get("resolved") or {}).get("embeddings_store")
+    if store:
+        try:
+            with open(os.path.join(store, "store.json"), encoding="utf-8") as fh:
+                images = json.load(fh).get("images")
+            if isinstance(images, str) and images:
+                roots.append(os.path.normpath(os.path.abspath(run.resolve(images))))
+        except (OSError, ValueError):
+            pass
+    return roots
+
+
+def foreign_image(source: str, roots: list[str]) -> str | None:
+    """Why ``source`` is not one of the run's own images, or None when it is: it must lie
+    under one of ``roots`` (as written, ``..`` resolved) and open as an image. A crafted
+    assignments.csv could otherwise make export copy any readable file (``/etc/shadow``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.path.normpath(source)
+    if roots and not any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+        return f"outside the run's image folder(s) {', '.join(roots)}"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "not a regular file"
+        with Image.open(path):  # reads the header only
+            pass
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return f"not an image ({type(exc).__name__})"
+    return None
 
 
 @dataclass
@@ -140,10 +194,15 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
                                suffix=".tmp.onnx")
     os.close(fd)
     try:
-        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["embeddings"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
-                                    dynamo=True, verbose=False)
-        program.save(tmp)
+        chatter = io.StringIO()  # the exporter prints its progress (dozens of lines): shown with --verbose only
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["embeddings"],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                        dynamo=True, verbose=False)
+            program.save(tmp)
+        if chatter.getvalue().strip():
+            log.debug("torch.onnx.export said:\n%s", chatter.getvalue().rstrip())
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; the model is meant to be shared
         diff = peak = None
         if check:
             try:

@@ -21,7 +21,7 @@ from deepclust.config import ClusterConfig, write_config
 from deepclust.data import find_images, split_classes
 from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write, write_csv, write_json
+from deepclust.io import atomic_write, check_writable, lock_folder, write_csv, write_json
 from deepclust.metrics import repeat_clustering, score_clustering
 
 log = logging.getLogger("deepclust")
@@ -229,7 +229,13 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     if config.k_max < config.k_min:
         raise DeepclustError(f"k_max={config.k_max} must be >= k_min={config.k_min}")
     device = resolve_device(config.device)
+    check_writable(config.out)  # a read-only or full --out is found now, not after the embedding
+    with lock_folder(config.out):
+        return _cluster_images(config, classes, requested_k, density, device, timings, t_start)
 
+
+def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, device, timings: dict,
+                    t_start: float) -> ClusterResult:
     # data
     t = time.perf_counter()
     records = find_images(config.images, classes=classes, exclude=[config.out])
@@ -248,7 +254,7 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     t = time.perf_counter()
     backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size)
     timings["load_backbone"] = time.perf_counter() - t
-    os.makedirs(config.out, exist_ok=True)
+    runs.retire_outputs(config.out)
     store = EmbeddingStore(runs.run_path(config.out, runs.CACHE), embedding_signature(backbone, config.fast_decode))
     log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
     emb = extract_embeddings(
@@ -297,8 +303,14 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     # outputs
     t = time.perf_counter()
     paths = [r.path for r in kept]
-    runs.write_embeddings(config.out, emb.vectors)
-    write_run_files(config, paths, clusters, distances, y_true, metrics)
+    try:
+        runs.write_embeddings(config.out, emb.vectors)
+        write_run_files(config, paths, clusters, distances, y_true, metrics)
+    except OSError as exc:
+        raise DeepclustError(
+            f"cannot write the results to '{config.out}' ({exc.strerror or exc}); the embeddings cached in "
+            f"'{store.folder}' are kept and reused when the same command runs again: free space, or pass "
+            "another --out") from None
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     resolved = {
@@ -416,6 +428,7 @@ def evaluate_run(
         os.path.join(out, "evaluation.json"),
         {
             "run": os.fspath(run_dir),
+            "run_id": run.summary.get("run_id"),
             "n_clusters": k,
             "n_images": len(run.paths),
             "n_classes": len(set(run.labels)),

@@ -28,7 +28,7 @@ import numpy as np
 
 from deepclust import runs
 from deepclust.errors import DeepclustError
-from deepclust.io import write_csv, write_json
+from deepclust.io import check_writable, write_csv, write_json
 
 log = logging.getLogger("deepclust")
 
@@ -159,6 +159,7 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
                              f"({', '.join(END_TO_END)})")
     model = cluster_model(run, far_quantile)
     out = os.fspath(out) if out is not None else runs.run_path(run_dir, "predict")
+    check_writable(out)  # e.g. a colleague's read-only run folder: found before the embedding
     embed = _embed_with_backbone if command == "cluster" else _embed_with_network
     paths, vectors, found, skipped, names, seconds = embed(run, images, out, batch_size, device, num_workers, progress)
     os.makedirs(out, exist_ok=True)
@@ -173,7 +174,8 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
               + (["label"] if y else []),
               [[p, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else [])
                for i, (p, c, d, m, f) in enumerate(zip(paths, clusters, distances, nearest, far))])
-    summary = {"command": "predict", "run": os.path.abspath(run_dir), "images": os.fspath(images),
+    summary = {"command": "predict", "run": os.path.abspath(run_dir), "run_id": run.summary.get("run_id"),
+               "images": os.fspath(images),
                "assign": assign, "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
                "counts": {"images_found": found, "images_predicted": len(paths), "images_skipped": len(skipped),
                           "far": int(far.sum()), "clusters_used": int(len(np.unique(clusters)))},

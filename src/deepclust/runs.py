@@ -19,9 +19,13 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import platform
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -29,6 +33,8 @@ import numpy as np
 
 from deepclust.errors import DeepclustError
 from deepclust.io import read_csv, write_csv, write_json, write_npy
+
+log = logging.getLogger("deepclust")
 
 ASSIGNMENTS = "assignments.csv"
 EMBEDDINGS = "embeddings.npy"
@@ -73,11 +79,49 @@ def write_embeddings(run_dir: str | os.PathLike, vectors: np.ndarray) -> None:
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
+    """Write summary.json (last: its presence marks a finished run), with a new ``run_id``
+    that the outputs derived from the run (report, predict, evaluation) record."""
+    summary.setdefault("run_id", f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     write_json(run_path(run_dir, SUMMARY), summary)
 
 
 def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
     write_json(run_path(run_dir, METRICS), metrics)
+
+
+# What a run writes, and what later commands derive from it.
+RUN_OUTPUTS = (ASSIGNMENTS, EMBEDDINGS, SKIPPED, METRICS, CONFIG, K_ESTIMATION, "history.csv")
+DERIVED_OUTPUTS = ("report", "predict", "evaluation.md", "evaluation.csv", "evaluation.json")
+RETIRED = "retired"
+
+
+def retire_outputs(run_dir: str | os.PathLike) -> str | None:
+    """Before a new run writes into ``run_dir``: remove summary.json first (the folder no
+    longer reads as a finished run), then the old run's own outputs (the new run writes
+    them again, or they would describe the old one, as a stale metrics.json would), and
+    move what was derived from it (report/, predict/, evaluation.*) to
+    ``retired/<old run id>/``. The embedding cache stays. Returns that folder, if any."""
+    run_dir = os.fspath(run_dir)
+    old_id = None
+    if os.path.isfile(run_path(run_dir, SUMMARY)):
+        try:
+            old_id = read_summary(run_dir).get("run_id")
+        except DeepclustError:
+            pass
+        os.remove(run_path(run_dir, SUMMARY))
+    for name in RUN_OUTPUTS:
+        if os.path.isfile(run_path(run_dir, name)):
+            os.remove(run_path(run_dir, name))
+    derived = [n for n in DERIVED_OUTPUTS if os.path.lexists(run_path(run_dir, n))]
+    if not derived:
+        return None
+    target = os.path.join(run_dir, RETIRED, str(old_id or f"before-{time.strftime('%Y%m%dT%H%M%S')}"))
+    os.makedirs(target, exist_ok=True)
+    for name in derived:
+        os.replace(run_path(run_dir, name), os.path.join(target, name))
+    log.warning("the outputs derived from the previous run in '%s' (%s) were moved to '%s'", run_dir,
+                ", ".join(derived), target)
+    return target
 
 
 @dataclass
@@ -126,8 +170,57 @@ class Run:
         return weights if weights in ("pretrained", "random") else self.resolve(weights)
 
 
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """summary.json of a run folder; a damaged one is one clear error."""
+    path = run_path(run_dir, SUMMARY)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise DeepclustError(f"'{path}' is damaged (not valid JSON: {str(exc).splitlines()[0]}); "
+                             "run the command that made the run again") from None
+    if not isinstance(summary, dict):
+        raise DeepclustError(f"'{path}' is damaged (not a JSON object); run the command that made the run again")
+    return summary
+
+
+def _read_embeddings(path: str) -> np.ndarray:
+    try:
+        embeddings = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001  object arrays (pickles), truncated or foreign files
+        raise DeepclustError(f"'{path}' is damaged or not a float array ({type(exc).__name__}); "
+                             "run `deepclust cluster` again") from None
+    if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or embeddings.dtype.kind != "f":
+        raise DeepclustError(f"'{path}' holds {getattr(embeddings, 'dtype', '?')} of shape "
+                             f"{getattr(embeddings, 'shape', '?')}, not float rows (images x features); "
+                             "run `deepclust cluster` again")
+    return embeddings
+
+
+def _parse_assignments(path: str, rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(clusters, distances) of assignments.csv, each value checked."""
+    if rows and not {"path", "cluster", "distance"} <= set(rows[0]):
+        raise DeepclustError(f"'{path}' is damaged: it lacks the columns path, cluster, distance; "
+                             "run `deepclust cluster` again")
+    clusters = np.empty(len(rows), dtype=np.int64)
+    distances = np.empty(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        try:
+            cluster = int(row["cluster"])
+            distance = float(row["distance"]) if row["distance"] else np.nan
+        except (TypeError, ValueError):
+            raise DeepclustError(f"'{path}' is damaged at row {i + 2}: cluster {row.get('cluster')!r}, distance "
+                                 f"{row.get('distance')!r} are not numbers; run `deepclust cluster` again") from None
+        if not -1 <= cluster < 2**31 or distance < 0:
+            raise DeepclustError(f"'{path}' is damaged at row {i + 2}: cluster {cluster} (ids run from -1 for noise "
+                                 "to below 2^31), distance " f"{distance}; run `deepclust cluster` again")
+        clusters[i], distances[i] = cluster, distance
+    return clusters, distances
+
+
 def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run folder written by ``deepclust cluster``."""
+    """Read a run folder written by ``deepclust cluster``; every file is checked, and a
+    damaged one is one error naming it."""
     run_dir = os.fspath(run_dir)
     needed = [ASSIGNMENTS, SUMMARY]
     missing = [n for n in needed if not os.path.isfile(run_path(run_dir, n))]
@@ -136,16 +229,20 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             f"'{run_dir}' is not a finished run folder (missing {', '.join(missing)}); "
             "run `deepclust cluster IMAGES --out RUN_DIR` first"
         )
-    with open(run_path(run_dir, SUMMARY), encoding="utf-8") as fh:
-        summary = json.load(fh)
-    rows = read_csv(run_path(run_dir, ASSIGNMENTS))
-    store = summary.get("resolved", {}).get("embeddings_store")
+    summary = read_summary(run_dir)
+    try:
+        rows = read_csv(run_path(run_dir, ASSIGNMENTS))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DeepclustError(f"'{run_path(run_dir, ASSIGNMENTS)}' is damaged ({exc}); "
+                             "run `deepclust cluster` again") from None
+    resolved = summary.get("resolved")
+    store = resolved.get("embeddings_store") if isinstance(resolved, dict) else None
     if store:  # a run of `cluster --embeddings`: the vectors stay in the store
         from deepclust.scale import open_store
 
         embeddings = open_store(store).read()
     elif os.path.isfile(run_path(run_dir, EMBEDDINGS)):
-        embeddings = np.load(run_path(run_dir, EMBEDDINGS))
+        embeddings = _read_embeddings(run_path(run_dir, EMBEDDINGS))
     else:
         raise DeepclustError(f"'{run_dir}' is not a finished run folder (missing {EMBEDDINGS}); "
                              "run `deepclust cluster IMAGES --out RUN_DIR` first")
@@ -154,15 +251,16 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             f"'{run_dir}' is inconsistent: {len(rows)} assignments but {len(embeddings)} embeddings; "
             "run `deepclust cluster` again"
         )
+    clusters, distances = _parse_assignments(run_path(run_dir, ASSIGNMENTS), rows)
     has_labels = bool(rows) and "label" in rows[0]
     return Run(
         folder=run_dir,
         paths=[r["path"] for r in rows],
-        clusters=np.array([int(r["cluster"]) for r in rows], dtype=np.int64),
+        clusters=clusters,
         embeddings=embeddings,
         labels=[r["label"] for r in rows] if has_labels else None,
         summary=summary,
-        distances=np.array([float(r["distance"]) if r["distance"] else np.nan for r in rows], dtype=np.float64),
+        distances=distances,
     )
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from deepclust.errors import DeepclustError
-from deepclust.io import read_csv, write_csv, write_json
+from deepclust.io import check_writable, lock_folder, read_csv, write_csv, write_json
 
 log = logging.getLogger("deepclust")
 
@@ -135,11 +135,31 @@ def open_store(folder: str | os.PathLike) -> EmbeddingTable:
                              "partitions); run the same `deepclust embed` command again to finish it")
     rows = read_csv(os.path.join(folder, "index.csv"))
     skipped = [(r["path"], r["reason"]) for r in read_csv(os.path.join(folder, "skipped.csv"))]
+    parts = _finished_parts(folder)
+    missing = _missing_chunks(folder, parts)
+    if missing:
+        raise DeepclustError(f"the embedding store '{folder}' has lost the vectors of {len(missing)} partition(s) "
+                             f"({', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}); run the same "
+                             "`deepclust embed` command again to recompute them")
     valid = np.ones(len(rows), dtype=bool)
-    for part in _finished_parts(folder).values():
+    for part in parts.values():
         for row, _ in part["failed"]:
             valid[row] = False
     return EmbeddingTable(folder, info, [r["path"] for r in rows], [r["folder"] for r in rows], valid, skipped)
+
+
+def _missing_chunks(folder: str, parts: dict[int, dict]) -> list[int]:
+    """Finished partitions whose chunk of vectors is gone from disk (it would read back as
+    NaN). A partition whose every image failed may have none: zarr skips all-NaN chunks."""
+    z = _zarr().open_array(os.path.join(folder, VECTORS), mode="r")
+    missing = []
+    for part, record in sorted(parts.items()):
+        if len(record["failed"]) == record["stop"] - record["start"]:
+            continue
+        key = z.metadata.encode_chunk_key((part, 0))
+        if not os.path.isfile(os.path.join(folder, VECTORS, *key.split("/"))):
+            missing.append(part)
+    return missing
 
 
 def _part_file(folder: str, part: int) -> str:
@@ -265,12 +285,6 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     Resumes an unfinished store made with the same images and backbone; refuses one
     made with others. Returns the finished store.
     """
-    from deepclust.backbones import DEFAULT_BACKBONE, create_backbone
-    from deepclust.data import find_images
-    from deepclust.distributed import LocalExecutor
-    from deepclust.embeddings import embedding_signature
-
-    executor = executor or LocalExecutor()
     out = os.fspath(out)
     if partition_size < 1 or batch_size < 1:
         raise DeepclustError("--partition-size and --batch-size must be >= 1")
@@ -278,6 +292,26 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
         from deepclust.backbones import resolve_device
 
         resolve_device(device)  # a wrong name fails here, not on every worker
+    fresh = not os.path.exists(out)
+    check_writable(out)
+    try:
+        with lock_folder(out, "embedding store"):
+            return _embed_images(images, out, backbone, weights, image_size, executor, partition_size, batch_size,
+                                 device, classes, progress, fast_decode)
+    except DeepclustError:
+        if fresh and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # refused before any work: leave no empty folder behind
+        raise
+
+
+def _embed_images(images, out, backbone, weights, image_size, executor, partition_size, batch_size, device, classes,
+                  progress, fast_decode) -> EmbeddingTable:
+    from deepclust.backbones import DEFAULT_BACKBONE, create_backbone
+    from deepclust.data import find_images
+    from deepclust.distributed import LocalExecutor
+    from deepclust.embeddings import embedding_signature
+
+    executor = executor or LocalExecutor()
     records = find_images(images, classes=classes, exclude=[out])
     if not records:
         raise DeepclustError(f"no images found under '{images}'")
@@ -299,11 +333,15 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
             raise DeepclustError(f"'{out}' holds embeddings of other images or another backbone or partition size; "
                                  "embed into a new --out folder (or delete this one)")
         info = {**old, "complete": False}
-    elif os.path.exists(out) and os.listdir(out):
+    elif os.path.exists(out) and [n for n in os.listdir(out) if not n.startswith(".")]:
         raise DeepclustError(f"'{out}' exists and is not an embedding store; choose a new --out folder")
     else:
         _create(out, info, index_rows)
     done = _finished_parts(out)
+    for part in _missing_chunks(out, done):  # marked done, but its vectors are gone: redo it
+        log.warning("partition %d of '%s' lost its vectors; embedding it again", part, out)
+        os.remove(_part_file(out, part))
+        del done[part]
     # workers may run elsewhere, in another folder: they get absolute paths (of a file system they share)
     where = os.path.abspath(out)
     tasks = [{"folder": where, "part": p, "start": s,
@@ -570,9 +608,6 @@ def cluster_store(config):
     usual form (assignments.csv, skipped.csv, summary.json, metrics.json with labels,
     config.yaml). The vectors stay in the store: summary.json points to it."""
     from deepclust import runs
-    from deepclust.distributed import open_executor
-    from deepclust.pipeline import (ClusterResult, check_n_clusters, record_k_estimate, run_metrics, run_summary,
-                                    write_run_files)
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -589,6 +624,18 @@ def cluster_store(config):
     if config.labels not in (None, "folders"):
         raise DeepclustError(f"labels='{config.labels}' is not known; use folders")
     table = open_store(config.embeddings)
+    check_writable(config.out)
+    with lock_folder(config.out):
+        runs.retire_outputs(config.out)
+        return _cluster_store(config, table, params, timings, t_start)
+
+
+def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t_start: float):
+    from deepclust import runs
+    from deepclust.distributed import open_executor
+    from deepclust.pipeline import (ClusterResult, check_n_clusters, record_k_estimate, run_metrics, run_summary,
+                                    write_run_files)
+
     backbone = table.info.get("backbone", {})
     if backbone.get("signature"):  # the run records the store's backbone, as `predict` needs
         config = dataclasses.replace(config, backbone=backbone["name"], weights=backbone["weights"],

@@ -9,6 +9,7 @@ are left out: they are thumbnails, resource forks and tool state, not photos.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -185,12 +186,31 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     OSError, ValueError, Image.DecompressionBombError
         If the file cannot be decoded or is truncated (the caller reports and skips it).
     """
-    with Image.open(path) as img:
-        if draft_size:
-            img.draft("RGB", (draft_size, draft_size))
-        img.load()  # decode now: truncated files fail here, not later
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+    path = os.fspath(path)
+    # Only a regular file is an image: opening a FIFO named x.jpg would wait forever.
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"not a regular file but {_file_kind(mode)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(path) as img:
+            if draft_size:
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()  # decode now: truncated files fail here, not later
+            img = ImageOps.exif_transpose(img)
+            img = to_rgb(img)
+    for w in caught:  # the decoder's warnings do not say which file: say it
+        warnings.warn(f"'{path}': {w.message}", w.category, stacklevel=2)
+    return img
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -201,6 +221,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         # Stretch by the type's range, not the image's, so dark images stay dark.
+        if not np.isfinite(arr).all():  # it would become an all-black image, silently
+            raise ValueError(f"{int((~np.isfinite(arr)).sum())} pixel(s) are NaN or infinite")
         if mode == "F":
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)

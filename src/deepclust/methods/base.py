@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from deepclust.backbones import Backbone, create_backbone, resolve_device, save_backbone
+from deepclust.checkpoint import load_checkpoint, save_checkpoint
 from deepclust.cluster._base import check_float, check_int
 from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
@@ -40,7 +41,7 @@ from deepclust.data.folders import ImageRecord, describe_load_error
 from deepclust.data.transforms import eval_transform, training_transform
 from deepclust.distributed import DistInfo, average_buffers, barrier, init_distributed, wrap_ddp
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write, write_csv, write_json, write_npy
+from deepclust.io import check_writable, lock_folder, write_csv, write_json, write_npy
 
 log = logging.getLogger("deepclust")
 
@@ -262,6 +263,14 @@ class FineTuning:
         self._check()
         info, device = init_distributed(resolve_device(c.device))
         self.dist_ = info
+        if not info.is_main:
+            return self._fit(info, device)
+        check_writable(c.out, "--out")
+        with lock_folder(c.out, "training folder"):  # rank 0 writes the folder: it holds the lock
+            return self._fit(info, device)
+
+    def _fit(self, info: DistInfo, device: torch.device) -> Backbone:
+        c = self.config
         train = _load_subset(c, c.train_subset)
         val = _load_subset(c, c.val_subset)
         if len(val.classes) < 2:
@@ -456,8 +465,7 @@ class FineTuning:
             "best": best,
             "rng": rng_states,
         }
-        with atomic_write(path, "wb", encoding=None) as fh:
-            torch.save(payload, fh)
+        save_checkpoint(path, payload)
 
     @staticmethod
     def _gather_rng(rng: np.random.Generator, info: DistInfo) -> list:
@@ -470,10 +478,7 @@ class FineTuning:
         return states
 
     def _load_last(self, path: str) -> dict:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise DeepclustError(f"cannot read checkpoint '{path}' ({type(exc).__name__}); delete it to start over") from None
+        state = load_checkpoint(path, "training checkpoint", "delete it to start over, or use another --out")
         if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
             raise DeepclustError(f"'{path}' is not a deepclust training checkpoint; use another --out")
         old, new = state["config"], self.config.to_dict()

@@ -872,7 +872,7 @@ class C2M:
     def save(self, path) -> None:
         """Write the learned metric (settings, autoencoder and critic weights, history) to
         ``path``, atomically; :meth:`load` reads it back to score or cluster new data."""
-        from deepclust.io import atomic_write
+        from deepclust.checkpoint import save_checkpoint
 
         self._fitted()
         import inspect
@@ -881,8 +881,7 @@ class C2M:
         state = {"format": "deepclust-c2m/1", "settings": {name: getattr(self, name) for name in names},
                  "autoencoder": self.autoencoder_.state_dict(), "critic": self.critic_.state_dict(),
                  "history": self.history_}
-        with atomic_write(path, "wb", encoding=None) as fh:
-            torch.save(state, fh)
+        save_checkpoint(path, state)
 
     @classmethod
     def load(cls, path, random_state=None, **search) -> "C2M":
@@ -898,10 +897,9 @@ class C2M:
 
         if not os.path.isfile(path):
             raise DeepclustError(f"no C2M metric at '{path}'; train one with C2M(...).fit(datasets).save(path)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
-            raise DeepclustError(f"'{path}' is not a readable C2M metric ({exc})") from exc
+        from deepclust.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, "C2M metric", "train one with `deepclust train --method c2m`")
         if not isinstance(state, dict) or state.get("format") != "deepclust-c2m/1":
             raise DeepclustError(f"'{path}' is not a C2M metric written by C2M.save")
         model = cls(**{**state["settings"], **search})

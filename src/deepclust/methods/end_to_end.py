@@ -26,7 +26,7 @@ import torch
 
 from deepclust.cluster._base import check_int
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write
+from deepclust.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("deepclust")
 
@@ -102,8 +102,7 @@ class RunCheckpoint:
         if self.path is None:
             return
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        with atomic_write(self.path, "wb") as fh:
-            torch.save({**state, "format": self.fmt}, fh)
+        save_checkpoint(self.path, {**state, "format": self.fmt})
 
     def load(self, data_fingerprint: str, settings: dict) -> dict | None:
         """The saved state, or None without a file; an error when the file is another
@@ -111,8 +110,8 @@ class RunCheckpoint:
         path = self.path
         if path is None or not os.path.isfile(path):
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != self.fmt:
+        state = load_checkpoint(path, f"{self.what} checkpoint", "delete it to start over, or use another checkpoint_dir")
+        if not isinstance(state, dict) or state.get("format") != self.fmt:
             raise DeepclustError(f"'{path}' is not an {self.what} checkpoint; use another checkpoint_dir")
         if state["fingerprint"] != data_fingerprint:
             raise DeepclustError(f"'{path}' was trained on other images; use another checkpoint_dir or delete it")
@@ -189,6 +188,21 @@ class EndToEndTraining:
         self.estimator(0)._check_params()
 
     def fit(self):
+        """Train, combine and write the run folder (rank 0 writes, holding its lock)."""
+        import contextlib
+
+        from deepclust import runs
+        from deepclust.io import check_writable, lock_folder
+
+        self._check()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return self._fit()
+        check_writable(self.config.out)
+        with lock_folder(self.config.out) if self.config.out else contextlib.nullcontext():
+            runs.retire_outputs(self.config.out)
+            return self._fit()
+
+    def _fit(self):
         from deepclust import runs
         from deepclust.backbones import resolve_device
         from deepclust.config import write_config
@@ -198,7 +212,6 @@ class EndToEndTraining:
         from deepclust.metrics import score_clustering
 
         c = self.config
-        self._check()
         resolve_device(c.device)
         t_start = time.perf_counter()
         data = load_pixels(c.images, c.dataset, c.image_size, c.channels, c.labels, c.progress)

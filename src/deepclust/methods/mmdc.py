@@ -375,7 +375,8 @@ class MMDC:
             owner, gen_state = state["owner"], state["generator"]
             gen.set_state(gen_state)
             self.history_, self.loss_ = state["history"], state["loss"]
-            self.labels_main_ = state["labels_main"]
+            main = state["labels_main"]  # saved as a tensor (checkpoints hold no numpy objects)
+            self.labels_main_ = main.numpy() if isinstance(main, torch.Tensor) else main
             refine_targets = state["refine_targets"]
             start = len(self.history_)
             if start < self.epochs:  # a longer main stage than the checkpoint's: its end scores are stale

@@ -16,7 +16,7 @@ import numpy as np
 
 from deepclust import runs
 from deepclust.errors import DeepclustError
-from deepclust.io import atomic_write, read_csv, save_figure
+from deepclust.io import atomic_write, read_csv, save_figure, write_json
 
 log = logging.getLogger("deepclust")
 
@@ -121,6 +121,20 @@ def cluster_montages(clusters: np.ndarray, distances: np.ndarray, per_cluster: i
         members = members[np.argsort(distances[members], kind="stable")][:per_cluster]
         out.append({"cluster": int(ids[i]), "size": int(sizes[i]), "members": members.tolist()})
     return out
+
+
+def _old_metrics(run_dir: str) -> dict | None:
+    import json
+
+    path = runs.run_path(run_dir, runs.METRICS)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            metrics = json.load(fh)
+    except ValueError:
+        raise DeepclustError(f"'{path}' is damaged (not valid JSON); run the command that made the run again") from None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def _dataset_pixels(run: runs.Run):
@@ -304,12 +318,9 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     matched = match_clusters(run.labels, run.clusters) if run.labels is not None else None
     pixels = _dataset_pixels(run)
     files = _plots(run, out, options, xy_index, xy, montages, matched, pixels)
-    metrics = None
-    if os.path.isfile(runs.run_path(run_dir, runs.METRICS)):
-        import json
-
-        with open(runs.run_path(run_dir, runs.METRICS), encoding="utf-8") as fh:
-            metrics = json.load(fh)
+    # The scores of this run: summary.json holds them (written last, with the run); a metrics.json
+    # beside it is read only for runs that predate that.
+    metrics = run.summary.get("metrics") if "metrics" in run.summary else _old_metrics(run_dir)
     skipped = read_csv(runs.run_path(run_dir, runs.SKIPPED)) if os.path.isfile(runs.run_path(run_dir, runs.SKIPPED)) else []
 
     s = run.summary
@@ -330,7 +341,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                 ["backbone", resolved.get("backbone", config.get("backbone", ""))],
                 ["weights", resolved.get("weights", config.get("weights", ""))],
                 ["number of clusters", f"{resolved.get('n_clusters', '')} ({resolved.get('n_clusters_from', '')})"],
-                ["device", resolved.get("device", "")], ["seed", s.get("seed", "")],
+                ["device", resolved.get("device", "")], ["seed", s.get("seed", "")], ["run id", s.get("run_id", "")],
                 ["deepclust", s.get("versions", {}).get("deepclust", "")]]
     parts.append("<h2 id='settings'>Settings</h2>" + _table(["setting", "value"], settings))
     timings = s.get("timings_seconds", {})
@@ -388,4 +399,5 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     path = os.path.join(out, "report.html")
     with atomic_write(path) as fh:
         fh.write("\n".join(parts))
+    write_json(os.path.join(out, "report.json"), {"run": os.path.abspath(run_dir), "run_id": s.get("run_id")})
     return path

@@ -1,0 +1,82 @@
+"""The one way deepclust writes and reads its checkpoint files, safe to load from anywhere.
+
+Checkpoints travel: a colleague's run folder, a downloaded model, a shared disk. A pickle
+can run any code while it is read, so every file deepclust loads goes through
+``torch.load(..., weights_only=True)``, which admits only tensors and plain values (dicts,
+lists, tuples, numbers, strings). What deepclust saves is made of those alone: numpy
+arrays become tensors and numpy scalars Python numbers (:func:`to_plain`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from typing import Any
+
+import numpy as np
+
+from deepclust.errors import DeepclustError
+from deepclust.io import atomic_write
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers, recursively
+    through dicts, lists and tuples, so that ``weights_only`` loading accepts it."""
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Write ``payload`` (tensors and plain values; numpy converted) atomically."""
+    import torch
+
+    with atomic_write(path, "wb") as fh:
+        torch.save(to_plain(payload), fh)
+
+
+def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", fix: str = "delete it to start over") -> Any:
+    """Read a file written by :func:`save_checkpoint` (or any tensors-only PyTorch file).
+
+    A file that holds other Python objects is refused without running any of it; a
+    damaged or truncated one is refused too. Both end in one line naming the file,
+    ``what`` it should be, and ``fix``.
+    """
+    import torch
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise DeepclustError(f"cannot read {what} '{path}' ({exc.strerror or exc}); {fix}") from None
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle
+        kind = "empty" if not head else "text" if head.isascii() else "of another format"
+        raise DeepclustError(f"{what} '{path}' is not a PyTorch file (it is {kind}); {fix}")
+    try:
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the errors say it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise DeepclustError(f"cannot read {what} '{path}': the file is damaged ({type(exc).__name__}); "
+                                 f"{fix}") from None
+        # PyTorch's own message suggests loading it unsafely: never pass that on.
+        raise DeepclustError(
+            f"refused to load {what} '{path}': it holds Python objects other than tensors and plain values, "
+            f"and deepclust never runs code from a file (was it made by another tool, or crafted?); {fix}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  zip, EOF and stream errors of a damaged file
+        raise DeepclustError(f"cannot read {what} '{path}': the file is damaged or truncated "
+                             f"({type(exc).__name__}); {fix}") from None

@@ -110,6 +110,7 @@ def test_a_crafted_weights_file_is_refused_without_running_it(images, tmp_path, 
     _plant(tmp_path / "evil.pt", marker)
     assert main(["-q", "cluster", str(images), "--out", str(tmp_path / "r"), *TINY, "--n-clusters", "3",
                  "--weights", str(tmp_path / "evil.pt")]) == 2
+    assert not marker.exists()  # checked first: the file's code must not have run
     assert "refused to load weights file" in _error_line(capsys)
     assert main(["-q", "export-onnx", "--backbone", "test_efficientnet", "--weights", str(tmp_path / "evil.pt"),
                  "--out", str(tmp_path / "m.onnx")]) == 2
@@ -122,6 +123,7 @@ def test_a_crafted_c2m_metric_is_refused_without_running_it(images, weights, tmp
     _plant(tmp_path / "metric.pt", marker)
     assert _cluster(images, tmp_path / "r1", weights, "--algorithm", "c2m", "--param",
                     f"metric={tmp_path / 'metric.pt'}") == 2
+    assert not marker.exists()
     assert "refused to load C2M metric" in _error_line(capsys)
     assert _cluster(images, tmp_path / "r2", weights, "--n-clusters", "auto", "--k-method", "c2m", "--k-metric",
                     tmp_path / "metric.pt") == 2
@@ -138,8 +140,8 @@ def test_a_crafted_training_checkpoint_is_refused_on_resume(images, tmp_path, ca
     assert main(["-q", "train", "--images", str(four), "--split", str(split), "--out", str(tmp_path / "train"),
                  "--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32", "--epochs", "1",
                  "--n-tasks", "1", "--n-way", "2", "--no-progress"]) == 2
+    assert not marker.exists()  # checked first: the file's code must not have run
     assert "refused to load training checkpoint" in _error_line(capsys)
-    assert not marker.exists()
 
 
 @pytest.mark.parametrize("method", ["mmdc", "imc_swav"])
@@ -149,8 +151,8 @@ def test_a_crafted_end_to_end_checkpoint_is_refused_on_resume(method, images, tm
     assert main(["-q", "train", "--method", method, "--images", str(images), "--out", str(tmp_path / "run"),
                  "--n-clusters", "3", "--epochs", "1", "--backbone", "conv4", "--image-size", "16",
                  "--no-progress"]) == 2
+    assert not marker.exists()  # checked first: the file's code must not have run
     assert "refused to load" in _error_line(capsys)
-    assert not marker.exists()
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +171,8 @@ def test_predict_refuses_a_crafted_checkpoint_in_a_received_run_folder(mmdc_run,
     marker = tmp_path / "ran"
     _plant(run / "seed0" / "last.pt", marker)
     assert main(["-q", "predict", str(run), str(images), "--out", str(tmp_path / "p"), "--no-progress"]) == 2
+    assert not marker.exists()  # checked first: the file's code must not have run
     assert "refused to load MMDC checkpoint" in _error_line(capsys)
-    assert not marker.exists()
 
 
 def test_a_plain_pickle_is_refused_too(tmp_path):

@@ -26,10 +26,11 @@ from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
 import deepclust.models  # noqa: F401  registers deepclust's own small networks (conv4) with timm
+from deepclust.config import DEFAULT_BACKBONE
+from deepclust.devices import resolve_device  # noqa: F401  (re-exported: deepclust.backbones.resolve_device)
 from deepclust.errors import DeepclustError
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 #: The four backbones of Bjerge et al. (VISAPP 2025), by the paper's name.
 PAPER_BACKBONES = {
@@ -261,21 +262,3 @@ def _file_digest(path: str, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()[:12]
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """Check that a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) is usable here."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise DeepclustError(f"device='{name}' is not a device name; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeepclustError(f"device='{name}' asked for, but this machine has no usable CUDA GPU; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeepclustError(
-                f"device='{name}' asked for, but only {torch.cuda.device_count()} GPU(s) exist; use cuda:0"
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeepclustError(f"device='{name}' asked for, but MPS is not available here; use --device cpu")
-    return device

@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
-from deepclust.backbones import DEFAULT_BACKBONE
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write
+
+#: The backbone used when none is named: EfficientNet-Lite0 with its offline ImageNet weights.
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
 @dataclass

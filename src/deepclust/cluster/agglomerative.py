@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from deepclust.cluster._base import BaseClusterer, check_choice, check_int
+from deepclust.cluster._base import BaseClusterer
+from deepclust.validation import check_choice, check_int
 from deepclust.cluster._registry import register_clusterer
 from deepclust.cluster.neighbors import knn_graph
 

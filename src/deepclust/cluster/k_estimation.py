@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepclust.cluster._base import as_generator, as_seed, check_choice, check_int
+from deepclust.validation import as_generator, as_seed, check_choice, check_int
 from deepclust.errors import DeepclustError
 
 K_METHODS = ("eigengap", "silhouette", "c2m")

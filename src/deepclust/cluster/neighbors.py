@@ -49,7 +49,7 @@ def knn_graph(X, n_neighbors: int, method: str = "auto", pca_dim: int = 128, n_p
     indices : ndarray of shape (n, n_neighbors), int64
     distances : ndarray of shape (n, n_neighbors), float32, ascending per row
     """
-    from deepclust.cluster._base import as_generator
+    from deepclust.validation import as_generator
 
     Xt = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32)) if not torch.is_tensor(X) else X.float()
     n = Xt.shape[0]

@@ -9,7 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepclust.cluster._base import BaseClusterer, as_generator, check_choice, check_int
+from deepclust.cluster._base import BaseClusterer
+from deepclust.validation import as_generator, check_choice, check_int
 from deepclust.cluster._registry import register_clusterer
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster.neighbors import affinity_matrix, knn_graph

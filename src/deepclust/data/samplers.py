@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from deepclust.cluster._base import check_int
+from deepclust.validation import check_int
 from deepclust.errors import DeepclustError
 
 

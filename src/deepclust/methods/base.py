@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from deepclust.backbones import Backbone, create_backbone, resolve_device, save_backbone
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
-from deepclust.cluster._base import check_float, check_int
+from deepclust.validation import check_float, check_int
 from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
 from deepclust.data.folders import ImageRecord, describe_load_error

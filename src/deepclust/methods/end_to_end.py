@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from deepclust.cluster._base import check_int
+from deepclust.validation import check_int
 from deepclust.errors import DeepclustError
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
 
@@ -172,7 +172,7 @@ class EndToEndTraining:
         return os.path.join(self.config.out, f"seed{self.config.seed + run}")
 
     def _check(self) -> None:
-        from deepclust.cluster._base import check_choice
+        from deepclust.validation import check_choice
 
         c = self.config
         if not c.out:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepclust.cluster._base import check_float, check_int
+from deepclust.validation import check_float, check_int
 from deepclust.errors import DeepclustError
 from deepclust.methods.end_to_end import (EndToEndTraining, RunCheckpoint, build_trunk, check_backbone, fingerprint,
                                          image_tensor)

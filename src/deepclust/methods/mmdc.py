@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from deepclust.cluster._base import as_generator, check_float, check_int
+from deepclust.validation import as_generator, check_float, check_int
 from deepclust.errors import DeepclustError
 from deepclust.data.transforms import augment  # noqa: F401  (MMDC's transformation g; re-exported)
 from deepclust.methods.end_to_end import (EndToEndTraining, RunCheckpoint, build_trunk, check_backbone, fingerprint,

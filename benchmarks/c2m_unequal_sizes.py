@@ -35,7 +35,7 @@ def cluster_one(job):
     import torch
 
     from deepclust.data.synthetic import synthetic_collection
-    from deepclust.methods.c2m import C2M
+    from deepclust.cluster.c2m import C2M
     from deepclust.metrics import score_clustering
 
     torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def main() -> int:
     import torch
 
     from deepclust.data.synthetic import synthetic_collection
-    from deepclust.methods.c2m import PRESETS, C2M
+    from deepclust.cluster.c2m import PRESETS, C2M
 
     os.makedirs(args.out, exist_ok=True)
     metrics = {"one size, without balance": ({"balance": False}, None),

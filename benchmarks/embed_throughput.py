@@ -28,9 +28,9 @@ import time
 
 import torch
 
-from deepclust.backbones import create_backbone
+from deepclust.features.backbones import create_backbone
 from deepclust.data import find_images, load_image
-from deepclust.embeddings import EmbeddingStore, extract_embeddings
+from deepclust.features.extract import EmbeddingStore, extract_embeddings
 
 
 def bare_forward_rate(backbone, images: torch.Tensor, batch_size: int) -> float:

@@ -25,11 +25,11 @@ import time
 import numpy as np
 import torch
 
-from deepclust.backbones import create_backbone
+from deepclust.features.backbones import create_backbone
 from deepclust.data import find_images, load_split
 from deepclust.data.transforms import eval_transform
 from deepclust.losses import prototypical_loss, scatter_loss
-from deepclust.methods.base import LabelledImages, TrainNet, feature_layers
+from deepclust.methods.finetune.base import LabelledImages, TrainNet, feature_layers
 
 
 def step_seconds(net: TrainNet, x: torch.Tensor, from_prefix: bool, repeats: int, n_way=20, n_shot=5) -> float:

@@ -51,9 +51,9 @@ def embedding_ceiling(run, held_dir: str, held_labels: list[str], held_paths: li
     """(share of held-back images nearest their species' centre, share whose nearest clustered
     image is of their species), in the space the run clustered, as if its clusters were the
     true species."""
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
     from deepclust.data import find_images
-    from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
+    from deepclust.features.extract import EmbeddingStore, embedding_signature, extract_embeddings
     from deepclust.runs import CACHE, run_path
 
     config = run.summary["config"]
@@ -90,8 +90,8 @@ def main() -> int:
         return 1
     from deepclust.config import ClusterConfig
     from deepclust.data import load_split
-    from deepclust.pipeline import run_cluster
-    from deepclust.predict import predict_images
+    from deepclust.jobs.cluster import run_cluster
+    from deepclust.jobs.predict import predict_images
     from deepclust.runs import load_run
 
     split = load_split("eu-moths")

@@ -55,7 +55,7 @@ def main() -> int:
     if not os.path.isdir(DATA):
         print(f"EU moths not found at {DATA}", file=sys.stderr)
         return 1
-    from deepclust.report import ReportOptions, write_report
+    from deepclust.jobs.report import ReportOptions, write_report
 
     files = [(os.path.abspath(os.path.join(DATA, s, f)), s) for s in sorted(os.listdir(DATA))
              for f in sorted(os.listdir(os.path.join(DATA, s)))]

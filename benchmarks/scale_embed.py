@@ -50,11 +50,11 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
     from deepclust.data import find_images, load_image
-    from deepclust.distributed import open_executor
-    from deepclust.embeddings import decode_size
-    from deepclust.scale import embed_images
+    from deepclust.parallel.executors import open_executor
+    from deepclust.features.extract import decode_size
+    from deepclust.jobs.embed import embed_images
 
     everything = find_images(args.images)
     step = max(1, len(everything) // args.n)

@@ -3,7 +3,7 @@ single-process faiss on the same data, in one run.
 
 The data: 100 Gaussian clusters in 128 dimensions (centres N(0, 1), points at std 0.25
 around them: overlapping enough that the answer is not trivial), written to an embedding
-store (deepclust.scale.write_store) in partitions of 65,536 rows. Then, in the same process:
+store (deepclust.features.store.write_store) in partitions of 65,536 rows. Then, in the same process:
 
 * reference: faiss.Kmeans (20 iterations, faiss's default training sample of 256 points
   per centre) in this process, then every point assigned by a flat index;
@@ -43,7 +43,7 @@ def warm_worker() -> float:
     """Import what the clustering tasks import; return the worker's memory after that."""
     import faiss  # noqa: F401
 
-    import deepclust.scale  # noqa: F401
+    import deepclust.cluster.at_scale  # noqa: F401
 
     return peak_rss_mb()
 
@@ -63,8 +63,9 @@ def main() -> None:
     import faiss
     from sklearn.metrics import adjusted_rand_score
 
-    from deepclust.distributed import LocalExecutor, open_executor
-    from deepclust.scale import kmeans_at_scale, spectral_at_scale, write_store
+    from deepclust.cluster.at_scale import kmeans_at_scale, spectral_at_scale
+    from deepclust.features.store import write_store
+    from deepclust.parallel.executors import LocalExecutor, open_executor
 
     rng = np.random.default_rng(args.seed)
     centres = rng.normal(size=(args.k, args.dim)).astype(np.float32)
@@ -118,7 +119,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.1f} | {seconds / ref_s:.2f} | {memory} | "
               f"{adjusted_rand_score(truth, labels):.4f} | {adjusted_rand_score(ref, labels):.4f} |")
     print(f"spectral groups: {facts['n_groups']}, sample {facts['sample_size']:,}" if args.spectral else "")
-    print(f"\nDask workers after importing deepclust.scale and faiss: "
+    print(f"\nDask workers after importing deepclust.cluster.at_scale and faiss: "
           f"{' / '.join(f'{v:.0f}' for v in baseline.values())} MiB; the clustering adds the rest")
     print(f"Lloyd passes: {args.lloyd_passes}; sample {on_dask.sample_size:,} rows; "
           f"inertia per pass {', '.join(f'{v:.6g}' for v in on_dask.inertia_history)}")

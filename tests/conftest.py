@@ -32,7 +32,7 @@ def moth_species_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lite0_small():
     """The default backbone with its real offline ImageNet weights, at 128 px for speed."""
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
 
     return create_backbone("tf_efficientnet_lite0", image_size=128)
 
@@ -40,7 +40,7 @@ def lite0_small():
 @pytest.fixture()
 def tiny_backbone():
     """timm's smallest test network with random weights, at 32 px."""
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
 
     return create_backbone("test_efficientnet", weights="random", image_size=32)
 

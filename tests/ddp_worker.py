@@ -5,7 +5,7 @@ import sys
 import torch
 
 from deepclust.config import TrainConfig, build_config
-from deepclust.distributed import shutdown
+from deepclust.parallel.ddp import shutdown
 from deepclust.methods import create_method
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import CIFAR_RESNET, MOTHS, needs_moths
-from deepclust.backbones import (
+from deepclust.features.backbones import (
     PAPER_BACKBONES,
     create_backbone,
     resolve_backbone_name,

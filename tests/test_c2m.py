@@ -10,7 +10,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from deepclust.errors import DeepclustError
-from deepclust.methods.c2m import (Critic, GraphAutoencoder, cem_search, clip_weights, clustering_embedding,
+from deepclust.cluster.c2m import (Critic, GraphAutoencoder, cem_search, clip_weights, clustering_embedding,
                                    nearest_neighbours, propagate, relabel, standardize, wgan_critic_loss)
 
 
@@ -160,7 +160,7 @@ def test_cem_climbs_a_toy_score_and_finds_the_blobs():
 
 
 def test_size_features_count_clusters_whatever_their_names_order_and_number_of_points():
-    from deepclust.methods.c2m import size_features
+    from deepclust.cluster.c2m import size_features
 
     labels = torch.tensor([[0, 0, 1, 1], [3, 3, 3, 3], [0, 1, 2, 3]])
     f = size_features(labels, max_clusters=4)
@@ -186,7 +186,7 @@ def test_the_ranking_loss_compares_each_wrong_clustering_with_its_own_truth():
 
 
 def test_rotations_keep_distances_and_padding():
-    from deepclust.methods.c2m import rotate_points
+    from deepclust.cluster.c2m import rotate_points
 
     x = standardize(np.random.default_rng(0).normal(size=(30, 3)), 5)  # 3 real coordinates + 2 of padding
     turned = rotate_points(x, 3, torch.Generator().manual_seed(0))
@@ -198,7 +198,7 @@ def test_rotations_keep_distances_and_padding():
 def test_classic_candidates_hold_the_blobs_and_the_moons():
     from sklearn.datasets import make_moons
 
-    from deepclust.methods.c2m import classic_candidates
+    from deepclust.cluster.c2m import classic_candidates
 
     for x_np, y_np, k in [make_blobs(150, centers=3, cluster_std=0.5, random_state=0) + (3,),
                           make_moons(150, noise=0.03, random_state=0) + (2,)]:
@@ -236,7 +236,7 @@ def test_c2m_learns_from_labelled_datasets_and_clusters_a_new_one_with_its_own_k
     ranked = C2M(objective="ranking", size_features=True, **settings).fit(train)
     assert ranked.critic_.net[0].in_features == 16 * 17 // 2 + 2 and len(ranked.history_) == 1
     searched = C2M(search="cem+candidates", rotate=True, **dict(settings, epochs=2)).fit(train)
-    from deepclust.methods.c2m import classic_candidates
+    from deepclust.cluster.c2m import classic_candidates
 
     found = searched.fit_predict(X)  # the best clustering by the metric: none of the candidates scores higher
     candidates = classic_candidates(standardize(X, 2), 6, random_state=0)
@@ -255,7 +255,7 @@ def test_c2m_learns_from_labelled_datasets_and_clusters_a_new_one_with_its_own_k
 
 
 def test_near_misses_are_wrong_in_the_ways_they_say():
-    from deepclust.methods.c2m import near_misses
+    from deepclust.cluster.c2m import near_misses
 
     x, y = (torch.as_tensor(a) for a in make_blobs(60, centers=3, random_state=0))
     x, y = standardize(x.numpy(), 2), y.long()
@@ -332,7 +332,7 @@ def test_uneven_blobs_keep_a_minimum_size_and_even_ones_are_unchanged():
 
 def test_critic_checks_mislabel_the_asked_fraction_and_rank_the_truth():
     from deepclust.methods import C2M
-    from deepclust.methods.c2m import mislabel, mislabel_scores, truth_rank
+    from deepclust.cluster.c2m import mislabel, mislabel_scores, truth_rank
 
     X, y = make_blobs(60, centers=3, random_state=0)
     moved = mislabel(y, 0.25, np.random.default_rng(0))
@@ -378,7 +378,7 @@ def test_a_saved_metric_scores_and_clusters_as_before(tmp_path):
 
 
 def test_pooled_whitening_makes_sheared_clusters_round_and_keeps_the_padding():
-    from deepclust.methods.c2m import pooled_whitening
+    from deepclust.cluster.c2m import pooled_whitening
 
     X, y = make_blobs(600, centers=4, cluster_std=1.0, random_state=3)
     shear = np.array([[0.6, -0.64], [-0.41, 0.86]])  # scikit-learn's anisotropic blobs
@@ -405,7 +405,7 @@ def test_neighbour_components_match_scipy_and_structure_features_see_cuts_and_me
     from scipy.sparse.csgraph import connected_components
 
     from deepclust.data.synthetic import synthetic_clusters
-    from deepclust.methods.c2m import neighbour_components, structure_features
+    from deepclust.cluster.c2m import neighbour_components, structure_features
 
     X, y = synthetic_clusters("moons", random_state=3)
     x = standardize(X, 2)
@@ -436,7 +436,7 @@ def test_neighbour_components_match_scipy_and_structure_features_see_cuts_and_me
 
 
 def test_mutual_neighbour_pieces_leave_a_point_whose_neighbours_ignore_it_outside():
-    from deepclust.methods.c2m import mutual_neighbours, neighbour_components, structure_features
+    from deepclust.cluster.c2m import mutual_neighbours, neighbour_components, structure_features
 
     group = torch.randn(20, 2, generator=torch.Generator().manual_seed(0)) * 0.1
     x = torch.cat([group, torch.tensor([[5.0, 0.0]])])  # a straggler: its neighbours are in the group, not it in theirs
@@ -454,7 +454,7 @@ def test_mutual_neighbour_pieces_leave_a_point_whose_neighbours_ignore_it_outsid
 def test_cores_see_two_blobs_merged_through_a_sparse_bridge_but_not_a_ring():
     from sklearn.datasets import make_circles
 
-    from deepclust.methods.c2m import neighbour_reach, structure_features
+    from deepclust.cluster.c2m import neighbour_reach, structure_features
 
     blobs, labels = make_blobs(80, centers=[[-2, 0], [2, 0]], cluster_std=0.3, random_state=0)
     bridge = np.c_[np.linspace(-1.25, 1.25, 11), np.zeros(11)]  # sparse points, each a mutual neighbour of the next
@@ -479,7 +479,7 @@ def test_cores_see_two_blobs_merged_through_a_sparse_bridge_but_not_a_ring():
 def test_concentration_makes_the_cut_share_the_modularity_of_the_neighbour_graph():
     import networkx as nx
 
-    from deepclust.methods.c2m import structure_features
+    from deepclust.cluster.c2m import structure_features
 
     angle = torch.arange(60) * (2 * np.pi / 60)  # evenly spaced on a circle: every point is 4 points' neighbour
     x = torch.stack([angle.cos(), angle.sin()], 1)
@@ -502,7 +502,7 @@ def test_concentration_makes_the_cut_share_the_modularity_of_the_neighbour_graph
 
 
 def test_balance_is_how_unequal_the_cluster_sizes_are_and_sees_touching_blobs_merged():
-    from deepclust.methods.c2m import structure_features
+    from deepclust.cluster.c2m import structure_features
 
     angle = torch.arange(60) * (2 * np.pi / 60)
     x = torch.stack([angle.cos(), angle.sin()], 1)
@@ -605,7 +605,7 @@ def test_the_images_preset_finds_k_where_every_clustering_cuts_many_neighbour_pa
     answers about 2 clusters; balance (in the transferable preset) undoes some merges; with
     concentration the critic weighs the cut against the cluster sizes and finds k."""
     from deepclust.methods import C2M
-    from deepclust.methods.c2m import PRESETS, structure_features
+    from deepclust.cluster.c2m import PRESETS, structure_features
 
     def sets(seed, count):
         rng = np.random.default_rng(seed)

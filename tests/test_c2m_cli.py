@@ -157,7 +157,7 @@ def test_the_transfer_experiment_learns_on_coil20_pixels_and_clusters_mnist_sets
 
 def test_training_warns_when_classes_are_about_the_size_of_the_neighbourhood():
     from deepclust.methods import C2M
-    from deepclust.methods.c2m import PRESETS
+    from deepclust.cluster.c2m import PRESETS
     from deepclust.methods.c2m_training import small_classes_hint
 
     moths_like, omniglot_like = np.repeat(np.arange(100), 11), np.repeat(np.arange(200), 20)

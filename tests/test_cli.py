@@ -130,7 +130,7 @@ def test_density_algorithms_find_their_own_clusters_and_mark_noise(moth_run, tmp
 def test_evaluate_runs_every_registered_algorithm(moth_run, tmp_path):
     from deepclust.cluster import list_clusterers
 
-    from deepclust.methods.c2m import C2M, PRESETS
+    from deepclust.cluster.c2m import C2M, PRESETS
 
     _, out = moth_run
     names = list_clusterers()

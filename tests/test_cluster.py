@@ -42,7 +42,7 @@ def _blobs(n=240, k=6, seed=0, std=0.5):
 def _c2m_metric() -> str:
     """A small C2M metric (the transferable setting) learned from six labelled 16-d blob sets,
     for the contract tests of the ``c2m`` clusterer, which needs one."""
-    from deepclust.methods.c2m import C2M, PRESETS
+    from deepclust.cluster.c2m import C2M, PRESETS
 
     train = [make_blobs(80, centers=k, n_features=16, cluster_std=0.5, random_state=k) for k in range(2, 8)]
     path = os.path.join(tempfile.mkdtemp(prefix="c2m-contract-"), "metric.pt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from deepclust.backbones import create_backbone
+from deepclust.features.backbones import create_backbone
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

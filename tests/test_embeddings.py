@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from deepclust.data import find_images
-from deepclust.embeddings import EmbeddingStore, extract_embeddings
+from deepclust.features.extract import EmbeddingStore, extract_embeddings
 
 
 def _image_folder(root, n=10):
@@ -70,7 +70,7 @@ def test_a_second_extraction_reuses_the_cache_and_recomputes_only_changed_files(
 
 
 def test_another_backbone_signature_does_not_reuse_vectors(tmp_path, tiny_backbone):
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
 
     records = find_images(_image_folder(tmp_path / "img", 4))
     extract_embeddings(records, tiny_backbone, store=EmbeddingStore(tmp_path / "c", tiny_backbone.signature()), progress=False)
@@ -130,7 +130,7 @@ def test_fast_decode_reads_camera_sized_jpegs_smaller_with_nearly_the_same_featu
     from conftest import MOTHS
 
     from deepclust.data import load_image
-    from deepclust.embeddings import decode_size, embedding_signature
+    from deepclust.features.extract import decode_size, embedding_signature
 
     if not (MOTHS / "images").is_dir():
         pytest.skip("EU moths not found")

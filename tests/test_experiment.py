@@ -13,7 +13,7 @@ from deepclust.cli import main
 from deepclust.data import find_images, load_split
 from deepclust.data.datasets import prepare_omniglot
 from deepclust.errors import DeepclustError
-from deepclust.experiment import load_experiment
+from deepclust.experiments.core import load_experiment
 
 OMNIGLOT = SHARED / "data" / "omniglot"
 
@@ -107,7 +107,7 @@ def test_grouped_scores_cluster_each_group_on_its_own(tmp_path):
     import numpy as np
 
     from deepclust import runs
-    from deepclust.experiment import grouped_scores
+    from deepclust.experiments.core import grouped_scores
 
     rng = np.random.default_rng(0)
     centres = np.array([[1.0, 0.0], [0.0, 1.0]])

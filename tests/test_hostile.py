@@ -67,7 +67,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A tiny backbone with random weights saved once, so that every run embeds alike."""
-    from deepclust.backbones import create_backbone, save_backbone
+    from deepclust.features.backbones import create_backbone, save_backbone
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
@@ -233,9 +233,9 @@ def test_a_fifo_named_like_an_image_is_skipped_not_waited_on(images, weights, tm
 
 
 def test_vectors_are_written_to_the_cache_by_time_as_well_as_by_count(images, weights, tmp_path):
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
     from deepclust.data import find_images
-    from deepclust.embeddings import EmbeddingStore, extract_embeddings
+    from deepclust.features.extract import EmbeddingStore, extract_embeddings
 
     backbone = create_backbone("test_efficientnet", weights=weights, image_size=32)
     store = EmbeddingStore(tmp_path / "cache", backbone.signature())
@@ -253,7 +253,7 @@ def test_vectors_are_written_to_the_cache_by_time_as_well_as_by_count(images, we
 
 
 def test_sigterm_saves_the_work_done_and_a_rerun_says_it_resumes(images, weights, tmp_path, monkeypatch, capsys):
-    from deepclust.backbones import Backbone
+    from deepclust.features.backbones import Backbone
 
     calls = []
     forward = Backbone.forward
@@ -340,7 +340,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(images, wei
 
 def test_a_full_disk_keeps_the_embeddings_and_says_what_was_kept(images, weights, tmp_path, capsys, monkeypatch):
     from deepclust import runs
-    from deepclust.embeddings import EmbeddingStore
+    from deepclust.features.extract import EmbeddingStore
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -190,7 +190,7 @@ def test_default_crops_follow_the_paper_for_32_pixels():
 def test_cifar_resnet18_keeps_small_images_large_until_the_last_stage():
     import timm
 
-    import deepclust.models  # noqa: F401
+    import deepclust.features.networks  # noqa: F401
 
     net = timm.create_model("cifar_resnet18", num_classes=0, in_chans=1)
     assert net.num_features == 512

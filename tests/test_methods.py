@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from deepclust.backbones import create_backbone
+from deepclust.features.backbones import create_backbone
 from deepclust.config import TrainConfig
 from deepclust.data import find_images, load_split
 from deepclust.data.transforms import eval_transform
 from deepclust.errors import DeepclustError
 from deepclust.methods import create_method, list_methods
-from deepclust.methods.base import LabelledImages, TrainNet, feature_layers, is_sequential
+from deepclust.methods.finetune.base import LabelledImages, TrainNet, feature_layers, is_sequential
 
 
 def tiny_config(moth_split, out, **changes) -> TrainConfig:

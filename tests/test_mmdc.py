@@ -109,7 +109,7 @@ def test_sobel_responds_to_edges_across_its_direction_only():
 def test_vgg_trunks_are_blocks_of_two_conv_bn_relu_then_max_pool(name, size, in_chans, n_blocks, width):
     import timm
 
-    from deepclust.methods.base import feature_layers
+    from deepclust.methods.finetune.base import feature_layers
 
     model = timm.create_model(name, in_chans=in_chans, num_classes=0)
     assert len(model.blocks) == n_blocks and len(feature_layers(model)[1]) == n_blocks
@@ -272,7 +272,7 @@ def test_cifar_resnet_loads_the_shipped_checkpoint_and_classifies_cifar_jpegs():
     import timm
     from PIL import Image
 
-    from deepclust.backbones import create_backbone, load_weights
+    from deepclust.features.backbones import create_backbone, load_weights
 
     weights = SHARED / "weights" / "cifar-resnet" / "resnet20-12fca82f.th"
     backbone = create_backbone("cifar_resnet20", weights=str(weights))  # checkpoint without step counters

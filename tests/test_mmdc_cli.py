@@ -85,7 +85,7 @@ def test_pixel_data_from_benchmarks_and_folders(three_classes):
 
 
 def test_a_tiny_mmdc_experiment_with_an_ablation(three_classes, tmp_path):
-    from deepclust.clustering_experiment import load_clustering_experiment
+    from deepclust.experiments.end_to_end import load_clustering_experiment
 
     config = {
         "name": "tiny", "method": "mmdc", "out": str(tmp_path / "exp"), "images": str(three_classes),

@@ -124,7 +124,7 @@ def test_export_makes_a_folder_per_cluster_and_never_overwrites(moths_test_run, 
 
 def test_export_keeps_two_images_of_the_same_name_and_lists_missing_ones(tmp_path):
     from deepclust import runs
-    from deepclust.export import export_clusters
+    from deepclust.jobs.export import export_clusters
 
     from PIL import Image
 
@@ -165,7 +165,7 @@ def test_predict_puts_a_runs_own_images_back_in_their_clusters(moths_test_run, t
 
 
 def test_predict_flags_images_far_from_every_clustered_image():
-    from deepclust.predict import cluster_model
+    from deepclust.jobs.predict import cluster_model
     from deepclust.runs import Run
     from sklearn.datasets import make_blobs
 
@@ -195,8 +195,8 @@ def test_onnx_export_of_the_default_backbone_matches_pytorch(tmp_path):
     pytest.importorskip("onnxscript")
     import torch
 
-    from deepclust.backbones import create_backbone
-    from deepclust.export import export_onnx
+    from deepclust.features.backbones import create_backbone
+    from deepclust.jobs.export import export_onnx
 
     path = tmp_path / "lite0.onnx"
     done = export_onnx(path, backbone="tf_efficientnet_lite0", image_size=128)
@@ -235,7 +235,7 @@ def test_export_onnx_of_a_run_uses_its_backbone_and_size(moths_test_run, tmp_pat
 def test_predict_by_neighbours_follows_clusters_of_any_shape():
     from sklearn.datasets import make_moons
 
-    from deepclust.predict import cluster_model
+    from deepclust.jobs.predict import cluster_model
     from deepclust.runs import Run
 
     X, y = make_moons(700, noise=0.05, random_state=0)
@@ -253,7 +253,7 @@ def test_predict_by_neighbours_follows_clusters_of_any_shape():
 def test_the_report_of_an_end_to_end_run_on_a_benchmark_array_shows_its_images(tmp_path):
     from deepclust import runs
     from deepclust.data.datasets import load_coil20
-    from deepclust.report import ReportOptions, write_report
+    from deepclust.jobs.report import ReportOptions, write_report
 
     source = str(MOTHS.parent / "coil20")
     _, y = load_coil20(source)
@@ -272,7 +272,7 @@ def test_the_report_of_an_end_to_end_run_on_a_benchmark_array_shows_its_images(t
 
 def test_the_report_of_a_density_run_shows_noise_last_and_unreadable_images_as_placeholders(tmp_path):
     from deepclust import runs
-    from deepclust.report import ReportOptions, cluster_montages, write_report
+    from deepclust.jobs.report import ReportOptions, cluster_montages, write_report
 
     rng = np.random.default_rng(0)
     clusters = np.r_[np.zeros(30, int), np.ones(20, int), -np.ones(40, int)]  # the noise is the largest group

@@ -13,11 +13,13 @@ from sklearn.datasets import make_blobs, make_circles
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import MOTHS, needs_moths
-from deepclust import scale
+from deepclust.cluster import at_scale
+from deepclust.features import store as stores
+from deepclust.jobs import embed as embed_job
 from deepclust.cli import main
 from deepclust.cluster import KMeans, SpectralClustering
 from deepclust.cluster.spectral import top_eigenvectors, weighted_normalized_affinity
-from deepclust.distributed import LocalExecutor, open_executor, parse_scheduler
+from deepclust.parallel.executors import LocalExecutor, open_executor, parse_scheduler
 from deepclust.errors import DeepclustError
 
 
@@ -44,11 +46,11 @@ def many_moths(tmp_path_factory):
 
 @needs_moths
 def test_two_dask_workers_embed_exactly_what_one_process_embeds(many_moths, dask_pair, tmp_path):
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
     from deepclust.data import find_images
-    from deepclust.embeddings import extract_embeddings
+    from deepclust.features.extract import extract_embeddings
 
-    table = scale.embed_images(str(many_moths), str(tmp_path / "store"), "tf_efficientnet_lite0", image_size=64,
+    table = embed_job.embed_images(str(many_moths), str(tmp_path / "store"), "tf_efficientnet_lite0", image_size=64,
                                executor=dask_pair, partition_size=32, batch_size=16, progress=False)
     records = find_images(many_moths)
     assert len(records) >= 250 and table.paths == [r.path for r in records]
@@ -70,43 +72,43 @@ def test_two_dask_workers_embed_exactly_what_one_process_embeds(many_moths, dask
     assert array.shape == (len(records), 1280) and array.chunks[0][0] == 32
     assert np.isnan(array[table.valid.argmin()].compute()).all()  # the corrupt image's row
     # clustering skips that row: one label per readable image
-    result = scale.kmeans_at_scale(table, 24, dask_pair, random_state=0)
+    result = at_scale.kmeans_at_scale(table, 24, dask_pair, random_state=0)
     assert len(result.labels) == int(table.valid.sum()) == len(records) - 1
 
 
 @needs_moths
 def test_an_interrupted_embedding_resumes_with_only_the_unfinished_partition(moth_species_dir, tmp_path, monkeypatch):
     store = str(tmp_path / "store[1]")  # a name that is also a glob pattern
-    real = scale.embed_partition
+    real = embed_job.embed_partition
 
     def dies_on_part_1(task, *args):
         if task["part"] == 1:
             raise RuntimeError("worker lost")
         return real(task, *args)
 
-    monkeypatch.setattr(scale, "embed_partition", dies_on_part_1)
+    monkeypatch.setattr(embed_job, "embed_partition", dies_on_part_1)
     with pytest.raises(DeepclustError, match="1 of 3 partitions are not done.*run the same command again"):
-        scale.embed_images(str(moth_species_dir), store, "tf_efficientnet_lite0", image_size=64, partition_size=24,
+        embed_job.embed_images(str(moth_species_dir), store, "tf_efficientnet_lite0", image_size=64, partition_size=24,
                            progress=False)
     with pytest.raises(DeepclustError, match="unfinished .* run the same `deepclust embed` command again"):
-        scale.open_store(store)
+        stores.open_store(store)
     parts = tmp_path / "store[1]" / "parts"
     assert sorted(p.name for p in parts.iterdir()) == ["part-000000.json", "part-000002.json"]
     stamps = {p.name: p.stat().st_mtime_ns for p in parts.iterdir()}
-    monkeypatch.setattr(scale, "embed_partition", real)
-    table = scale.embed_images(str(moth_species_dir), store, "tf_efficientnet_lite0", image_size=64,
+    monkeypatch.setattr(embed_job, "embed_partition", real)
+    table = embed_job.embed_images(str(moth_species_dir), store, "tf_efficientnet_lite0", image_size=64,
                                partition_size=24, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in parts.iterdir() if p.name in stamps} == stamps  # not redone
-    whole = scale.embed_images(str(moth_species_dir), str(tmp_path / "whole"), "tf_efficientnet_lite0",
+    whole = embed_job.embed_images(str(moth_species_dir), str(tmp_path / "whole"), "tf_efficientnet_lite0",
                                image_size=64, partition_size=24, progress=False)
     assert np.array_equal(table.read(), whole.read())
     with pytest.raises(DeepclustError, match="other images or another backbone"):
-        scale.embed_images(str(moth_species_dir), store, "tf_efficientnet_lite0", image_size=96, partition_size=24,
+        embed_job.embed_images(str(moth_species_dir), store, "tf_efficientnet_lite0", image_size=96, partition_size=24,
                            progress=False)
 
 
 def _store(tmp_path, X, name="blobs", partition_size=4096):
-    return scale.write_store(tmp_path / name, X, partition_size=partition_size)
+    return stores.write_store(tmp_path / name, X, partition_size=partition_size)
 
 
 def test_kmeans_and_spectral_at_scale_agree_with_one_machine_on_dask_and_without(tmp_path, dask_pair):
@@ -115,16 +117,16 @@ def test_kmeans_and_spectral_at_scale_agree_with_one_machine_on_dask_and_without
     table = _store(tmp_path, X)
     one_k = KMeans(10, random_state=0).fit(Xn).labels_
     one_s = SpectralClustering(10, random_state=0).fit(Xn).labels_
-    local = scale.kmeans_at_scale(table, 10, LocalExecutor(), lloyd_passes=2, random_state=0)
-    on_dask = scale.kmeans_at_scale(table, 10, dask_pair, lloyd_passes=2, random_state=0)
+    local = at_scale.kmeans_at_scale(table, 10, LocalExecutor(), lloyd_passes=2, random_state=0)
+    on_dask = at_scale.kmeans_at_scale(table, 10, dask_pair, lloyd_passes=2, random_state=0)
     assert np.array_equal(local.labels, on_dask.labels)  # the same tasks, wherever they run
     assert adjusted_rand_score(one_k, on_dask.labels) >= 0.95
     # Lloyd passes over the full data improve centres trained on a small sample
-    coarse = scale.kmeans_at_scale(table, 10, dask_pair, sample_size=100, lloyd_passes=3, random_state=1)
+    coarse = at_scale.kmeans_at_scale(table, 10, dask_pair, sample_size=100, lloyd_passes=3, random_state=1)
     history = np.array(coarse.inertia_history)
     assert np.all(np.diff(history) <= 1e-6 * history[0]) and history[-1] < history[0]
     assert np.array_equal(on_dask.counts, np.bincount(on_dask.labels, minlength=10))
-    spectral = scale.spectral_at_scale(table, 10, dask_pair, random_state=0)
+    spectral = at_scale.spectral_at_scale(table, 10, dask_pair, random_state=0)
     assert adjusted_rand_score(one_s, spectral.labels) >= 0.95 and spectral.facts["n_groups"] == 1000
 
 
@@ -132,9 +134,9 @@ def test_spectral_at_scale_follows_rings_that_kmeans_cuts(tmp_path, dask_pair):
     X2, y = make_circles(20_000, factor=0.4, noise=0.04, random_state=0)
     X = np.hstack([X2 + 3.0, np.zeros((len(X2), 6))])  # shifted: normalisation would fold the rings
     table = _store(tmp_path, X, "rings")
-    labels = scale.spectral_at_scale(table, 2, dask_pair, normalize=False, random_state=0).labels
+    labels = at_scale.spectral_at_scale(table, 2, dask_pair, normalize=False, random_state=0).labels
     assert adjusted_rand_score(y, labels) >= 0.95
-    km = scale.kmeans_at_scale(table, 2, dask_pair, normalize=False, random_state=0)
+    km = at_scale.kmeans_at_scale(table, 2, dask_pair, normalize=False, random_state=0)
     assert adjusted_rand_score(y, km.labels) < 0.1
 
 
@@ -201,7 +203,7 @@ def test_embed_then_cluster_a_store_gives_an_ordinary_run_folder(moth_species_di
     from deepclust.runs import load_run
 
     loaded = load_run(run)
-    table = scale.open_store(store)
+    table = stores.open_store(store)
     assert loaded.paths == table.paths and np.array_equal(loaded.embeddings, table.read())
     assert loaded.summary["resolved"]["backbone"] == "tf_efficientnet_lite0"
     assert loaded.summary["resolved"]["at_scale"]["n_groups"] == 20
@@ -288,8 +290,8 @@ def test_a_running_dask_scheduler_is_reached_by_its_address(tmp_path):
         with open_executor(address) as executor:
             executor.client.wait_for_workers(1, timeout=60)
             assert len(executor.client.scheduler_info(n_workers=-1)["workers"]) == 1
-            on_cluster = scale.kmeans_at_scale(table, 4, executor, random_state=0)
-        here = scale.kmeans_at_scale(table, 4, LocalExecutor(), random_state=0)
+            on_cluster = at_scale.kmeans_at_scale(table, 4, executor, random_state=0)
+        here = at_scale.kmeans_at_scale(table, 4, LocalExecutor(), random_state=0)
         assert np.array_equal(on_cluster.labels, here.labels)
     finally:
         for process in (worker, scheduler):

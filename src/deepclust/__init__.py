@@ -1,6 +1,7 @@
 """deepclust: cluster images of the same kind with deep features, when few or no labels exist.
 
-The pipeline, one way: data -> backbones -> embeddings -> cluster -> metrics -> run folder.
+The user's loop, one way: folder -> embed (features/) -> cluster (cluster/) -> run folder (runs)
+-> report, export, predict (jobs/); see the README's Development section for the layers.
 """
 
 __version__ = "0.1.0"
@@ -8,14 +9,14 @@ __version__ = "0.1.0"
 # The public names load their modules on first use (PEP 562), so that ``import deepclust``
 # (and a Dask worker that only clusters stored vectors) does not pay for torch and timm.
 _WHERE = {
-    "Backbone": "backbones", "create_backbone": "backbones", "save_backbone": "backbones",
+    "Backbone": "features.backbones", "create_backbone": "features.backbones", "save_backbone": "features.backbones",
     "create_clusterer": "cluster", "list_clusterers": "cluster",
     "ClusterConfig": "config", "IMCSwAVConfig": "config", "MMDCConfig": "config", "TrainConfig": "config",
     "find_images": "data", "load_image": "data", "load_split": "data",
-    "EmbeddingStore": "embeddings", "extract_embeddings": "embeddings",
+    "EmbeddingStore": "features.cache", "extract_embeddings": "features.extract", "embed_records": "features.extract",
     "DeepclustError": "errors",
     "MMDC": "methods", "IMCSwAV": "methods", "create_method": "methods", "list_methods": "methods",
-    "evaluate_run": "pipeline", "run_cluster": "pipeline",
+    "evaluate_run": "jobs.evaluate", "run_cluster": "jobs.cluster",
 }
 
 
@@ -46,6 +47,7 @@ __all__ = [
     "create_backbone",
     "create_clusterer",
     "create_method",
+    "embed_records",
     "evaluate_run",
     "extract_embeddings",
     "find_images",

@@ -57,7 +57,7 @@ def _given_options(args: argparse.Namespace) -> dict:
 def _add_model_options(p, with_defaults: bool) -> None:
     """--backbone, --weights, --image-size, --batch-size, --fast-decode: how images become
     vectors (``cluster`` leaves absent options unset, for its config file to fill)."""
-    from deepclust.backbones import DEFAULT_BACKBONE
+    from deepclust.features.backbones import DEFAULT_BACKBONE
 
     def default(value):
         return {"default": value} if with_defaults else {}
@@ -118,7 +118,7 @@ def _add_cluster_parser(subparsers) -> None:
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from deepclust.config import ClusterConfig, build_config
-    from deepclust.pipeline import run_cluster
+    from deepclust.jobs.cluster import run_cluster
 
     options = _given_options(args)
     report = options.pop("report", False)
@@ -135,7 +135,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         print("  ".join(f"{k} {result.metrics[k]:.3f}" for k in ("CA", "ACC", "NMI", "AMI", "ARI")))
     print(f"results in {config.out}")
     if report:
-        from deepclust.report import write_report
+        from deepclust.jobs.report import write_report
 
         print(f"report in {write_report(config.out)}")
     return 0
@@ -168,8 +168,8 @@ def _add_embed_parser(subparsers) -> None:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from deepclust.data import split_classes
-    from deepclust.distributed import open_executor
-    from deepclust.scale import embed_images
+    from deepclust.jobs.embed import embed_images
+    from deepclust.parallel.executors import open_executor
 
     classes = split_classes(args.split, args.subset)
     with open_executor(args.scheduler) as executor:
@@ -217,7 +217,7 @@ def _add_export_parser(subparsers) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from deepclust.export import export_clusters
+    from deepclust.jobs.export import export_clusters
 
     done = export_clusters(args.run, args.to, args.mode)
     print(f"exported {done['images']} images into {done['clusters']} cluster folders "
@@ -253,7 +253,7 @@ def _add_predict_parser(subparsers) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from deepclust.predict import predict_images
+    from deepclust.jobs.predict import predict_images
 
     result = predict_images(args.run, args.images, args.out, args.far_quantile, args.labels, args.assign,
                             args.batch_size, args.device, progress=args.progress)
@@ -284,7 +284,7 @@ def _add_export_onnx_parser(subparsers) -> None:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from deepclust.export import export_onnx
+    from deepclust.jobs.export import export_onnx
 
     done = export_onnx(args.out, run_dir=args.run, backbone=args.backbone, weights=args.weights,
                        image_size=args.image_size, check=args.check)
@@ -295,7 +295,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from deepclust.report import ReportOptions, write_report
+    from deepclust.jobs.report import ReportOptions, write_report
 
     options = ReportOptions(map_points=args.map_points, map_method=args.map_method, per_cluster=args.per_cluster,
                             max_clusters=args.max_clusters, seed=args.seed)
@@ -321,7 +321,7 @@ def _add_evaluate_parser(subparsers) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from deepclust.pipeline import evaluate_run
+    from deepclust.jobs.evaluate import evaluate_run
 
     params = dict(args.params) if args.params else None
     evaluation = evaluate_run(args.run, args.algorithm, args.seeds, args.n_clusters, args.out, params=params)
@@ -403,7 +403,7 @@ def _add_train_parser(subparsers) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from deepclust.config import build_config, load_yaml
-    from deepclust.distributed import shutdown
+    from deepclust.parallel.ddp import shutdown
     from deepclust.methods import config_class, create_method
 
     options = _given_options(args)
@@ -467,14 +467,14 @@ def _add_experiment_parser(subparsers) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from deepclust.clustering_experiment import END_TO_END, load_clustering_experiment, run_clustering_experiment
+    from deepclust.experiments.end_to_end import END_TO_END, load_clustering_experiment, run_clustering_experiment
     from deepclust.config import load_yaml
-    from deepclust.experiment import load_experiment, run_experiment
+    from deepclust.experiments.core import load_experiment, run_experiment
 
     overrides = {k: v for k, v in (("out", args.out), ("progress", args.progress)) if v is not None}
     method = load_yaml(args.config).get("method")
     if method == "c2m":
-        from deepclust.c2m_experiment import load_c2m_experiment, run_c2m_experiment
+        from deepclust.experiments.c2m import load_c2m_experiment, run_c2m_experiment
 
         config = load_c2m_experiment(args.config, **overrides)
         results = run_c2m_experiment(config)

@@ -47,7 +47,7 @@ class ClusterConfig:
     k_metric : str or None
         With ``k_method="c2m"``: the learned metric file (``deepclust train --method c2m``).
     backbone, weights, image_size
-        See :func:`deepclust.backbones.create_backbone`.
+        See :func:`deepclust.features.backbones.create_backbone`.
     batch_size, num_workers, device
         Embedding extraction settings. ``num_workers=None`` decodes images in the main
         process on a CPU device (workers only compete with the forward pass for the same
@@ -68,7 +68,7 @@ class ClusterConfig:
         times faster for camera photos, features nearly the same (cosine 0.9998 measured).
     embeddings : str or None
         An embedding store of ``deepclust embed`` to cluster instead of ``images``
-        (k-means or spectral at scale, block by block; see :mod:`deepclust.scale`).
+        (k-means or spectral at scale, block by block; see :mod:`deepclust.cluster.at_scale`).
     scheduler : str or None
         With ``embeddings``: ``local[N]`` (a Dask cluster of N processes on this
         machine), a Dask scheduler address, or None (this process, no Dask).
@@ -121,7 +121,7 @@ class TrainConfig:
         Training folder: checkpoints (``last.pt``, ``best.pt``), ``history.csv``,
         ``train_summary.json``. Reused to resume.
     backbone, weights, image_size
-        See :func:`deepclust.backbones.create_backbone`.
+        See :func:`deepclust.features.backbones.create_backbone`.
     trainable_stages : int or None
         Train only the last N stages of the backbone (and what follows them); None
         trains all of it.
@@ -334,9 +334,9 @@ class C2MConfig:
     preset : str
         ``images`` (default: what carries a metric over to unseen classes of image
         embeddings), ``transferable`` (2-D shapes: from blobs to moons and rings) or ``paper``
-        (Algorithm 2 as published); see ``deepclust.methods.c2m.PRESETS``.
+        (Algorithm 2 as published); see ``deepclust.cluster.c2m.PRESETS``.
     params : dict
-        Further arguments of :class:`deepclust.methods.c2m.C2M` on top of the preset
+        Further arguments of :class:`deepclust.cluster.c2m.C2M` on top of the preset
         (e.g. ``{n_neighbours: 15}``).
     backbone, weights, image_size, batch_size, num_workers, device
         Embedding settings, as for ``deepclust cluster``.

@@ -31,8 +31,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from deepclust.config import ClusterConfig, write_config
 from deepclust.errors import DeepclustError
 from deepclust.io import read_csv, write_csv, write_json, write_npy
+from deepclust.metrics import score_clustering
 
 log = logging.getLogger("deepclust")
 
@@ -87,6 +89,48 @@ def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
 
 def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
     write_json(run_path(run_dir, METRICS), metrics)
+
+
+def run_metrics(y_true, clusters: np.ndarray) -> dict[str, Any] | None:
+    """metrics.json of a run: the scores against the true classes (None without them),
+    the numbers of clusters, classes and images, and the share of noise if any."""
+    if y_true is None:
+        return None
+    metrics = score_clustering(y_true, clusters)
+    metrics.update(n_clusters=int(len(np.unique(clusters[clusters >= 0]))), n_classes=len(set(y_true)),
+                   n_images=len(clusters))
+    if (clusters < 0).any():
+        metrics["noise_fraction"] = float(np.mean(clusters < 0))
+    return metrics
+
+
+def write_run_files(config: ClusterConfig, paths, clusters: np.ndarray, distances: np.ndarray, y_true,
+                    metrics: dict | None) -> None:
+    """assignments.csv, config.yaml and (with true classes) metrics.json of a run."""
+    write_assignments(config.out, paths, clusters, distances, y_true)
+    write_config(run_path(config.out, CONFIG), config)
+    if metrics is not None:
+        write_metrics(config.out, metrics)
+
+
+def run_summary(config: ClusterConfig, resolved: dict, counts: dict, clusters: np.ndarray, timings: dict,
+                metrics: dict | None) -> dict[str, Any]:
+    """summary.json of a run of ``cluster``: ``counts`` (images found, clustered,
+    skipped, embeddings reused and computed, classes) completed by the cluster sizes."""
+    member = clusters >= 0
+    sizes = np.bincount(np.unique(clusters[member], return_inverse=True)[1]) if member.any() else np.zeros(1, int)
+    return {
+        "command": "cluster",
+        "config": config.to_dict(),
+        "resolved": resolved,
+        "seed": config.seed,
+        "working_directory": os.getcwd(),
+        "versions": versions(),
+        "counts": {**counts, "clusters": int((sizes > 0).sum()), "noise": int((~member).sum()),
+                   "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())},
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "metrics": metrics,
+    }
 
 
 # What a run writes, and what later commands derive from it.
@@ -238,7 +282,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     resolved = summary.get("resolved")
     store = resolved.get("embeddings_store") if isinstance(resolved, dict) else None
     if store:  # a run of `cluster --embeddings`: the vectors stay in the store
-        from deepclust.scale import open_store
+        from deepclust.features.store import open_store
 
         embeddings = open_store(store).read()
     elif os.path.isfile(run_path(run_dir, EMBEDDINGS)):

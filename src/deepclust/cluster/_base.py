@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 
+from deepclust.cluster._registry import k_estimator
 from deepclust.errors import DeepclustError
 from deepclust.validation import as_seed, check_int
 
@@ -55,9 +56,7 @@ class BaseClusterer(ClusterMixin, BaseEstimator):
         if not _is_auto(self.n_clusters):
             self.k_estimate_ = None
             return int(self.n_clusters)
-        from deepclust.cluster.k_estimation import estimate_n_clusters
-
-        self.k_estimate_ = estimate_n_clusters(X, method=self.k_method, random_state=as_seed(self.random_state))
+        self.k_estimate_ = k_estimator()(X, method=self.k_method, random_state=as_seed(self.random_state))
         return self.k_estimate_.n_clusters
 
     def _validate_predict(self, X, centers: np.ndarray) -> np.ndarray:

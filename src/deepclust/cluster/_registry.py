@@ -44,3 +44,18 @@ def create_clusterer(name: str, **params: Any):
 def takes_n_clusters(name: str) -> bool:
     """Whether the algorithm is told its number of clusters (density methods find their own)."""
     return "n_clusters" in get_clusterer_class(name)._get_param_names()
+
+
+_K_ESTIMATOR: list[Callable] = []
+
+
+def set_k_estimator(estimate: Callable) -> None:
+    """Register the function that estimates k for ``n_clusters="auto"``
+    (:func:`deepclust.cluster.k_estimation.estimate_n_clusters`, which itself clusters with
+    the estimators: registering it here keeps the base class below them)."""
+    _K_ESTIMATOR[:] = [estimate]
+
+
+def k_estimator() -> Callable:
+    """The function registered by :func:`set_k_estimator`."""
+    return _K_ESTIMATOR[0]  # importing deepclust.cluster (any of its modules) imports k_estimation first

@@ -7,61 +7,16 @@ learned C2M metric.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from deepclust.validation import as_generator, as_seed, check_choice, check_int
+from deepclust.cluster._registry import set_k_estimator
+from deepclust.cluster.k_curve import KEstimate, eigengap
+from deepclust.cluster.kmeans import KMeans
+from deepclust.cluster.spectral import knn_affinity, top_eigenvectors
 from deepclust.errors import DeepclustError
+from deepclust.validation import as_generator, as_seed, check_choice, check_int
 
 K_METHODS = ("eigengap", "silhouette", "c2m")
-
-
-@dataclass
-class KEstimate:
-    """A chosen number of clusters and the curve it was chosen from.
-
-    Attributes
-    ----------
-    n_clusters : int
-    method : str
-    ks : ndarray of shape (m,)
-        Candidate numbers of clusters.
-    scores : ndarray of shape (m,)
-        The criterion for each candidate (larger is better): the eigengap
-        ``lambda_k - lambda_{k+1}``, the mean silhouette, or the learned metric's score.
-    """
-
-    n_clusters: int
-    method: str
-    ks: np.ndarray
-    scores: np.ndarray
-
-    def curve(self) -> list[dict]:
-        """``[{"k": k, "score": s}, ...]``, ready for JSON or CSV."""
-        return [{"k": int(k), "score": float(s)} for k, s in zip(self.ks, self.scores)]
-
-    def to_dict(self) -> dict:
-        return {"n_clusters": int(self.n_clusters), "method": self.method, "curve": self.curve()}
-
-
-def eigengap(values, k_min: int = 2, k_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Gaps ``values[k-1] - values[k]`` for k in ``k_min..k_max`` of descending eigenvalues.
-
-    Parameters
-    ----------
-    values : array of shape (m,)
-        Largest eigenvalues of the normalised affinity, descending (k_max < m).
-
-    Returns
-    -------
-    ks : ndarray of shape (k_max - k_min + 1,)
-    gaps : ndarray of the same shape
-    """
-    values = np.asarray(values, dtype=np.float64)
-    k_max = len(values) - 1 if k_max is None else min(k_max, len(values) - 1)
-    ks = np.arange(k_min, k_max + 1)
-    return ks, values[ks - 1] - values[ks]
 
 
 def _kmeans_ks(k_min: int, k_max: int, n: int, what: str) -> np.ndarray:
@@ -102,9 +57,6 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
     -------
     KEstimate
     """
-    from deepclust.cluster.kmeans import KMeans
-    from deepclust.cluster.spectral import knn_affinity, top_eigenvectors
-
     check_choice("method", method, K_METHODS)
     X = np.asarray(X)
     n = X.shape[0]
@@ -122,7 +74,7 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         values, _ = top_eigenvectors(S, min(k_max + 1, n), random_state=rng)
         ks, scores = eigengap(values, k_min, k_max)
     elif method == "c2m":
-        from deepclust.cluster.learned import load_metric
+        from deepclust.cluster.learned import load_metric  # deferred: the learned metric needs torch
 
         model = load_metric(metric, random_state=as_seed(random_state))
         ks = _kmeans_ks(k_min, k_max, n, "c2m")
@@ -139,3 +91,6 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
             for k in ks
         ])
     return KEstimate(n_clusters=int(ks[int(np.argmax(scores))]), method=method, ks=ks, scores=scores)
+
+
+set_k_estimator(estimate_n_clusters)  # n_clusters="auto" of every clusterer estimates with it

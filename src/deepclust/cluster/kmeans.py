@@ -11,6 +11,7 @@ from deepclust.cluster._base import BaseClusterer
 from deepclust.validation import as_generator, as_seed, check_choice, check_float, check_int
 from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, nearest_centers
 from deepclust.cluster._registry import register_clusterer
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
 
 BACKENDS = ("auto", "torch", "faiss", "sklearn")
@@ -123,8 +124,6 @@ class KMeans(BaseClusterer):
         return min(n, self.init_size if self.init_size is not None else max(10_000, 64 * k))
 
     def _fit_torch(self, X: np.ndarray, k: int):
-        from deepclust.backbones import resolve_device
-
         device = resolve_device(self.device)
         if device.type == "mps":  # no float64 there, which the centre sums need
             device = torch.device("cpu")

@@ -12,6 +12,7 @@ import torch
 from deepclust.cluster._base import BaseClusterer
 from deepclust.validation import as_generator, check_choice, check_int
 from deepclust.cluster._registry import register_clusterer
+from deepclust.cluster.k_curve import KEstimate, eigengap
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster.neighbors import affinity_matrix, knn_graph
 from deepclust.errors import DeepclustError
@@ -300,8 +301,6 @@ class SpectralClustering(BaseClusterer):
             indices, distances = knn_graph(X, n_neighbors, method=self.neighbors, random_state=rng)
             S = weighted_normalized_affinity(affinity_matrix(indices, distances, self.affinity), sample_weight)
         say("spectral: eigenvectors of the normalised affinity")
-        from deepclust.cluster.k_estimation import KEstimate, eigengap
-
         if isinstance(self.n_clusters, str):  # "auto": validated by _validate_data
             k_max = min(50, n - 1)
             values, vectors = top_eigenvectors(S, k_max + 1, solver=self.eigen_solver, random_state=rng)

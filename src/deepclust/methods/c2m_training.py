@@ -64,10 +64,10 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
     if not images:
         raise DeepclustError("no labelled images given: pass a folder of class subfolders (--images DIR) "
                              "or a dataset {name: mnist|coil20, source: PATH}")
-    from deepclust.backbones import DEFAULT_BACKBONE, create_backbone, resolve_device
+    from deepclust.features.backbones import DEFAULT_BACKBONE, create_backbone, resolve_device
     from deepclust.data import find_images, split_classes
-    from deepclust.embeddings import EmbeddingStore, extract_embeddings
-    from deepclust.pipeline import prepare_features
+    from deepclust.features.extract import EmbeddingStore, extract_embeddings
+    from deepclust.cluster.space import prepare_features
 
     classes = split_classes(split, subset, example="train")
     records = find_images(os.path.expanduser(images), classes=classes)
@@ -129,11 +129,11 @@ def small_classes_hint(y, metric) -> str | None:
 
 
 def c2m_estimator(config: C2MConfig):
-    """The :class:`~deepclust.methods.c2m.C2M` a config describes: the named ``preset``
+    """The :class:`~deepclust.cluster.c2m.C2M` a config describes: the named ``preset``
     with ``params`` (further constructor arguments, checked by name) on top."""
     import inspect
 
-    from deepclust.methods.c2m import PRESETS, C2M
+    from deepclust.cluster.c2m import PRESETS, C2M
 
     if config.preset not in PRESETS:
         raise DeepclustError(f"preset={config.preset!r} is not one of {', '.join(PRESETS)}")
@@ -166,7 +166,7 @@ class C2MTraining:
         self.config = config
 
     def fit(self) -> "C2MTraining":
-        from deepclust.methods.c2m import C2M
+        from deepclust.cluster.c2m import C2M
 
         c = self.config
         if not c.out:

@@ -27,6 +27,7 @@ import torch
 from deepclust.validation import check_int
 from deepclust.errors import DeepclustError
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
+from deepclust.methods.ensemble import combine_runs
 
 log = logging.getLogger("deepclust")
 
@@ -60,7 +61,7 @@ def check_backbone(backbone, suggestions: str) -> None:
     cifar_resnet20``)."""
     import timm
 
-    import deepclust.models  # noqa: F401  registers the small networks
+    import deepclust.features.networks  # noqa: F401  registers the small networks
 
     if not isinstance(backbone, str) or not timm.is_model(backbone):
         raise DeepclustError(f"unknown backbone '{backbone}'; try {suggestions} (or any timm model name)")
@@ -70,7 +71,7 @@ def build_trunk(backbone: str, in_chans: int, backbone_kwargs: dict | None = Non
     """A timm network without classifier, randomly initialised, for ``in_chans`` channels."""
     import timm
 
-    import deepclust.models  # noqa: F401  registers the small networks
+    import deepclust.features.networks  # noqa: F401  registers the small networks
 
     try:
         return timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **(backbone_kwargs or {}))
@@ -135,7 +136,7 @@ class EndToEndTraining:
         Per run: ``seed``, ``loss``, ``labels`` (by stage), ``history``, ``seconds``,
         ``estimator``.
     ensembles_ : dict
-        ``{stage: deepclust.methods.mmdc.combine_runs(...)}``: the lowest-loss run and the
+        ``{stage: deepclust.methods.ensemble.combine_runs(...)}``: the lowest-loss run and the
         majority vote of the runs (MMDC's two ensembles).
     labels_ : int64 ndarray
         The clusters written to the run folder.
@@ -204,11 +205,10 @@ class EndToEndTraining:
 
     def _fit(self):
         from deepclust import runs
-        from deepclust.backbones import resolve_device
+        from deepclust.features.backbones import resolve_device
         from deepclust.config import write_config
         from deepclust.data.datasets import load_pixels
         from deepclust.io import write_csv
-        from deepclust.methods.mmdc import combine_runs
         from deepclust.metrics import score_clustering
 
         c = self.config

@@ -310,7 +310,7 @@ class IMCSwAV:
         (``history_``). Resumes from ``checkpoint_dir`` when it holds this run. Under
         ``torchrun`` every rank trains on its share of each batch (DDP)."""
         from deepclust.data.transforms import multi_crop
-        from deepclust.distributed import average_buffers, barrier, init_distributed, rank_seed, wrap_ddp
+        from deepclust.parallel.ddp import average_buffers, barrier, init_distributed, rank_seed, wrap_ddp
         from deepclust.metrics import score_clustering
 
         self._check_params()

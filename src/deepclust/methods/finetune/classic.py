@@ -12,7 +12,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from deepclust.methods.base import FineTuning
+from deepclust.methods.finetune.base import FineTuning
 
 
 class ClassicFineTuning(FineTuning):

@@ -5,7 +5,7 @@ Two protocols:
 
 - ``synthetic`` (the paper's Table 2): metrics learned from ``train_family`` sets only
   (blobs), each *training* (standard: 20 labelled sets, 10 epochs; few-shot: 5 sets,
-  1 epoch) and *variant* (a set of :class:`~deepclust.methods.c2m.C2M` settings) in
+  1 epoch) and *variant* (a set of :class:`~deepclust.cluster.c2m.C2M` settings) in
   turn, then used to cluster ``test_datasets`` new sets of every family without being told
   k. Beside it, k-means *given* the true k.
 - ``transfer``: the labelled sets are drawn from one image collection (``train``: a
@@ -114,7 +114,7 @@ def load_c2m_experiment(path: str | os.PathLike | None, **overrides: Any) -> C2M
     import inspect
 
     from deepclust.data.synthetic import KINDS
-    from deepclust.methods.c2m import C2M
+    from deepclust.cluster.c2m import C2M
 
     config = build_config(C2MExperimentConfig, path, **overrides)
     config.out = os.path.expanduser(os.path.expandvars(config.out))
@@ -244,7 +244,7 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
     """The paper's critic checks on the first ``count`` sets of every family."""
     from scipy.stats import spearmanr
 
-    from deepclust.methods.c2m import classic_candidates, mislabel_scores, standardize, truth_rank
+    from deepclust.cluster.c2m import classic_candidates, mislabel_scores, standardize, truth_rank
 
     out = {}
     rng = np.random.default_rng(seed)
@@ -283,7 +283,7 @@ def _plain(value: Any) -> Any:
 
 def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every (variant, training, seed); write and return the results."""
-    from deepclust.methods.c2m import C2M, SEARCH_SETTINGS
+    from deepclust.cluster.c2m import C2M, SEARCH_SETTINGS
 
     t_start = time.perf_counter()
     os.makedirs(os.path.join(config.out, "metrics"), exist_ok=True)

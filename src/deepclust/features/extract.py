@@ -1,17 +1,17 @@
-"""Turning images into feature vectors, with an on-disk cache that survives interruption.
+"""THE one embedding path: image files in, feature vectors out, through the run's cache.
 
-:func:`extract_embeddings` runs a :class:`~deepclust.backbones.Backbone` over image
-files. With an :class:`EmbeddingStore` it first reuses every vector already computed
-for the same file (same path, size and modification time) and the same backbone
-(name, weights, preprocessing), then writes new vectors in shards as it goes, so an
-interrupted extraction resumes where it stopped. Files that cannot be decoded are
-reported and skipped, never fatal.
+:func:`embed_records` is what every job calls (``cluster``, ``predict``, ``embed``'s
+partitions, C2M's labelled images): it runs a
+:class:`~deepclust.features.backbones.Backbone` over image files with
+:func:`extract_embeddings`, first reusing every vector already in the cache for the same
+file (same path, size and modification time) and the same :func:`embedding_signature`
+(backbone name, weights, preprocessing, decoding), then writing new vectors in shards as
+it goes, so an interrupted extraction resumes where it stopped. Files that cannot be
+decoded are reported and skipped, never fatal.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import logging
 import os
 import time
@@ -24,104 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from deepclust.backbones import Backbone
+from deepclust.features.backbones import Backbone
+from deepclust.features.cache import EmbeddingStore, record_key
 from deepclust.data.folders import ImageRecord, describe_load_error, load_image
-from deepclust.io import atomic_write, write_npz
-
-STORE_VERSION = 1
-
-
-def record_key(record: ImageRecord) -> str:
-    """Cache key of one file: absolute path, size and modification time."""
-    return f"{os.path.abspath(record.path)}\t{record.size}\t{record.mtime_ns}"
-
-
-class EmbeddingStore:
-    """Embedding vectors on disk for one backbone signature, written in shards.
-
-    Parameters
-    ----------
-    folder : path
-        Cache root; each backbone signature gets a sub-folder of its own.
-    signature : str
-        :meth:`Backbone.signature` of the model that computes the vectors.
-    """
-
-    def __init__(self, folder: str | os.PathLike, signature: str):
-        digest = hashlib.sha1(f"{STORE_VERSION}|{signature}".encode()).hexdigest()[:16]
-        self.folder = os.path.join(os.fspath(folder), digest)
-        self.signature = signature
-        self._next_shard = 0
-
-    def load(self, num_features: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """All cached vectors and all cached failures, by :func:`record_key`.
-
-        A shard that cannot be read (truncated, damaged, empty) or that holds vectors of
-        another shape or type than ``num_features`` float32 columns is named in a warning
-        and set aside (renamed ``*.damaged``); its images are then computed again.
-        """
-        vectors: dict[str, np.ndarray] = {}
-        failures: dict[str, str] = {}
-        shards = sorted(glob.glob(os.path.join(glob.escape(self.folder), "shard-*.npz")))  # a run folder may be runs[2]/
-        for shard in shards:
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    keys, vecs = data["keys"], data["vectors"]
-                    failed_keys, reasons = data["failed_keys"], data["failed_reasons"]
-                    problem = _shard_problem(keys, vecs, failed_keys, reasons, num_features)
-                    if problem is None:
-                        vectors.update(zip(keys.tolist(), vecs))
-                        failures.update(zip(failed_keys.tolist(), reasons.tolist()))
-            except Exception as exc:  # noqa: BLE001  BadZipFile, EOFError, KeyError, ValueError, OSError...
-                problem = f"it cannot be read ({type(exc).__name__})"
-            if problem is not None:
-                self._set_aside(shard, problem)
-        if shards:
-            self._next_shard = int(os.path.basename(shards[-1])[6:-4]) + 1
-        return vectors, failures
-
-    @staticmethod
-    def _set_aside(shard: str, problem: str) -> None:
-        aside = shard + ".damaged"
-        try:
-            os.replace(shard, aside)
-            where = f"moved to '{os.path.basename(aside)}'"
-        except OSError:
-            where = "left in place"
-        warnings.warn(f"embedding cache shard '{shard}' is not usable: {problem}; {where}, and its images "
-                      "are embedded again", stacklevel=3)
-
-    def add(self, keys: Sequence[str], vectors: np.ndarray, failed: dict[str, str]) -> None:
-        """Write one shard of new vectors and failures, atomically."""
-        if not keys and not failed:
-            return
-        os.makedirs(self.folder, exist_ok=True)
-        signature_file = os.path.join(self.folder, "signature.txt")
-        if not os.path.exists(signature_file):
-            with atomic_write(signature_file) as fh:
-                fh.write(self.signature + "\n")
-        write_npz(
-            os.path.join(self.folder, f"shard-{self._next_shard:06d}.npz"),
-            keys=np.array(list(keys), dtype=str),
-            vectors=np.asarray(vectors, dtype=np.float32),
-            failed_keys=np.array(list(failed), dtype=str),
-            failed_reasons=np.array(list(failed.values()), dtype=str),
-        )
-        self._next_shard += 1
-
-
-def _shard_problem(keys, vectors, failed_keys, reasons, num_features: int | None) -> str | None:
-    """What is wrong with a shard's arrays, or None when they can be used."""
-    if vectors.dtype != np.float32 or vectors.ndim != 2:
-        return f"its vectors are {vectors.dtype} of shape {vectors.shape}, not float32 rows"
-    if num_features is not None and vectors.shape[1] != num_features and len(vectors):
-        return f"its vectors have {vectors.shape[1]} features, the backbone gives {num_features}"
-    if keys.ndim != 1 or len(keys) != len(vectors) or len(failed_keys) != len(reasons):
-        return f"it holds {len(keys)} keys for {len(vectors)} vectors"
-    if not np.isfinite(vectors).all():
-        return "its vectors hold NaN or infinite values"
-    return None
-
 
 @dataclass
 class Embeddings:
@@ -322,3 +227,14 @@ def extract_embeddings(
         n_computed=len(todo) - sum(1 for i in todo if i in skipped),
         seconds=time.perf_counter() - start,
     )
+
+
+def embed_records(records: Sequence[ImageRecord], backbone: Backbone, cache: str | os.PathLike | None = None,
+                  batch_size: int = 32, device: str | torch.device = "cpu", num_workers: int | None = None,
+                  progress: bool = True, fast_decode: bool = False) -> Embeddings:
+    """Embed ``records`` with ``backbone``, reusing and filling the cache folder ``cache``
+    (a run's ``cache/``; None: no cache). The cache key is :func:`embedding_signature`, the
+    same for every job, so ``predict`` and a rerun of ``cluster`` reuse each other's vectors."""
+    store = EmbeddingStore(cache, embedding_signature(backbone, fast_decode)) if cache is not None else None
+    return extract_embeddings(records, backbone, batch_size=batch_size, device=device, num_workers=num_workers,
+                              store=store, progress=progress, fast_decode=fast_decode)

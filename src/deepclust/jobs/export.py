@@ -178,7 +178,7 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
     output, else an error."""
     import torch
 
-    from deepclust.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone
 
     if (run_dir is None) == (backbone is None):
         raise DeepclustError("give a run folder or --backbone NAME, not both or neither")

@@ -2,7 +2,7 @@
 ResNet-18), registered in timm.
 
 Registering them with timm lets every part of deepclust build them by name through the
-one backbone contract (:func:`deepclust.backbones.create_backbone`), like any timm model:
+one backbone contract (:func:`deepclust.features.backbones.create_backbone`), like any timm model:
 ``create_backbone("conv4", weights="random")``.
 """
 

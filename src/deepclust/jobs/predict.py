@@ -57,7 +57,7 @@ class ClusterModel:
         import torch
 
         from deepclust.cluster._lloyd import nearest_centers
-        from deepclust.pipeline import prepare_features
+        from deepclust.cluster.space import prepare_features
 
         if rule not in ASSIGN_RULES:
             raise DeepclustError(f"assign={rule!r} is not one of {', '.join(ASSIGN_RULES)}")
@@ -102,7 +102,7 @@ def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index
 
 def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000, seed: int = 0) -> ClusterModel:
     """The centres (means of the clustered features) of a run, and the far threshold."""
-    from deepclust.pipeline import cluster_centres, prepare_features
+    from deepclust.cluster.space import cluster_centres, prepare_features
 
     if not 0 < far_quantile <= 1:
         raise DeepclustError(f"far_quantile={far_quantile!r} must be in (0, 1]")
@@ -188,9 +188,9 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
 
 def _embed_with_backbone(run, images, out, batch_size, device, num_workers, progress):
     """The features of a run of ``deepclust cluster``: its backbone, weights and preprocessing."""
-    from deepclust.backbones import create_backbone, resolve_device
+    from deepclust.features.backbones import create_backbone, resolve_device
     from deepclust.data import find_images
-    from deepclust.embeddings import EmbeddingStore, embedding_signature, extract_embeddings
+    from deepclust.features.extract import EmbeddingStore, embedding_signature, extract_embeddings
 
     config, resolved = run.summary["config"], run.summary["resolved"]
     records = find_images(images, exclude=[out, run.folder])

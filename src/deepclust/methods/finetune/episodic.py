@@ -24,7 +24,7 @@ import torch
 
 from deepclust.data.samplers import EpisodeSampler, episode_labels
 from deepclust.losses import prototypical_loss, scatter_loss
-from deepclust.methods.base import FineTuning
+from deepclust.methods.finetune.base import FineTuning
 
 
 class EpisodicFineTuning(FineTuning):

@@ -90,7 +90,7 @@ def nearest_neighbours(x: torch.Tensor, k: int) -> torch.Tensor:
     """(n, k) indices of each point's ``k`` nearest other points (Euclidean), nearest first:
     :func:`deepclust.cluster.knn_graph` (blocked, exact up to 12,000 points, so no n x n
     matrix for a large image collection)."""
-    from deepclust.cluster import knn_graph
+    from deepclust.cluster.neighbors import knn_graph
 
     indices, _ = knn_graph(x, min(k, len(x) - 1), random_state=0)
     return torch.as_tensor(indices, dtype=torch.long)

@@ -1,0 +1,1 @@
+"""The papers' protocols, run from a config file by ``deepclust experiment``: :mod:`.core` (the meta-learning paper's Table 1), :mod:`.end_to_end` (MMDC, IMC-SwAV), :mod:`.c2m` (the learned metric)."""

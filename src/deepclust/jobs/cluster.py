@@ -1,0 +1,323 @@
+"""``deepclust cluster``: a folder of images (or an embedding store) in, a run folder out.
+
+    images ─► find_images ─► create_backbone ─► embed_records ─► create_clusterer
+           ─► assignments.csv, embeddings.npy, skipped.csv, summary.json, metrics.json
+
+    --embeddings STORE ─► k-means or spectral at scale, block by block ─► the same run folder
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepclust import runs
+from deepclust.cluster import K_METHODS, C2MClusterer, estimate_n_clusters, get_clusterer_class, takes_n_clusters
+from deepclust.cluster.at_scale import cluster_distances, kmeans_at_scale, sample_rows, spectral_at_scale, store_blocks
+from deepclust.cluster.space import check_n_clusters, distances_to_centres, make_clusterer, prepare_features
+from deepclust.config import ClusterConfig
+from deepclust.data import find_images, split_classes
+from deepclust.devices import resolve_device
+from deepclust.errors import DeepclustError
+from deepclust.features.backbones import create_backbone
+from deepclust.features.extract import embed_records
+from deepclust.features.store import EmbeddingTable, open_store
+from deepclust.io import check_writable, lock_folder, write_csv
+from deepclust.parallel.executors import open_executor
+from deepclust.runs import run_metrics, run_summary, write_run_files
+
+log = logging.getLogger("deepclust")
+
+LABEL_SOURCES = ("folders",)
+
+
+@dataclass
+class ClusterResult:
+    """What :func:`run_cluster` produced (also written to ``out``)."""
+
+    paths: list[str]
+    clusters: np.ndarray
+    embeddings: np.ndarray
+    labels: list[str] | None
+    skipped: list[tuple[str, str]]
+    metrics: dict[str, Any] | None
+    summary: dict[str, Any]
+
+
+def estimate_k(X: np.ndarray, config: ClusterConfig, noun: str = "images"):
+    """``--n-clusters auto``: the :class:`~deepclust.cluster.KEstimate` of the prepared
+    features ``X`` by ``config.k_method`` (else the algorithm's own) over ``k_min`` to
+    ``k_max`` (at most one less than the rows). ``noun`` names the rows in messages."""
+    method = config.k_method or get_clusterer_class(config.algorithm).k_method
+    k_max = min(config.k_max, len(X) - 1)
+    if k_max < config.k_min:
+        raise DeepclustError(f"--n-clusters auto needs more {noun} than k_min={config.k_min}; got {len(X)}")
+    log.info("estimating the number of clusters (%s, k=%d..%d) from %d %s", method, config.k_min, k_max, len(X), noun)
+    estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
+                                   metric=config.k_metric)
+    log.info("estimated %d clusters", estimate.n_clusters)
+    return estimate
+
+
+def record_k_estimate(out: str, estimate) -> None:
+    """Write the estimate's curve to the run's ``k_estimation.csv``; without an estimate,
+    remove a curve an earlier run left there (it would mislead)."""
+    path = runs.run_path(out, runs.K_ESTIMATION)
+    if estimate is not None:
+        write_csv(path, ["k", "score"], [[p["k"], f"{p['score']:.6f}"] for p in estimate.curve()])
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def run_cluster(config: ClusterConfig) -> ClusterResult:
+    """Run the main job described by ``config``; write and return its results."""
+    if config.embeddings:
+        if config.images:
+            raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
+        return cluster_store(config)
+    if config.scheduler:
+        raise DeepclustError("--scheduler needs --embeddings STORE (make one with `deepclust embed IMAGES --out STORE "
+                             "--scheduler ...`)")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    if not config.images:
+        raise DeepclustError("no image folder given; pass IMAGES_DIR (or --embeddings STORE)")
+    if not config.out:
+        raise DeepclustError("no run folder given; pass --out RUN_DIR")
+    if config.labels is not None and config.labels not in LABEL_SOURCES:
+        raise DeepclustError(f"labels='{config.labels}' is not known; use one of: {', '.join(LABEL_SOURCES)}")
+    # fail before hours of embedding, not after
+    if not isinstance(config.cluster_params, dict):
+        raise DeepclustError(f"cluster_params={config.cluster_params!r} must be a mapping of parameter: value, e.g. {{eps: 0.3}}")
+    make_clusterer(config.algorithm, 2, config.seed, config.cluster_params)._check_params()
+    if config.k_method is not None and config.k_method not in K_METHODS:
+        raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
+    if config.k_method == "c2m":
+        C2MClusterer(metric=config.k_metric)._check_params()  # the metric file exists
+    density = not takes_n_clusters(config.algorithm)
+    classes = split_classes(config.split, config.subset)
+    requested_k = check_n_clusters(config.n_clusters)
+    # (option, smallest value, None allowed): None workers means "choose by device"
+    for name, minimum, optional in (("batch_size", 1, False), ("seed", 0, False), ("num_workers", 0, True),
+                                    ("k_min", 1, False), ("k_max", 2, False)):
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+    if config.k_max < config.k_min:
+        raise DeepclustError(f"k_max={config.k_max} must be >= k_min={config.k_min}")
+    device = resolve_device(config.device)
+    check_writable(config.out)  # a read-only or full --out is found now, not after the embedding
+    with lock_folder(config.out):
+        return _cluster_images(config, classes, requested_k, density, device, timings, t_start)
+
+
+def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, device, timings: dict,
+                    t_start: float) -> ClusterResult:
+    # data
+    t = time.perf_counter()
+    records = find_images(config.images, classes=classes, exclude=[config.out])
+    timings["discover"] = time.perf_counter() - t
+    log.info("found %d images in '%s'", len(records), config.images)
+    check_n_clusters(requested_k, len(records))
+    if requested_k is None and config.labels is None and not density:
+        raise DeepclustError(
+            "the number of clusters is unknown; pass --n-clusters K, or --n-clusters auto to estimate it "
+            "(or --labels folders to use the number of classes)"
+        )
+    if density and requested_k is not None:
+        log.warning("%s finds its own number of clusters; --n-clusters %s is ignored", config.algorithm, requested_k)
+
+    # backbone, embeddings
+    t = time.perf_counter()
+    backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size)
+    timings["load_backbone"] = time.perf_counter() - t
+    runs.retire_outputs(config.out)
+    cache = runs.run_path(config.out, runs.CACHE)
+    log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
+    emb = embed_records(records, backbone, cache, batch_size=config.batch_size, device=device,
+                        num_workers=config.num_workers, progress=config.progress, fast_decode=config.fast_decode)
+    timings["embed"] = emb.seconds
+    kept = [records[i] for i in emb.indices]
+    skipped = [(records[i].path, reason) for i, reason in emb.skipped]
+    runs.write_skipped(config.out, skipped)
+    if skipped:
+        log.warning("skipped %d unreadable image(s); see %s", len(skipped), runs.run_path(config.out, runs.SKIPPED))
+    if not kept:
+        raise DeepclustError(f"none of the {len(records)} images could be read; see the reasons in {runs.SKIPPED}")
+    y_true = [r.folder for r in kept] if config.labels == "folders" else None
+    n_classes = len(set(y_true)) if y_true is not None else None
+    n_clusters = None if density else (requested_k if requested_k is not None else n_classes)
+    n_clusters_from = "the algorithm" if density else ("--n-clusters" if requested_k is not None else "number of classes")
+    check_n_clusters(n_clusters, len(kept))
+
+    # cluster
+    t = time.perf_counter()
+    X = prepare_features(emb.vectors, config.normalize)
+    k_estimate = estimate_k(X, config, "images") if n_clusters == "auto" else None
+    record_k_estimate(config.out, k_estimate)
+    if k_estimate is not None:
+        n_clusters = k_estimate.n_clusters
+        n_clusters_from = f"estimated ({k_estimate.method})"
+    log.info("clustering %d images%s with %s", len(kept),
+             f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
+    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params, device=config.device)
+    clusters = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
+    if n_clusters is None:
+        n_clusters = int(clusterer.n_clusters_)
+    distances = distances_to_centres(X, clusters)
+    timings["cluster"] = time.perf_counter() - t
+
+    metrics = run_metrics(y_true, clusters)
+
+    # outputs
+    t = time.perf_counter()
+    paths = [r.path for r in kept]
+    try:
+        runs.write_embeddings(config.out, emb.vectors)
+        write_run_files(config, paths, clusters, distances, y_true, metrics)
+    except OSError as exc:
+        raise DeepclustError(
+            f"cannot write the results to '{config.out}' ({exc.strerror or exc}); the embeddings cached in "
+            f"'{cache}' are kept and reused when the same command runs again: free space, or pass "
+            "another --out") from None
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    resolved = {
+        "n_clusters": n_clusters,
+        "n_clusters_from": n_clusters_from,
+        "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "data_config": {k: v for k, v in backbone.data_config.items()},
+        "num_features": backbone.num_features,
+        "device": str(device),
+        "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
+    }
+    counts = {"images_found": len(records), "images_clustered": len(kept), "images_skipped": len(skipped),
+              "embeddings_reused": emb.n_reused, "embeddings_computed": emb.n_computed, "classes": n_classes}
+    summary = run_summary(config, resolved, counts, clusters, timings, metrics)
+    runs.write_summary(config.out, summary)
+    return ClusterResult(paths, clusters, emb.vectors, y_true, skipped, metrics, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# A store of `deepclust embed`, block by block
+
+SCALE_ALGORITHMS = {"kmeans": ("sample_size", "lloyd_passes", "n_init", "max_iter", "k_sample_size"),
+                    "spectral": ("n_groups", "n_neighbors", "sample_size", "lloyd_passes", "k_sample_size")}
+K_SAMPLE_SIZE = 10_000  # rows that --n-clusters auto estimates k on
+
+
+def estimate_k_of_store(table: EmbeddingTable, config, executor, sample_size: int = K_SAMPLE_SIZE):
+    """``--n-clusters auto`` with ``--embeddings``: the number of clusters estimated as
+    ``deepclust cluster`` does (:func:`estimate_k`), on a uniform random
+    sample of ``sample_size`` rows of the store. Returns the
+    :class:`~deepclust.cluster.KEstimate` and the sample's size."""
+    sample = sample_rows(store_blocks(table), sample_size, executor, config.normalize, np.random.default_rng(config.seed),
+                         config.progress)
+    return estimate_k(sample, config, "sampled vectors"), len(sample)
+
+
+def cluster_store(config):
+    """``deepclust cluster --embeddings STORE``: cluster a store into a run folder of the
+    usual form (assignments.csv, skipped.csv, summary.json, metrics.json with labels,
+    config.yaml). The vectors stay in the store: summary.json points to it."""
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    if not config.out:
+        raise DeepclustError("no run folder given; pass --out RUN_DIR")
+    if config.algorithm not in SCALE_ALGORITHMS:
+        raise DeepclustError(f"--embeddings clusters with {' or '.join(SCALE_ALGORITHMS)}; "
+                             f"'{config.algorithm}' needs all vectors in one process (drop --embeddings)")
+    params = dict(config.cluster_params or {})
+    unknown = sorted(set(params) - set(SCALE_ALGORITHMS[config.algorithm]))
+    if unknown:
+        raise DeepclustError(f"{config.algorithm} with --embeddings has no parameter {', '.join(unknown)}; "
+                             f"its parameters are: {', '.join(SCALE_ALGORITHMS[config.algorithm])}")
+    if config.labels not in (None, "folders"):
+        raise DeepclustError(f"labels='{config.labels}' is not known; use folders")
+    table = open_store(config.embeddings)
+    check_writable(config.out)
+    with lock_folder(config.out):
+        runs.retire_outputs(config.out)
+        return _cluster_store(config, table, params, timings, t_start)
+
+
+def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t_start: float):
+    backbone = table.info.get("backbone", {})
+    if backbone.get("signature"):  # the run records the store's backbone, as `predict` needs
+        config = dataclasses.replace(config, backbone=backbone["name"], weights=backbone["weights"],
+                                     image_size=backbone["image_size"], fast_decode=backbone.get("fast_decode", False))
+    valid = np.flatnonzero(table.valid)
+    y_true = [table.folders[i] for i in valid] if config.labels == "folders" else None
+    n_classes = len(set(y_true)) if y_true is not None else None
+    requested = check_n_clusters(config.n_clusters)
+    n_clusters = requested if requested is not None else n_classes
+    if n_clusters is None:
+        raise DeepclustError("the number of clusters is unknown; pass --n-clusters K or auto (or --labels folders)")
+    check_n_clusters(n_clusters, len(valid))
+    if "k_sample_size" in params and requested != "auto":
+        raise DeepclustError("k_sample_size is for --n-clusters auto only")
+    k_sample = params.pop("k_sample_size", K_SAMPLE_SIZE)
+    if isinstance(k_sample, bool) or not isinstance(k_sample, int) or k_sample < 3:
+        raise DeepclustError(f"k_sample_size={k_sample!r} must be a whole number >= 3 (rows to estimate k on)")
+    os.makedirs(config.out, exist_ok=True)
+    k_estimate, n_clusters_from = None, "--n-clusters" if requested is not None else "number of classes"
+    with open_executor(config.scheduler) as executor:
+        t = time.perf_counter()
+        if n_clusters == "auto":
+            k_estimate, sampled = estimate_k_of_store(table, config, executor, k_sample)
+            n_clusters = k_estimate.n_clusters
+            n_clusters_from = f"estimated ({k_estimate.method}) on a sample of {sampled} vectors"
+            timings["k_estimation"] = time.perf_counter() - t
+            t = time.perf_counter()
+        record_k_estimate(config.out, k_estimate)
+        if config.algorithm == "kmeans":
+            result = kmeans_at_scale(table, n_clusters, executor, normalize=config.normalize,
+                                     random_state=config.seed, progress=config.progress, **params)
+            facts = {"sample_size": result.sample_size, "inertia": result.inertia_history}
+        else:
+            result = spectral_at_scale(table, n_clusters, executor, normalize=config.normalize,
+                                       random_state=config.seed, progress=config.progress, **params)
+            facts = result.facts
+        clusters = result.labels
+        timings["cluster"] = time.perf_counter() - t
+        t = time.perf_counter()
+        means = result.sums / np.maximum(result.counts, 1)[:, None]
+        distances = cluster_distances(executor, table, clusters, means, config.normalize, config.progress)
+        timings["distances"] = time.perf_counter() - t
+        where = executor.name
+    metrics = run_metrics(y_true, clusters)
+    t = time.perf_counter()
+    paths = [table.paths[i] for i in valid]
+    runs.write_skipped(config.out, table.skipped)
+    write_run_files(config, paths, clusters, distances, y_true, metrics)
+    if os.path.exists(runs.run_path(config.out, runs.EMBEDDINGS)):
+        os.remove(runs.run_path(config.out, runs.EMBEDDINGS))  # of an earlier run: the store holds them now
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    resolved = {
+        "n_clusters": n_clusters,
+        "n_clusters_from": n_clusters_from,
+        "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
+        "backbone": backbone.get("name"),
+        "weights": backbone.get("resolved_weights", backbone.get("weights")),
+        "data_config": backbone.get("data_config"),
+        "num_features": table.n_features,
+        "embeddings_store": os.path.abspath(table.folder),
+        "executor": where,
+        "at_scale": facts,
+    }
+    counts = {"images_found": len(table.paths), "images_clustered": len(valid), "images_skipped": len(table.skipped),
+              "embeddings_reused": len(valid), "embeddings_computed": 0, "classes": n_classes}
+    summary = run_summary(config, resolved, counts, clusters, timings, metrics)
+    runs.write_summary(config.out, summary)
+    return ClusterResult(paths, clusters, None, y_true, table.skipped, metrics, summary)

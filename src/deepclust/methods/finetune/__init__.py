@@ -1,0 +1,1 @@
+"""Fine-tuning a backbone on labelled classes (the core method): frozen stages and their cache, the training loop and selection (:mod:`.base`), episodic tasks with the scatter loss (:mod:`.episodic`), the classic baseline (:mod:`.classic`)."""

@@ -1,0 +1,1 @@
+"""Work on several processes: DDP for training (:mod:`.ddp`), Dask executors for embedding and clustering at scale (:mod:`.executors`)."""

@@ -4,7 +4,7 @@ The user's loop, one way: folder -> embed (features/) -> cluster (cluster/) -> r
 -> report, export, predict (jobs/); see the README's Development section for the layers.
 """
 
-__version__ = "0.1.0"
+from deepclust.version import __version__  # noqa: F401  (deepclust.__version__)
 
 # The public names load their modules on first use (PEP 562), so that ``import deepclust``
 # (and a Dask worker that only clusters stored vectors) does not pay for torch and timm.

@@ -35,6 +35,7 @@ from deepclust.config import ClusterConfig, write_config
 from deepclust.errors import DeepclustError
 from deepclust.io import read_csv, write_csv, write_json, write_npy
 from deepclust.metrics import score_clustering
+from deepclust.version import __version__
 
 log = logging.getLogger("deepclust")
 
@@ -313,13 +314,11 @@ def versions() -> dict[str, str]:
     import PIL
     import scipy
     import sklearn
-    import timm
+    import timm  # deferred, as torch: a run folder is read (report, export) without them
     import torch
 
-    import deepclust
-
     return {
-        "deepclust": deepclust.__version__,
+        "deepclust": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,

@@ -98,3 +98,13 @@ def cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray,
 
     member = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
     return np.asarray(member @ X.astype(np.float64)), np.bincount(labels, minlength=k).astype(np.int64)
+
+
+def nearest_centres(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest row of ``centres`` (k, d) for every row of ``X`` (n, d), as the
+    k-means of :mod:`deepclust.cluster.kmeans` assigns (exact, in row chunks)."""
+    import torch  # deferred: the at-scale tasks that import this module never assign this way
+
+    from deepclust.cluster._lloyd import nearest_centers
+
+    return nearest_centers(torch.from_numpy(np.asarray(X)), torch.from_numpy(np.asarray(centres))).numpy()

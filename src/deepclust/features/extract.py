@@ -53,6 +53,14 @@ class Embeddings:
     n_computed: int = 0
     seconds: float = 0.0
 
+    def kept(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
+        """The records of the rows of ``vectors`` (the images that could be read)."""
+        return [records[i] for i in self.indices]
+
+    def skipped_paths(self, records: Sequence[ImageRecord]) -> list[tuple[str, str]]:
+        """(path, reason) of every image that could not be read, as ``skipped.csv`` lists them."""
+        return [(records[i].path, reason) for i, reason in self.skipped]
+
 
 def decode_size(backbone: Backbone) -> int:
     """The size a JPEG is decoded at with ``fast_decode``: twice the side the model's

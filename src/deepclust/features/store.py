@@ -236,7 +236,7 @@ def embed_partition(task: dict, spec: dict, settings: dict) -> dict:
     import torch
 
     from deepclust.features.backbones import resolve_device
-    from deepclust.features.extract import extract_embeddings
+    from deepclust.features.extract import embed_records
 
     t0 = time.perf_counter()
     backbone = _worker_backbone(spec)
@@ -245,8 +245,8 @@ def embed_partition(task: dict, spec: dict, settings: dict) -> dict:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = resolve_device(name)
     records = task["records"]
-    emb = extract_embeddings(records, backbone, batch_size=settings["batch_size"], device=device, num_workers=0,
-                             progress=False, fast_decode=spec.get("fast_decode", False))
+    emb = embed_records(records, backbone, None, batch_size=settings["batch_size"], device=device, num_workers=0,
+                        progress=False, fast_decode=spec.get("fast_decode", False))
     out = np.full((len(records), backbone.num_features), np.nan, dtype=np.float32)
     out[emb.indices] = emb.vectors
     start = task["start"]

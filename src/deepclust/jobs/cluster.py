@@ -145,8 +145,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     emb = embed_records(records, backbone, cache, batch_size=config.batch_size, device=device,
                         num_workers=config.num_workers, progress=config.progress, fast_decode=config.fast_decode)
     timings["embed"] = emb.seconds
-    kept = [records[i] for i in emb.indices]
-    skipped = [(records[i].path, reason) for i, reason in emb.skipped]
+    kept = emb.kept(records)
+    skipped = emb.skipped_paths(records)
     runs.write_skipped(config.out, skipped)
     if skipped:
         log.warning("skipped %d unreadable image(s); see %s", len(skipped), runs.run_path(config.out, runs.SKIPPED))

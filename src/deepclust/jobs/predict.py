@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
+from deepclust.cluster.space import cluster_centres, nearest_centres, prepare_features
 from deepclust.errors import DeepclustError
 from deepclust.io import check_writable, write_csv, write_json
 
@@ -54,15 +55,10 @@ class ClusterModel:
         of embeddings (n, d). ``rule``: the nearest centre, or the cluster most of the
         ``n_neighbours`` nearest clustered images are in (ties to the nearer; noise images
         do not vote), which follows clusters of any shape."""
-        import torch
-
-        from deepclust.cluster._lloyd import nearest_centers
-        from deepclust.cluster.space import prepare_features
-
         if rule not in ASSIGN_RULES:
             raise DeepclustError(f"assign={rule!r} is not one of {', '.join(ASSIGN_RULES)}")
         X = prepare_features(vectors, self.normalize).astype(np.float64)
-        clusters = self.ids[nearest_centers(torch.from_numpy(X), torch.from_numpy(self.centres)).numpy()]
+        clusters = self.ids[nearest_centres(X, self.centres)]
         if rule == "neighbours":
             clusters = self._vote(X.astype(np.float32), n_neighbours, clusters)
         dist = np.linalg.norm(X - self.centres[np.searchsorted(self.ids, clusters)], axis=1)
@@ -102,8 +98,6 @@ def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index
 
 def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000, seed: int = 0) -> ClusterModel:
     """The centres (means of the clustered features) of a run, and the far threshold."""
-    from deepclust.cluster.space import cluster_centres, prepare_features
-
     if not 0 < far_quantile <= 1:
         raise DeepclustError(f"far_quantile={far_quantile!r} must be in (0, 1]")
     # deepclust cluster records whether it L2-normalised; end-to-end runs store their network's outputs as clustered
@@ -190,7 +184,7 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
     """The features of a run of ``deepclust cluster``: its backbone, weights and preprocessing."""
     from deepclust.features.backbones import create_backbone, resolve_device
     from deepclust.data import find_images
-    from deepclust.features.extract import EmbeddingStore, embedding_signature, extract_embeddings
+    from deepclust.features.extract import embed_records
 
     config, resolved = run.summary["config"], run.summary["resolved"]
     records = find_images(images, exclude=[out, run.folder])
@@ -202,11 +196,9 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
                              f"used ({resolved.get('backbone')}, {resolved.get('weights')}); was the checkpoint "
                              "changed or moved? Cluster again, or restore it")
     fast = bool(config.get("fast_decode", False))  # decode as the run did
-    store = EmbeddingStore(runs.run_path(run.folder, runs.CACHE), embedding_signature(backbone, fast))
-    emb = extract_embeddings(records, backbone, batch_size=batch_size, device=resolve_device(device),
-                             num_workers=num_workers, store=store, progress=progress, fast_decode=fast)
-    skipped = [(records[i].path, reason) for i, reason in emb.skipped]
-    return ([records[i].path for i in emb.indices], emb.vectors, len(records), skipped,
+    emb = embed_records(records, backbone, runs.run_path(run.folder, runs.CACHE), batch_size=batch_size,
+                        device=resolve_device(device), num_workers=num_workers, progress=progress, fast_decode=fast)
+    return ([r.path for r in emb.kept(records)], emb.vectors, len(records), emb.skipped_paths(records),
             {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds)
 
 

@@ -66,22 +66,20 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
                              "or a dataset {name: mnist|coil20, source: PATH}")
     from deepclust.features.backbones import DEFAULT_BACKBONE, create_backbone, resolve_device
     from deepclust.data import find_images, split_classes
-    from deepclust.features.extract import EmbeddingStore, extract_embeddings
+    from deepclust.features.extract import embed_records
     from deepclust.cluster.space import prepare_features
 
     classes = split_classes(split, subset, example="train")
     records = find_images(os.path.expanduser(images), classes=classes)
     model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
     log.info("embedding %d images of '%s' with %s (%d px)", len(records), images, model.name, model.image_size)
-    store = EmbeddingStore(cache, model.signature()) if cache else None
-    emb = extract_embeddings(records, model, batch_size=batch_size, device=resolve_device(device),
-                             num_workers=num_workers, store=store, progress=progress)
-    kept = [records[i] for i in emb.indices]
+    emb = embed_records(records, model, cache or None, batch_size=batch_size, device=resolve_device(device),
+                        num_workers=num_workers, progress=progress)
+    kept = emb.kept(records)
     if not kept:
         raise DeepclustError(f"none of the {len(records)} images in '{images}' could be read")
-    skipped = [(records[i].path, reason) for i, reason in emb.skipped]
     return LabelledFeatures(prepare_features(emb.vectors, True).astype(np.float32), [r.folder for r in kept],
-                            [r.path for r in kept], skipped)
+                            [r.path for r in kept], emb.skipped_paths(records))
 
 
 def sample_datasets(y, count: int, size: int, max_classes: int, min_classes: int = 2,

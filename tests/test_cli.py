@@ -265,3 +265,31 @@ def test_the_50_eu_moths_test_species_cluster_as_measured(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["n_images"], metrics["n_classes"]) == (555, 50)
     assert 0.36 < metrics["ARI"] < 0.48 and 0.55 < metrics["CA"] < 0.66
+
+
+def test_help_version_and_a_typo_answer_without_loading_torch_timm_or_scikit_learn():
+    code = ("import sys\nfrom deepclust.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['clustr'], ['cluster', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'timm', 'sklearn', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "invalid choice: 'clustr'" in done.stderr
+
+
+def test_the_help_lists_every_registered_algorithm():
+    from deepclust.cli import ALGORITHMS
+    from deepclust.cluster import list_clusterers
+
+    assert list(ALGORITHMS) == list_clusterers()
+
+
+def test_quiet_and_verbose_work_before_and_after_the_command():
+    from deepclust.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-q", "evaluate", "run"]).quiet is True
+    assert parser.parse_args(["evaluate", "run", "-q"]).quiet is True
+    assert parser.parse_args(["cluster", "x", "--out", "y", "--verbose"]).verbose is True
+    plain = parser.parse_args(["evaluate", "run"])
+    assert (plain.quiet, plain.verbose) == (False, False)

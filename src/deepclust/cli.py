@@ -43,10 +43,13 @@ def _param(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), parsed
 
 
-def _algorithm_names() -> str:
-    from deepclust.cluster import list_clusterers
+#: The names of deepclust.cluster.list_clusterers(), for the help text: building the parser must not
+#: import the clusterers (torch, scikit-learn: seconds), so --help, --version and a typo answer at once.
+ALGORITHMS = ("agglomerative", "c2m", "dbscan", "gmm", "hdbscan", "kmeans", "optics", "spectral")
 
-    return ", ".join(list_clusterers())
+
+def _algorithm_names() -> str:
+    return ", ".join(ALGORITHMS)
 
 
 def _given_options(args: argparse.Namespace) -> dict:
@@ -57,7 +60,7 @@ def _given_options(args: argparse.Namespace) -> dict:
 def _add_model_options(p, with_defaults: bool) -> None:
     """--backbone, --weights, --image-size, --batch-size, --fast-decode: how images become
     vectors (``cluster`` leaves absent options unset, for its config file to fill)."""
-    from deepclust.features.backbones import DEFAULT_BACKBONE
+    from deepclust.config import DEFAULT_BACKBONE
 
     def default(value):
         return {"default": value} if with_defaults else {}
@@ -506,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show debugging messages and those of the libraries deepclust uses")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    # -q and -v work where users type them: before the command or among its options
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    common.add_argument("-v", "--verbose", action="store_true", help="also show debugging messages and other libraries' own")
+    add_parser = subparsers.add_parser
+    subparsers.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
     _add_cluster_parser(subparsers)
     _add_embed_parser(subparsers)
     _add_evaluate_parser(subparsers)

@@ -470,8 +470,8 @@ def _add_experiment_parser(subparsers) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from deepclust.experiments.end_to_end import END_TO_END, load_clustering_experiment, run_clustering_experiment
-    from deepclust.config import load_yaml
+    from deepclust.config import END_TO_END, load_yaml
+    from deepclust.experiments.end_to_end import load_clustering_experiment, run_clustering_experiment
     from deepclust.experiments.core import load_experiment, run_experiment
 
     overrides = {k: v for k, v in (("out", args.out), ("progress", args.progress)) if v is not None}

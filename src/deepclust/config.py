@@ -19,6 +19,9 @@ from deepclust.io import atomic_write
 #: The backbone used when none is named: EfficientNet-Lite0 with its offline ImageNet weights.
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
+#: The methods whose network clusters the images itself; their `train` writes a run folder.
+END_TO_END = ("mmdc", "imc_swav")
+
 
 @dataclass
 class ClusterConfig:

@@ -26,7 +26,7 @@ import os
 import platform
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -81,11 +81,13 @@ def write_embeddings(run_dir: str | os.PathLike, vectors: np.ndarray) -> None:
     write_npy(run_path(run_dir, EMBEDDINGS), np.asarray(vectors, dtype=np.float32))
 
 
-def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
-    """Write summary.json (last: its presence marks a finished run), with a new ``run_id``
-    that the outputs derived from the run (report, predict, evaluation) record."""
-    summary.setdefault("run_id", f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
-    write_json(run_path(run_dir, SUMMARY), summary)
+def write_summary(run_dir: str | os.PathLike, summary: "RunSummary | dict[str, Any]") -> None:
+    """Write summary.json through :class:`RunSummary` (last: its presence marks a finished
+    run), with the ``run_id`` that outputs derived from the run (report, predict,
+    evaluation) record."""
+    if not isinstance(summary, RunSummary):
+        summary = RunSummary.from_dict(summary)
+    summary.write(run_dir)
 
 
 def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
@@ -114,24 +116,84 @@ def write_run_files(config: ClusterConfig, paths, clusters: np.ndarray, distance
         write_metrics(config.out, metrics)
 
 
-def run_summary(config: ClusterConfig, resolved: dict, counts: dict, clusters: np.ndarray, timings: dict,
-                metrics: dict | None) -> dict[str, Any]:
-    """summary.json of a run of ``cluster``: ``counts`` (images found, clustered,
-    skipped, embeddings reused and computed, classes) completed by the cluster sizes."""
+@dataclass
+class RunSummary:
+    """summary.json: what made a run, with what result. The one type that writes it
+    (``cluster``, ``cluster --embeddings``, an end-to-end method's ``train``) and reads it.
+
+    Attributes
+    ----------
+    command : str
+        ``cluster`` or ``train`` (an end-to-end method, named by ``method``).
+    config : dict
+        The resolved configuration.
+    resolved : dict
+        What the run chose or found: number of clusters and where it came from, backbone,
+        weights, preprocessing, device, and ``normalized`` (whether the clustered space is
+        the L2-normalised embeddings).
+    counts, timings_seconds, metrics : dict
+    method : str or None
+    extra : dict
+        Further top-level entries of a command (an end-to-end method's ``runs`` and ``scores``).
+    """
+
+    command: str
+    config: dict
+    resolved: dict
+    seed: int
+    counts: dict
+    timings_seconds: dict
+    metrics: dict | None = None
+    method: str | None = None
+    extra: dict = field(default_factory=dict)
+    working_directory: str = field(default_factory=os.getcwd)
+    versions: dict = field(default_factory=lambda: versions())
+    run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+
+    FIELDS = ("command", "method", "config", "resolved", "seed", "working_directory", "versions", "counts",
+              "timings_seconds", "metrics", "run_id")
+
+    @property
+    def normalized(self) -> bool:
+        """Whether the run clustered L2-normalised embeddings (``predict`` must do the same).
+        Recorded in ``resolved``; runs written before it say so by their command."""
+        if "normalized" in self.resolved:
+            return bool(self.resolved["normalized"])
+        return bool(self.config.get("normalize", True)) if self.command == "cluster" else False
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.FIELDS if k != "method" or self.method is not None}
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
+        known = {k: data[k] for k in cls.FIELDS if k in data}
+        known.setdefault("command", "")
+        for key, empty in (("config", {}), ("resolved", {}), ("seed", 0), ("counts", {}), ("timings_seconds", {})):
+            known.setdefault(key, empty)
+        return cls(**known, extra={k: v for k, v in data.items() if k not in cls.FIELDS})
+
+    def write(self, run_dir: str | os.PathLike) -> None:
+        """Write summary.json, last of a run's files: its presence marks a finished run."""
+        write_json(run_path(run_dir, SUMMARY), self.to_dict())
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> "RunSummary":
+        return cls.from_dict(read_summary(run_dir))
+
+
+def cluster_summary(config: ClusterConfig, resolved: dict, counts: dict, clusters: np.ndarray, timings: dict,
+                    metrics: dict | None) -> RunSummary:
+    """The summary of a run of ``cluster``: ``counts`` (images found, clustered, skipped,
+    embeddings reused and computed, classes) completed by the cluster sizes."""
     member = clusters >= 0
     sizes = np.bincount(np.unique(clusters[member], return_inverse=True)[1]) if member.any() else np.zeros(1, int)
-    return {
-        "command": "cluster",
-        "config": config.to_dict(),
-        "resolved": resolved,
-        "seed": config.seed,
-        "working_directory": os.getcwd(),
-        "versions": versions(),
-        "counts": {**counts, "clusters": int((sizes > 0).sum()), "noise": int((~member).sum()),
-                   "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())},
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "metrics": metrics,
-    }
+    return RunSummary(
+        command="cluster", config=config.to_dict(), resolved={**resolved, "normalized": bool(config.normalize)},
+        seed=config.seed,
+        counts={**counts, "clusters": int((sizes > 0).sum()), "noise": int((~member).sum()),
+                "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max())},
+        timings_seconds={k: round(v, 3) for k, v in timings.items()}, metrics=metrics)
 
 
 # What a run writes, and what later commands derive from it.

@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from deepclust.config import build_config, write_config
+from deepclust.config import END_TO_END, build_config, write_config
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
 
 log = logging.getLogger("deepclust")
 
 #: Methods whose experiments this module runs.
-END_TO_END = ("mmdc", "imc_swav")
 #: What the ``loss`` of a run is, per method (the lowest-loss ensemble picks the smallest).
 LOSS_MEANING = {"mmdc": "eq. 1 at the end of the main stage",
                 "imc_swav": "swapped prediction + eq. 6, mean over the last epoch"}

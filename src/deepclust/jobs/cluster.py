@@ -30,7 +30,7 @@ from deepclust.features.extract import embed_records
 from deepclust.features.store import EmbeddingTable, open_store
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.parallel.executors import open_executor
-from deepclust.runs import run_metrics, run_summary, write_run_files
+from deepclust.runs import cluster_summary, run_metrics, write_run_files
 
 log = logging.getLogger("deepclust")
 
@@ -203,9 +203,9 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     }
     counts = {"images_found": len(records), "images_clustered": len(kept), "images_skipped": len(skipped),
               "embeddings_reused": emb.n_reused, "embeddings_computed": emb.n_computed, "classes": n_classes}
-    summary = run_summary(config, resolved, counts, clusters, timings, metrics)
-    runs.write_summary(config.out, summary)
-    return ClusterResult(paths, clusters, emb.vectors, y_true, skipped, metrics, summary)
+    summary = cluster_summary(config, resolved, counts, clusters, timings, metrics)
+    summary.write(config.out)
+    return ClusterResult(paths, clusters, emb.vectors, y_true, skipped, metrics, summary.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +318,6 @@ def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t
     }
     counts = {"images_found": len(table.paths), "images_clustered": len(valid), "images_skipped": len(table.skipped),
               "embeddings_reused": len(valid), "embeddings_computed": 0, "classes": n_classes}
-    summary = run_summary(config, resolved, counts, clusters, timings, metrics)
-    runs.write_summary(config.out, summary)
-    return ClusterResult(paths, clusters, None, y_true, table.skipped, metrics, summary)
+    summary = cluster_summary(config, resolved, counts, clusters, timings, metrics)
+    summary.write(config.out)
+    return ClusterResult(paths, clusters, None, y_true, table.skipped, metrics, summary.to_dict())

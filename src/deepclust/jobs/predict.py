@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
+from deepclust.config import END_TO_END
 from deepclust.cluster.space import cluster_centres, nearest_centres, prepare_features
 from deepclust.errors import DeepclustError
 from deepclust.io import check_writable, write_csv, write_json
@@ -34,7 +35,6 @@ from deepclust.io import check_writable, write_csv, write_json
 log = logging.getLogger("deepclust")
 
 PREDICTIONS = "predictions.csv"
-END_TO_END = ("mmdc", "imc_swav")
 ASSIGN_RULES = ("centre", "neighbours")
 
 
@@ -100,8 +100,7 @@ def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000,
     """The centres (means of the clustered features) of a run, and the far threshold."""
     if not 0 < far_quantile <= 1:
         raise DeepclustError(f"far_quantile={far_quantile!r} must be in (0, 1]")
-    # deepclust cluster records whether it L2-normalised; end-to-end runs store their network's outputs as clustered
-    normalize = bool(run.summary.get("config", {}).get("normalize", True)) if run.summary.get("command") == "cluster" else False
+    normalize = runs.RunSummary.from_dict(run.summary).normalized  # the space the run clustered
     X = prepare_features(run.embeddings, normalize)
     member = run.clusters >= 0
     if not member.any():

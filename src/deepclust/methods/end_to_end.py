@@ -251,29 +251,23 @@ class EndToEndTraining:
                                     for stage, e in self.ensembles_.items()}}
         sizes = np.bincount(self.labels_, minlength=c.n_clusters)
         final_stage = stage_names[-1]
-        self.summary_ = {
-            "command": "train",
-            "method": self.name,
-            "config": c.to_dict(),
-            "resolved": {"n_clusters": c.n_clusters, "n_clusters_from": "--n-clusters", "backbone": c.backbone,
-                         "device": c.device, "image_shape": list(data.images.shape[1:]),
-                         "labels_from": ("ensemble: " + c.ensemble if c.runs > 1 else "single run")
-                         + (" after refinement" if final_stage == "refined" else ""),
-                         "reference_seed": reference["seed"], **self.resolved()},
-            "seed": c.seed,
-            "working_directory": os.getcwd(),
-            "versions": runs.versions(),
-            "runs": [{"seed": r["seed"], "loss": r["loss"], "seconds": r["seconds"], "epochs": len(r["history"]),
-                      "train_seconds": round(sum(h["seconds"] for h in r["history"]), 1)}
-                     for r in self.runs_],
-            "counts": {"images_found": n + len(data.skipped), "images_clustered": n, "images_skipped": len(data.skipped),
-                       "clusters": int((sizes > 0).sum()), "noise": 0, "cluster_size_min": int(sizes.min()),
-                       "cluster_size_max": int(sizes.max()),
-                       "classes": len(set(data.labels)) if data.labels is not None else None},
-            "timings_seconds": {"total": round(time.perf_counter() - t_start, 3)},
-            "metrics": metrics,
-            "scores": scores,
-        }
+        summary = runs.RunSummary(
+            command="train", method=self.name, config=c.to_dict(),
+            resolved={"n_clusters": c.n_clusters, "n_clusters_from": "--n-clusters", "backbone": c.backbone,
+                      "device": c.device, "image_shape": list(data.images.shape[1:]),
+                      "labels_from": ("ensemble: " + c.ensemble if c.runs > 1 else "single run")
+                      + (" after refinement" if final_stage == "refined" else ""),
+                      "reference_seed": reference["seed"], "normalized": False, **self.resolved()},
+            seed=c.seed,
+            counts={"images_found": n + len(data.skipped), "images_clustered": n, "images_skipped": len(data.skipped),
+                    "clusters": int((sizes > 0).sum()), "noise": 0, "cluster_size_min": int(sizes.min()),
+                    "cluster_size_max": int(sizes.max()),
+                    "classes": len(set(data.labels)) if data.labels is not None else None},
+            timings_seconds={"total": round(time.perf_counter() - t_start, 3)}, metrics=metrics,
+            extra={"runs": [{"seed": r["seed"], "loss": r["loss"], "seconds": r["seconds"], "epochs": len(r["history"]),
+                             "train_seconds": round(sum(h["seconds"] for h in r["history"]), 1)} for r in self.runs_],
+                   "scores": scores})
+        self.summary_ = summary.to_dict()
         self.data_ = data
         if not is_main:
             return self
@@ -285,7 +279,7 @@ class EndToEndTraining:
         write_config(runs.run_path(c.out, runs.CONFIG), c)
         if metrics is not None:
             runs.write_metrics(c.out, metrics)
-        runs.write_summary(c.out, self.summary_)
+        summary.write(c.out)
         return self
 
 

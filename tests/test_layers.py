@@ -152,3 +152,33 @@ def test_the_checker_sees_a_cycle_and_an_upward_import():
     found = list(_imports(_modules()))
     assert ("deepclust.jobs.cluster", "deepclust.features.extract", "embed_records") in [f[:3] for f in found]
     assert any(inside for *_, inside, _ in found)  # in-function imports are read too
+
+
+def test_a_task_over_a_stores_blocks_loads_neither_torch_nor_scikit_learn():
+    import subprocess
+    import sys
+
+    # the Dask workers import the module of the task functions (at_scale), and nothing else of deepclust
+    code = ("import sys, deepclust.cluster.at_scale\n"
+            "print(sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_an_import_inside_a_function_says_why_it_is_deferred():
+    # cli.py defers every command's imports, as its docstring says: --help must not load torch
+    unexplained = []
+    for module, path in _modules().items():
+        if module == "deepclust.cli":
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        tree = ast.parse("\n".join(lines))
+        for f in ast.walk(tree):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(f):
+                    if node is not f and isinstance(node, (ast.Import, ast.ImportFrom)):
+                        name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                        if (name or "").startswith("deepclust") and not any(
+                                "#" in line for line in lines[node.lineno - 1: node.end_lineno]):
+                            unexplained.append(f"{module}:{node.lineno}")
+    assert unexplained == []

@@ -33,6 +33,7 @@ import numpy as np
 
 from deepclust.config import ClusterConfig, write_config
 from deepclust.errors import DeepclustError
+from deepclust.features.store import open_store
 from deepclust.io import read_csv, write_csv, write_json, write_npy
 from deepclust.metrics import score_clustering
 from deepclust.version import __version__
@@ -345,7 +346,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     resolved = summary.get("resolved")
     store = resolved.get("embeddings_store") if isinstance(resolved, dict) else None
     if store:  # a run of `cluster --embeddings`: the vectors stay in the store
-        from deepclust.features.store import open_store
 
         embeddings = open_store(store).read()
     elif os.path.isfile(run_path(run_dir, EMBEDDINGS)):

@@ -9,22 +9,35 @@ Registered: ``kmeans``, ``spectral``, ``gmm``, ``agglomerative`` (they take
 metric finds the clustering and its number of clusters).
 """
 
-from deepclust.cluster._base import BaseClusterer
-from deepclust.cluster._registry import (
-    create_clusterer,
-    get_clusterer_class,
-    list_clusterers,
-    register_clusterer,
-    takes_n_clusters,
-)
-from deepclust.cluster.agglomerative import Agglomerative
-from deepclust.cluster.density import DBSCAN, HDBSCAN, OPTICS
-from deepclust.cluster.k_estimation import K_METHODS, KEstimate, eigengap, estimate_n_clusters
-from deepclust.cluster.kmeans import KMeans
-from deepclust.cluster.learned import C2MClusterer
-from deepclust.cluster.mixture import GaussianMixture
-from deepclust.cluster.neighbors import affinity_matrix, knn_graph
-from deepclust.cluster.spectral import SpectralClustering, knn_affinity, spectral_embedding, top_eigenvectors
+import importlib
+
+# The names load their modules on first use (PEP 562): a Dask worker that assigns blocks of a
+# store (cluster.at_scale) imports this package without torch or scikit-learn.
+_WHERE = {
+    "BaseClusterer": "_base",
+    "create_clusterer": "_registry", "get_clusterer_class": "_registry", "list_clusterers": "_registry",
+    "register_clusterer": "_registry", "takes_n_clusters": "_registry",
+    "Agglomerative": "agglomerative", "DBSCAN": "density", "HDBSCAN": "density", "OPTICS": "density",
+    "K_METHODS": "k_estimation", "estimate_n_clusters": "k_estimation",
+    "KEstimate": "k_curve", "eigengap": "k_curve",
+    "KMeans": "kmeans", "C2MClusterer": "learned", "GaussianMixture": "mixture",
+    "affinity_matrix": "neighbors", "knn_graph": "neighbors",
+    "SpectralClustering": "spectral", "knn_affinity": "spectral", "spectral_embedding": "spectral",
+    "top_eigenvectors": "spectral",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"deepclust.cluster.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deepclust.cluster' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __all__ = [
     "Agglomerative",

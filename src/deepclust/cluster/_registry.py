@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from deepclust.errors import DeepclustError
 
 _CLUSTERERS: dict[str, type] = {}
+
+#: The modules whose estimators register themselves, imported on the first look-up (they load
+#: torch and scikit-learn, which a task over a store's blocks does not need).
+_MODULES = ("kmeans", "spectral", "mixture", "agglomerative", "density", "learned")
+
+
+def _load_all() -> None:
+    for module in _MODULES:  # a no-op for the modules already imported
+        importlib.import_module(f"deepclust.cluster.{module}")
 
 
 def register_clusterer(name: str) -> Callable[[type], type]:
@@ -23,11 +33,13 @@ def register_clusterer(name: str) -> Callable[[type], type]:
 
 def list_clusterers() -> list[str]:
     """Names accepted by :func:`create_clusterer` (and ``--algorithm``)."""
+    _load_all()
     return sorted(_CLUSTERERS)
 
 
 def get_clusterer_class(name: str) -> type:
     """The estimator class registered as ``name``; an unknown name lists the valid ones."""
+    _load_all()
     try:
         return _CLUSTERERS[name.lower()]
     except KeyError:
@@ -58,4 +70,6 @@ def set_k_estimator(estimate: Callable) -> None:
 
 def k_estimator() -> Callable:
     """The function registered by :func:`set_k_estimator`."""
-    return _K_ESTIMATOR[0]  # importing deepclust.cluster (any of its modules) imports k_estimation first
+    if not _K_ESTIMATOR:
+        importlib.import_module("deepclust.cluster.k_estimation")  # registers itself; it imports the clusterers
+    return _K_ESTIMATOR[0]

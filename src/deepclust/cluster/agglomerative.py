@@ -8,9 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from deepclust.cluster._base import BaseClusterer
-from deepclust.validation import check_choice, check_int
 from deepclust.cluster._registry import register_clusterer
 from deepclust.cluster.neighbors import knn_graph
+from deepclust.validation import check_choice, check_int
 
 LINKAGES = ("ward", "average", "complete", "single")
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepclust.checkpoint import load_checkpoint, save_checkpoint
+from deepclust.cluster.neighbors import knn_graph
 from deepclust.errors import DeepclustError
 from deepclust.losses import ranking_critic_loss, wgan_critic_loss
 
@@ -90,7 +92,6 @@ def nearest_neighbours(x: torch.Tensor, k: int) -> torch.Tensor:
     """(n, k) indices of each point's ``k`` nearest other points (Euclidean), nearest first:
     :func:`deepclust.cluster.knn_graph` (blocked, exact up to 12,000 points, so no n x n
     matrix for a large image collection)."""
-    from deepclust.cluster.neighbors import knn_graph
 
     indices, _ = knn_graph(x, min(k, len(x) - 1), random_state=0)
     return torch.as_tensor(indices, dtype=torch.long)
@@ -500,7 +501,7 @@ def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 #: Named settings of :class:`C2M`. ``paper``: Algorithm 2 as published (the constructor's
 #: defaults). ``transferable``: what carries a metric learned on blobs over to other shapes
-#: and collections (measured with ``configs/c2m-synthetic-separated.yaml``): the critic scores
+#: and collections: the critic scores
 #: the clustering's neighbour-graph structure (mutual-neighbour pieces, the pieces of each
 #: cluster's dense core) and how unequal its cluster sizes are (``balance``), may only lower
 #: its score as they worsen, and learns with the per-dataset ranking loss; the search also
@@ -508,11 +509,8 @@ def pooled_whitening(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 #: first answer's pooled within-cluster covariance whitens (``whiten``). ``images`` (the
 #: default of ``deepclust train --method c2m``): ``transferable`` plus ``concentration``, so
 #: the critic weighs the neighbour pairs a clustering cuts against what any clustering of
-#: those sizes cuts. Image embeddings' neighbour graphs are not cut cleanly by any clustering;
-#: without it the metric answers 2 clusters there (``configs/c2m-transfer-*.yaml``). On 2-D
-#: shapes it would cut moons and rings into arcs, so ``transferable`` leaves it out.
-#: ``images`` leaves ``balance`` out: on the image transfers it did not help (Omniglot ACC 0.769
-#: with it, 0.762 without; MNIST 0.460 and 0.473).
+#: those sizes cuts, and without ``balance``. Why each setting is there, with the figures, is
+#: in docs/methods.md (the C2M section's three settings).
 _TRANSFERABLE = {"gae": False, "structure_features": True, "monotone": True, "mutual": True, "cores": 1.2,
                  "balance": True, "whiten": True, "objective": "ranking", "search": "cem+candidates",
                  "critic_lr": 0.005, "clip": 100.0}
@@ -872,7 +870,6 @@ class C2M:
     def save(self, path) -> None:
         """Write the learned metric (settings, autoencoder and critic weights, history) to
         ``path``, atomically; :meth:`load` reads it back to score or cluster new data."""
-        from deepclust.checkpoint import save_checkpoint
 
         self._fitted()
         import inspect
@@ -897,7 +894,6 @@ class C2M:
 
         if not os.path.isfile(path):
             raise DeepclustError(f"no C2M metric at '{path}'; train one with C2M(...).fit(datasets).save(path)")
-        from deepclust.checkpoint import load_checkpoint
 
         state = load_checkpoint(path, "C2M metric", "train one with `deepclust train --method c2m`")
         if not isinstance(state, dict) or state.get("format") != "deepclust-c2m/1":

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from deepclust.cluster._base import BaseClusterer
-from deepclust.validation import check_float, check_int
 from deepclust.cluster._registry import register_clusterer
+from deepclust.validation import check_float, check_int
 
 
 class _DensityClusterer(BaseClusterer):

@@ -8,11 +8,17 @@ import numpy as np
 import torch
 
 from deepclust.cluster._base import BaseClusterer
-from deepclust.validation import as_generator, as_seed, check_choice, check_float, check_int
 from deepclust.cluster._lloyd import kmeans_plusplus, lloyd, nearest_centers
 from deepclust.cluster._registry import register_clusterer
 from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
+from deepclust.validation import (
+    as_generator,
+    as_seed,
+    check_choice,
+    check_float,
+    check_int,
+)
 
 BACKENDS = ("auto", "torch", "faiss", "sklearn")
 

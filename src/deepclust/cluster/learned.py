@@ -20,7 +20,7 @@ from deepclust.errors import DeepclustError
 
 def load_metric(metric, random_state=None):
     """A fitted :class:`deepclust.methods.C2M`, given as one or as the path of a saved one."""
-    from deepclust.cluster.c2m import C2M
+    from deepclust.cluster.c2m import C2M  # deferred: the learned metric needs torch
 
     if isinstance(metric, C2M):
         metric._fitted()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from deepclust.cluster._base import BaseClusterer
-from deepclust.validation import as_seed, check_choice, check_float, check_int
 from deepclust.cluster._registry import register_clusterer
+from deepclust.validation import as_seed, check_choice, check_float, check_int
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 

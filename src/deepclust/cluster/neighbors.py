@@ -20,7 +20,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepclust.cluster._lloyd import CHUNK_ROWS, kmeans_plusplus, lloyd, nearest_centers, row_norms_sq, squared_distances
+from deepclust.cluster._lloyd import (
+    CHUNK_ROWS,
+    kmeans_plusplus,
+    lloyd,
+    nearest_centers,
+    row_norms_sq,
+    squared_distances,
+)
+from deepclust.validation import as_generator
 
 #: Largest n for which ``method="auto"`` computes exact neighbours.
 EXACT_MAX_SAMPLES = 12_000
@@ -49,7 +57,6 @@ def knn_graph(X, n_neighbors: int, method: str = "auto", pca_dim: int = 128, n_p
     indices : ndarray of shape (n, n_neighbors), int64
     distances : ndarray of shape (n, n_neighbors), float32, ascending per row
     """
-    from deepclust.validation import as_generator
 
     Xt = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32)) if not torch.is_tensor(X) else X.float()
     n = Xt.shape[0]

@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from deepclust.cluster._registry import create_clusterer, get_clusterer_class, takes_n_clusters
+from deepclust.cluster._registry import (
+    create_clusterer,
+    get_clusterer_class,
+    takes_n_clusters,
+)
 from deepclust.errors import DeepclustError
 
 
@@ -105,6 +109,6 @@ def nearest_centres(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
     k-means of :mod:`deepclust.cluster.kmeans` assigns (exact, in row chunks)."""
     import torch  # deferred: the at-scale tasks that import this module never assign this way
 
-    from deepclust.cluster._lloyd import nearest_centers
+    from deepclust.cluster._lloyd import nearest_centers  # deferred with torch
 
     return nearest_centers(torch.from_numpy(np.asarray(X)), torch.from_numpy(np.asarray(centres))).numpy()

@@ -10,12 +10,12 @@ import scipy.sparse as sp
 import torch
 
 from deepclust.cluster._base import BaseClusterer
-from deepclust.validation import as_generator, check_choice, check_int
 from deepclust.cluster._registry import register_clusterer
 from deepclust.cluster.k_curve import KEstimate, eigengap
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster.neighbors import affinity_matrix, knn_graph
 from deepclust.errors import DeepclustError
+from deepclust.validation import as_generator, check_choice, check_int
 
 log = logging.getLogger("deepclust")
 

@@ -26,6 +26,7 @@ import zipfile
 
 import numpy as np
 
+from deepclust.data.folders import describe_load_error, find_images, load_image
 from deepclust.errors import DeepclustError
 from deepclust.io import write_json
 
@@ -228,8 +229,6 @@ def load_pixels(images: str = "", dataset: dict | None = None, image_size: int =
     if channels not in (1, 3):
         raise DeepclustError(f"channels={channels!r} must be 1 (grey) or 3 (colour)")
     from PIL import Image
-
-    from deepclust.data.folders import describe_load_error, find_images, load_image
 
     records = find_images(images)
     arrays, kept, skipped = [], [], []

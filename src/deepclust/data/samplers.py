@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from deepclust.validation import check_int
 from deepclust.errors import DeepclustError
+from deepclust.validation import check_int
 
 
 def episode_labels(n_way: int, n_shot: int, n_query: int) -> tuple[np.ndarray, np.ndarray]:

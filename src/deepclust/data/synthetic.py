@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from deepclust.errors import DeepclustError
+from deepclust.metrics import score_clustering
 
 KINDS = ("blobs", "aniso", "moons", "circles")
 SHEAR = np.array([[0.6, -0.6], [-0.4, 0.8]])  # scikit-learn's anisotropic example
@@ -88,7 +89,6 @@ def nearest_centre_accuracy(X: np.ndarray, y: np.ndarray, centers: np.ndarray, k
     """ACC of labelling each point by its most likely generating centre: the best any
     clustering can do on average on blob-type sets (equal spherical Gaussians; for
     ``aniso`` the distances are taken before the shear)."""
-    from deepclust.metrics import score_clustering
 
     if kind == "aniso":
         inverse = np.linalg.inv(SHEAR)

@@ -36,9 +36,26 @@ from typing import Any
 
 import numpy as np
 
+from deepclust.checkpoint import load_checkpoint
+from deepclust.cluster import create_clusterer
+from deepclust.cluster.c2m import (
+    C2M,
+    SEARCH_SETTINGS,
+    classic_candidates,
+    mislabel_scores,
+    standardize,
+    truth_rank,
+)
 from deepclust.config import build_config, write_config
+from deepclust.data.synthetic import (
+    KINDS,
+    nearest_centre_accuracy,
+    synthetic_collection,
+)
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
+from deepclust.methods.c2m_training import labelled_features, sample_datasets
+from deepclust.metrics import score_clustering
 
 log = logging.getLogger("deepclust")
 
@@ -113,9 +130,6 @@ def load_c2m_experiment(path: str | os.PathLike | None, **overrides: Any) -> C2M
     """Read and check a C2M experiment config (every variant's settings included)."""
     import inspect
 
-    from deepclust.data.synthetic import KINDS
-    from deepclust.cluster.c2m import C2M
-
     config = build_config(C2MExperimentConfig, path, **overrides)
     config.out = os.path.expanduser(os.path.expandvars(config.out))
     if config.method != "c2m":
@@ -156,7 +170,6 @@ def _variants(config: C2MExperimentConfig) -> dict[str, dict]:
 def _collections(config: C2MExperimentConfig):
     """(training pool, {family: test sets}): the pool is a function seed, count -> labelled
     sets; the test sets are fixed (seeded) whatever the metric."""
-    from deepclust.data.synthetic import synthetic_collection
 
     n = config.test_datasets
     if config.protocol == "synthetic":
@@ -165,7 +178,6 @@ def _collections(config: C2MExperimentConfig):
                                         random_state=10_000 + seed, min_separation=config.separation)
 
         return pool, {f: _synthetic_tests(config, f) for f in config.families}
-    from deepclust.methods.c2m_training import labelled_features, sample_datasets
 
     def features(spec, part):
         spec = dict(spec)
@@ -185,7 +197,6 @@ def _collections(config: C2MExperimentConfig):
 
 def _synthetic_tests(config: C2MExperimentConfig, family: str, return_centers: bool = False) -> list[tuple]:
     """The fixed (seeded by the family's place in the config) test sets of one family."""
-    from deepclust.data.synthetic import synthetic_collection
 
     return synthetic_collection(family, config.test_datasets, config.n_samples, config.max_clusters,
                                 random_state=20_000 + config.families.index(family),
@@ -195,7 +206,6 @@ def _synthetic_tests(config: C2MExperimentConfig, family: str, return_centers: b
 def _best_possible(config: C2MExperimentConfig) -> dict:
     """Synthetic blob-type test sets: mean ACC of labelling every point by its most likely
     true centre (what no clustering beats on average)."""
-    from deepclust.data.synthetic import nearest_centre_accuracy
 
     if config.protocol != "synthetic":
         return {}
@@ -204,9 +214,6 @@ def _best_possible(config: C2MExperimentConfig) -> dict:
 
 
 def _kmeans_true_k(tests: dict) -> dict:
-    from deepclust.cluster import create_clusterer
-    from deepclust.metrics import score_clustering
-
     out = {}
     for family, sets in tests.items():
         scores = [score_clustering(y, create_clusterer("kmeans", n_clusters=len(np.unique(y)), random_state=0)
@@ -219,8 +226,6 @@ def _evaluate(model, tests: dict, progress: bool) -> dict:
     """Cluster every test set with the metric (k unknown): mean ACC, NMI, share of sets with
     the right k, and how often the truth scores at least as high as what was found."""
     from tqdm.auto import tqdm
-
-    from deepclust.metrics import score_clustering
 
     out = {}
     for family, sets in tests.items():
@@ -243,8 +248,6 @@ def _evaluate(model, tests: dict, progress: bool) -> dict:
 def _checks(model, tests: dict, count: int, seed: int) -> dict:
     """The paper's critic checks on the first ``count`` sets of every family."""
     from scipy.stats import spearmanr
-
-    from deepclust.cluster.c2m import classic_candidates, mislabel_scores, standardize, truth_rank
 
     out = {}
     rng = np.random.default_rng(seed)
@@ -270,7 +273,6 @@ def _checks(model, tests: dict, count: int, seed: int) -> dict:
 
 def _recorded_training(metric_path: str) -> float:
     """Seconds the epochs of a saved metric took when it was trained (its history)."""
-    from deepclust.checkpoint import load_checkpoint
 
     state = load_checkpoint(metric_path, "C2M metric", "delete it to train it again")
     return round(sum(h.get("seconds", 0.0) for h in state.get("history", [])), 1)
@@ -283,7 +285,6 @@ def _plain(value: Any) -> Any:
 
 def run_c2m_experiment(config: C2MExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every (variant, training, seed); write and return the results."""
-    from deepclust.cluster.c2m import C2M, SEARCH_SETTINGS
 
     t_start = time.perf_counter()
     os.makedirs(os.path.join(config.out, "metrics"), exist_ok=True)

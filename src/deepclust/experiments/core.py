@@ -26,9 +26,17 @@ from typing import Any
 
 import torch
 
+from deepclust import runs as run_folders
+from deepclust.cluster.space import make_clusterer, prepare_features
 from deepclust.config import ClusterConfig, TrainConfig, build_config, write_config
+from deepclust.data.datasets import prepare_dataset
 from deepclust.errors import DeepclustError
+from deepclust.features.backbones import create_backbone, save_backbone
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
+from deepclust.jobs.cluster import run_cluster
+from deepclust.jobs.evaluate import evaluate_run
+from deepclust.methods import create_method
+from deepclust.metrics import RepeatedScores, score_clustering
 
 log = logging.getLogger("deepclust")
 
@@ -105,7 +113,6 @@ def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConf
         except re.error as exc:
             raise DeepclustError(f"test_group_by={config.test_group_by!r} is not a regular expression with one "
                                  f"group ({exc}); e.g. 'eval-(run\\d+)-'") from None
-    from deepclust.cluster.space import make_clusterer
 
     if not isinstance(config.cluster_params, dict):
         raise DeepclustError(f"cluster_params={config.cluster_params!r} must map algorithm: {{parameter: value}}")
@@ -143,12 +150,6 @@ def _train_config(config: ExperimentConfig, method: str, alpha: float | None, ru
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) the whole protocol; return the results also written to ``config.out``."""
-    from deepclust.methods import create_method
-    from deepclust.jobs.cluster import run_cluster
-    from deepclust.jobs.evaluate import evaluate_run
-
-    from deepclust.features.backbones import create_backbone, save_backbone
-    from deepclust.data.datasets import prepare_dataset
 
     t_start = time.perf_counter()
     os.makedirs(config.out, exist_ok=True)
@@ -227,10 +228,6 @@ def grouped_scores(run_dir: str, algorithms: list[str], seeds: int, pattern: str
     Returns ``{algorithm: RepeatedScores}`` whose runs are the per-seed group averages.
     """
     import numpy as np
-
-    from deepclust import runs as run_folders
-    from deepclust.metrics import RepeatedScores, score_clustering
-    from deepclust.cluster.space import make_clusterer, prepare_features
 
     run = run_folders.load_run(run_dir)
     X = prepare_features(run.embeddings, True)

@@ -29,9 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from deepclust.cluster import create_clusterer
 from deepclust.config import END_TO_END, build_config, write_config
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
+from deepclust.methods import config_class, create_method
+from deepclust.metrics import repeat_clustering
 
 log = logging.getLogger("deepclust")
 
@@ -89,7 +92,6 @@ class ClusteringExperimentConfig:
 
 def load_clustering_experiment(path: str | os.PathLike | None, **overrides: Any) -> ClusteringExperimentConfig:
     """Read and check a clustering experiment config (every variant's settings included)."""
-    from deepclust.methods import config_class
 
     config = build_config(ClusteringExperimentConfig, path, **overrides)
     config.images = os.path.expanduser(os.path.expandvars(config.images))
@@ -116,7 +118,6 @@ def _variants(config: ClusteringExperimentConfig) -> dict[str, dict]:
 
 def method_config(config: ClusteringExperimentConfig, variant: str):
     """The method config of one variant (its runs live in ``<out>/<variant>``)."""
-    from deepclust.methods import config_class, create_method
 
     values = {**config.settings, **_variants(config)[variant]}
     values.update({k: getattr(config, k) for k in SHARED}, method=config.method, runs=config.seeds, seed=0,
@@ -128,7 +129,6 @@ def method_config(config: ClusteringExperimentConfig, variant: str):
 
 def run_clustering_experiment(config: ClusteringExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every variant and the baseline; write and return the results."""
-    from deepclust.methods import create_method
 
     t_start = time.perf_counter()
     os.makedirs(config.out, exist_ok=True)
@@ -159,8 +159,6 @@ def run_clustering_experiment(config: ClusteringExperimentConfig) -> dict[str, A
 
 def _pixel_kmeans(data, n_clusters: int, seeds: int) -> dict[str, Any]:
     """k-means (k-means++, 10 initialisations) on the raw pixels scaled to [0, 1]."""
-    from deepclust.cluster import create_clusterer
-    from deepclust.metrics import repeat_clustering
 
     log.info("k-means on raw pixels, %d seeds", seeds)
     X = data.images.reshape(len(data.images), -1).astype(np.float32) / 255

@@ -26,11 +26,10 @@ from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
 import deepclust.features.networks  # noqa: F401  registers deepclust's own small networks (conv4) with timm
+from deepclust.checkpoint import load_checkpoint, save_checkpoint
 from deepclust.config import DEFAULT_BACKBONE
 from deepclust.devices import resolve_device  # noqa: F401  (re-exported: deepclust.features.backbones.resolve_device)
 from deepclust.errors import DeepclustError
-from deepclust.checkpoint import load_checkpoint, save_checkpoint
-
 
 #: The four backbones of Bjerge et al. (VISAPP 2025), by the paper's name.
 PAPER_BACKBONES = {

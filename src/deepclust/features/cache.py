@@ -19,7 +19,6 @@ import numpy as np
 from deepclust.data.folders import ImageRecord
 from deepclust.io import atomic_write, write_npz
 
-
 STORE_VERSION = 1
 
 

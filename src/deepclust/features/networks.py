@@ -9,9 +9,9 @@ one backbone contract (:func:`deepclust.features.backbones.create_backbone`), li
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import generate_default_cfgs, register_model
+from torch import nn
 
 
 def _conv_block(in_chs: int, out_chs: int) -> nn.Sequential:

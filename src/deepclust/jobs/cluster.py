@@ -18,9 +18,26 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
-from deepclust.cluster import K_METHODS, C2MClusterer, estimate_n_clusters, get_clusterer_class, takes_n_clusters
-from deepclust.cluster.at_scale import cluster_distances, kmeans_at_scale, sample_rows, spectral_at_scale, store_blocks
-from deepclust.cluster.space import check_n_clusters, distances_to_centres, make_clusterer, prepare_features
+from deepclust.cluster import (
+    K_METHODS,
+    C2MClusterer,
+    estimate_n_clusters,
+    get_clusterer_class,
+    takes_n_clusters,
+)
+from deepclust.cluster.at_scale import (
+    cluster_distances,
+    kmeans_at_scale,
+    sample_rows,
+    spectral_at_scale,
+    store_blocks,
+)
+from deepclust.cluster.space import (
+    check_n_clusters,
+    distances_to_centres,
+    make_clusterer,
+    prepare_features,
+)
 from deepclust.config import ClusterConfig
 from deepclust.data import find_images, split_classes
 from deepclust.devices import resolve_device

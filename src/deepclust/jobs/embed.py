@@ -10,10 +10,28 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from deepclust.data import find_images
 from deepclust.errors import DeepclustError
-from deepclust.features.store import (STORE_FORMAT, EmbeddingTable, create_store, embed_partition, finish_store, finished_parts,
-                                      missing_chunks, new_store_info, open_store, part_file)
+from deepclust.features.backbones import (
+    DEFAULT_BACKBONE,
+    create_backbone,
+    resolve_device,
+)
+from deepclust.features.extract import embedding_signature
+from deepclust.features.store import (
+    STORE_FORMAT,
+    EmbeddingTable,
+    create_store,
+    embed_partition,
+    finish_store,
+    finished_parts,
+    missing_chunks,
+    new_store_info,
+    open_store,
+    part_file,
+)
 from deepclust.io import check_writable, lock_folder, read_csv
+from deepclust.parallel.executors import LocalExecutor
 
 log = logging.getLogger("deepclust")
 
@@ -36,7 +54,6 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     if partition_size < 1 or batch_size < 1:
         raise DeepclustError("--partition-size and --batch-size must be >= 1")
     if device != "auto":
-        from deepclust.features.backbones import resolve_device
 
         resolve_device(device)  # a wrong name fails here, not on every worker
     fresh = not os.path.exists(out)
@@ -53,10 +70,6 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
 
 def _embed_images(images, out, backbone, weights, image_size, executor, partition_size, batch_size, device, classes,
                   progress, fast_decode) -> EmbeddingTable:
-    from deepclust.features.backbones import DEFAULT_BACKBONE, create_backbone
-    from deepclust.data import find_images
-    from deepclust.parallel.executors import LocalExecutor
-    from deepclust.features.extract import embedding_signature
 
     executor = executor or LocalExecutor()
     records = find_images(images, classes=classes, exclude=[out])

@@ -176,9 +176,9 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
     With ``check``, onnxruntime (when installed) runs the model on a seeded random batch
     and the largest difference from PyTorch must be at most ``atol`` times the largest
     output, else an error."""
-    import torch
+    import torch  # deferred, as the backbone below: exporting clusters as folders needs neither
 
-    from deepclust.features.backbones import create_backbone
+    from deepclust.features.backbones import create_backbone  # deferred with torch
 
     if (run_dir is None) == (backbone is None):
         raise DeepclustError("give a run folder or --backbone NAME, not both or neither")

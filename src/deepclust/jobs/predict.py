@@ -27,10 +27,15 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
-from deepclust.config import END_TO_END
 from deepclust.cluster.space import cluster_centres, nearest_centres, prepare_features
+from deepclust.config import END_TO_END, build_config
+from deepclust.data import find_images
+from deepclust.data.datasets import load_pixels
 from deepclust.errors import DeepclustError
+from deepclust.features.backbones import create_backbone, resolve_device
+from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, write_csv, write_json
+from deepclust.methods import config_class, create_method
 
 log = logging.getLogger("deepclust")
 
@@ -181,9 +186,6 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
 
 def _embed_with_backbone(run, images, out, batch_size, device, num_workers, progress):
     """The features of a run of ``deepclust cluster``: its backbone, weights and preprocessing."""
-    from deepclust.features.backbones import create_backbone, resolve_device
-    from deepclust.data import find_images
-    from deepclust.features.extract import embed_records
 
     config, resolved = run.summary["config"], run.summary["resolved"]
     records = find_images(images, exclude=[out, run.folder])
@@ -203,9 +205,6 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
 
 def _embed_with_network(run, images, out, batch_size, device, num_workers, progress):
     """The outputs of an end-to-end run's network (its reference seed) for new images."""
-    from deepclust.config import build_config
-    from deepclust.data.datasets import load_pixels
-    from deepclust.methods import config_class, create_method
 
     method = run.summary["method"]
     config = build_config(config_class(method), runs.run_path(run.folder, runs.CONFIG))

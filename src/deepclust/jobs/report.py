@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
+from deepclust.data.datasets import load_pixels
+from deepclust.data.folders import load_image
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, read_csv, save_figure, write_json
 
@@ -143,7 +145,6 @@ def _dataset_pixels(run: runs.Run):
     dataset = run.summary.get("config", {}).get("dataset")
     if not dataset:
         return None
-    from deepclust.data.datasets import load_pixels
 
     try:
         pixels = load_pixels(dataset=run.resolve_data("", dataset)[1]).images
@@ -156,8 +157,6 @@ def _dataset_pixels(run: runs.Run):
 def _image(run: runs.Run, i: int, pixels):
     """Row i's image as RGB PIL image (raises when it cannot be read)."""
     from PIL import Image
-
-    from deepclust.data.folders import load_image
 
     if pixels is None:
         return load_image(run.resolve(run.paths[i]))

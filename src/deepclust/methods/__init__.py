@@ -8,13 +8,13 @@ their own config (:class:`~deepclust.config.MMDCConfig`, :class:`~deepclust.conf
 
 from __future__ import annotations
 
+from deepclust.cluster.c2m import C2M
 from deepclust.config import C2MConfig, IMCSwAVConfig, MMDCConfig, TrainConfig
 from deepclust.errors import DeepclustError
+from deepclust.methods.c2m_training import C2MTraining
 from deepclust.methods.finetune.base import FineTuning
 from deepclust.methods.finetune.classic import ClassicFineTuning
 from deepclust.methods.finetune.episodic import EpisodicFineTuning
-from deepclust.cluster.c2m import C2M
-from deepclust.methods.c2m_training import C2MTraining
 from deepclust.methods.imc_swav import IMCSwAV, IMCSwAVTraining
 from deepclust.methods.mmdc import MMDC, MMDCTraining
 

@@ -20,8 +20,18 @@ import time
 import numpy as np
 
 from deepclust import runs
+from deepclust.cluster.c2m import C2M, PRESETS
+from deepclust.cluster.space import prepare_features
 from deepclust.config import C2MConfig, write_config
+from deepclust.data import find_images, split_classes
+from deepclust.data.datasets import load_pixels
 from deepclust.errors import DeepclustError
+from deepclust.features.backbones import (
+    DEFAULT_BACKBONE,
+    create_backbone,
+    resolve_device,
+)
+from deepclust.features.extract import embed_records
 from deepclust.io import write_csv, write_json
 
 log = logging.getLogger("deepclust")
@@ -55,7 +65,6 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
     ``split``), embedded by ``backbone`` (L2-normalised; cached in ``cache``);
     ``dataset``: ``{name: mnist|coil20, source: PATH}``, the benchmark's pixels scaled to [0, 1].
     """
-    from deepclust.data.datasets import load_pixels
 
     if dataset:
         data = load_pixels(dataset=dataset)
@@ -64,10 +73,6 @@ def labelled_features(images: str = "", dataset: dict | None = None, split: str 
     if not images:
         raise DeepclustError("no labelled images given: pass a folder of class subfolders (--images DIR) "
                              "or a dataset {name: mnist|coil20, source: PATH}")
-    from deepclust.features.backbones import DEFAULT_BACKBONE, create_backbone, resolve_device
-    from deepclust.data import find_images, split_classes
-    from deepclust.features.extract import embed_records
-    from deepclust.cluster.space import prepare_features
 
     classes = split_classes(split, subset, example="train")
     records = find_images(os.path.expanduser(images), classes=classes)
@@ -110,9 +115,8 @@ def small_classes_hint(y, metric) -> str | None:
     """A warning when the labelled classes are small for the metric's neighbourhood: the
     structure features mark clusters of at most ``n_neighbours`` points as small, so where
     classes hold fewer than about twice that many images, the metric learns to prefer
-    fewer, larger clusters. Measured on EU moths (11 images a species): 30 clusters of 50
-    species with 10 neighbours, 43 with 5; on Omniglot (20 a character) 5 neighbours did
-    worse than 10. None when the neighbourhood suits the classes."""
+    fewer, larger clusters (docs/methods.md gives the EU-moths and Omniglot figures).
+    None when the neighbourhood suits the classes."""
     if not metric.structure_features or isinstance(metric.n_neighbours, bool) or not isinstance(metric.n_neighbours, numbers.Integral):
         return None  # a bad n_neighbours is C2M.fit's to report
     median = float(np.median(np.unique(np.asarray(y), return_counts=True)[1]))
@@ -130,8 +134,6 @@ def c2m_estimator(config: C2MConfig):
     """The :class:`~deepclust.cluster.c2m.C2M` a config describes: the named ``preset``
     with ``params`` (further constructor arguments, checked by name) on top."""
     import inspect
-
-    from deepclust.cluster.c2m import PRESETS, C2M
 
     if config.preset not in PRESETS:
         raise DeepclustError(f"preset={config.preset!r} is not one of {', '.join(PRESETS)}")
@@ -164,8 +166,6 @@ class C2MTraining:
         self.config = config
 
     def fit(self) -> "C2MTraining":
-        from deepclust.cluster.c2m import C2M
-
         c = self.config
         if not c.out:
             raise DeepclustError("no output folder given; pass --out DIR")

@@ -24,10 +24,17 @@ import time
 import numpy as np
 import torch
 
-from deepclust.validation import check_int
-from deepclust.errors import DeepclustError
+import deepclust.features.networks  # noqa: F401  registers the small networks with timm
+from deepclust import runs
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
+from deepclust.config import write_config
+from deepclust.data.datasets import load_pixels
+from deepclust.errors import DeepclustError
+from deepclust.features.backbones import resolve_device
+from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.methods.ensemble import combine_runs
+from deepclust.metrics import score_clustering
+from deepclust.validation import check_choice, check_int
 
 log = logging.getLogger("deepclust")
 
@@ -61,8 +68,6 @@ def check_backbone(backbone, suggestions: str) -> None:
     cifar_resnet20``)."""
     import timm
 
-    import deepclust.features.networks  # noqa: F401  registers the small networks
-
     if not isinstance(backbone, str) or not timm.is_model(backbone):
         raise DeepclustError(f"unknown backbone '{backbone}'; try {suggestions} (or any timm model name)")
 
@@ -70,8 +75,6 @@ def check_backbone(backbone, suggestions: str) -> None:
 def build_trunk(backbone: str, in_chans: int, backbone_kwargs: dict | None = None) -> torch.nn.Module:
     """A timm network without classifier, randomly initialised, for ``in_chans`` channels."""
     import timm
-
-    import deepclust.features.networks  # noqa: F401  registers the small networks
 
     try:
         return timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **(backbone_kwargs or {}))
@@ -173,8 +176,6 @@ class EndToEndTraining:
         return os.path.join(self.config.out, f"seed{self.config.seed + run}")
 
     def _check(self) -> None:
-        from deepclust.validation import check_choice
-
         c = self.config
         if not c.out:
             raise DeepclustError("no run folder given; pass --out RUN_DIR")
@@ -192,9 +193,6 @@ class EndToEndTraining:
         """Train, combine and write the run folder (rank 0 writes, holding its lock)."""
         import contextlib
 
-        from deepclust import runs
-        from deepclust.io import check_writable, lock_folder
-
         self._check()
         if int(os.environ.get("RANK", "0")) != 0:
             return self._fit()
@@ -204,13 +202,6 @@ class EndToEndTraining:
             return self._fit()
 
     def _fit(self):
-        from deepclust import runs
-        from deepclust.features.backbones import resolve_device
-        from deepclust.config import write_config
-        from deepclust.data.datasets import load_pixels
-        from deepclust.io import write_csv
-        from deepclust.metrics import score_clustering
-
         c = self.config
         resolve_device(c.device)
         t_start = time.perf_counter()

@@ -27,10 +27,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepclust.validation import check_float, check_int
+from deepclust.data.transforms import multi_crop
 from deepclust.errors import DeepclustError
-from deepclust.methods.end_to_end import (EndToEndTraining, RunCheckpoint, build_trunk, check_backbone, fingerprint,
-                                         image_tensor)
+from deepclust.losses import multi_view_information_loss, swapped_prediction_loss
+from deepclust.methods.end_to_end import (
+    EndToEndTraining,
+    RunCheckpoint,
+    build_trunk,
+    check_backbone,
+    fingerprint,
+    image_tensor,
+)
+from deepclust.metrics import score_clustering
+from deepclust.parallel.ddp import (
+    average_buffers,
+    barrier,
+    init_distributed,
+    rank_seed,
+    wrap_ddp,
+)
+from deepclust.validation import check_float, check_int
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +115,6 @@ def imc_swav_loss(scores: list[torch.Tensor], logits: list[torch.Tensor], n_assi
     -------
     (total, swapped, information) scalar tensors.
     """
-    from deepclust.losses import multi_view_information_loss, swapped_prediction_loss
 
     swav = swapped_prediction_loss(scores, n_assign, temperature, sinkhorn_iters, epsilon, distributed=distributed)
     codes = [F.softmax(s.detach() / temperature, dim=1) for s in scores]
@@ -309,9 +324,6 @@ class IMCSwAV:
         in [0, 1] or uint8). ``y``, if given, only scores the clusters during training
         (``history_``). Resumes from ``checkpoint_dir`` when it holds this run. Under
         ``torchrun`` every rank trains on its share of each batch (DDP)."""
-        from deepclust.data.transforms import multi_crop
-        from deepclust.parallel.ddp import average_buffers, barrier, init_distributed, rank_seed, wrap_ddp
-        from deepclust.metrics import score_clustering
 
         self._check_params()
         x_all = image_tensor(images)

@@ -25,12 +25,30 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from deepclust.validation import as_generator, check_float, check_int
+from deepclust.cluster import create_clusterer
+from deepclust.data.transforms import (
+    augment,  # noqa: F401  (MMDC's transformation g; re-exported)
+    rotations,
+    sobel,
+)
 from deepclust.errors import DeepclustError
-from deepclust.data.transforms import augment  # noqa: F401  (MMDC's transformation g; re-exported)
+from deepclust.methods.end_to_end import (
+    EndToEndTraining,
+    RunCheckpoint,
+    build_trunk,
+    check_backbone,
+    fingerprint,
+    image_tensor,
+)
 from deepclust.methods.ensemble import align_labels, combine_runs, majority_vote  # noqa: F401  (MMDC's ensembles; re-exported)
-from deepclust.methods.end_to_end import (EndToEndTraining, RunCheckpoint, build_trunk, check_backbone, fingerprint,
-                                         image_tensor)
+from deepclust.parallel.ddp import (
+    average_buffers,
+    barrier,
+    init_distributed,
+    rank_seed,
+    wrap_ddp,
+)
+from deepclust.validation import as_generator, check_float, check_int
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +299,6 @@ class MMDC:
         return float(self.lr) if self.lr is not None else default_lr(self.backbone)
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        from deepclust.data.transforms import sobel
-
         return sobel(x) if self.sobel else (x - 0.5) / 0.5
 
     def _build(self, in_chans: int) -> MMDCNet:
@@ -299,9 +315,6 @@ class MMDC:
         target each image holds is kept the same on every rank, rank 0 writes the
         checkpoints."""
         import torch.distributed as dist
-
-        from deepclust.data.transforms import rotations
-        from deepclust.parallel.ddp import average_buffers, barrier, init_distributed, rank_seed, wrap_ddp
 
         self._check_params()
         x_all = image_tensor(images)
@@ -433,7 +446,6 @@ class MMDC:
         """Refinement (section 3.5): k-means on the outputs, each k-means cluster matched
         to one mixture mean (Hungarian, on the centres' coordinates), every image pulled
         to the mean of its cluster; cluster sizes are free."""
-        from deepclust.cluster import create_clusterer
 
         seed = None if self.random_state is None else int(self.random_state) * 1000 + epoch
         km = create_clusterer("kmeans", n_clusters=self.n_clusters, random_state=seed)

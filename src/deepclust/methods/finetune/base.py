@@ -32,16 +32,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from deepclust.features.backbones import Backbone, create_backbone, resolve_device, save_backbone
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
-from deepclust.validation import check_float, check_int
+from deepclust.cluster.space import make_clusterer, prepare_features
 from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
 from deepclust.data.folders import ImageRecord, describe_load_error
 from deepclust.data.transforms import eval_transform, training_transform
-from deepclust.parallel.ddp import DistInfo, average_buffers, barrier, init_distributed, wrap_ddp
 from deepclust.errors import DeepclustError
+from deepclust.features.backbones import (
+    Backbone,
+    create_backbone,
+    resolve_device,
+    save_backbone,
+)
 from deepclust.io import check_writable, lock_folder, write_csv, write_json, write_npy
+from deepclust.metrics import score_clustering
+from deepclust.parallel.ddp import (
+    DistInfo,
+    average_buffers,
+    barrier,
+    init_distributed,
+    wrap_ddp,
+)
+from deepclust.validation import check_float, check_int
 
 log = logging.getLogger("deepclust")
 
@@ -433,8 +446,6 @@ class FineTuning:
     @torch.no_grad()
     def _validate(self, net: TrainNet, backbone: Backbone, val: LabelledImages, val_inputs, device) -> dict[str, float]:
         """Cluster accuracy (and ARI, NMI) of K-means on the validation classes."""
-        from deepclust.metrics import score_clustering
-        from deepclust.cluster.space import make_clusterer, prepare_features
 
         c = self.config
         net.eval()

@@ -582,3 +582,18 @@ def test_other_libraries_chatter_stays_out_unless_verbose(capsys):
         assert "deepclust: [faiss.loader] Loading faiss" in capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
+
+
+def test_checkpoints_of_earlier_versions_with_numpy_arrays_still_load_but_not_objects_inside_them(tmp_path):
+    from deepclust.checkpoint import load_checkpoint
+    from deepclust.errors import DeepclustError
+
+    # earlier deepclust versions pickled numpy arrays and scalars into MMDC's and training checkpoints
+    torch.save({"labels_main": np.arange(5), "loss": np.float64(0.5), "net": {"w": torch.ones(2)}}, tmp_path / "old.pt")
+    state = load_checkpoint(tmp_path / "old.pt")
+    assert state["labels_main"].tolist() == [0, 1, 2, 3, 4] and state["loss"] == 0.5
+    marker = tmp_path / "ran"
+    torch.save({"labels": np.array([_Marker(marker)], dtype=object)}, tmp_path / "objects.pt")
+    with pytest.raises(DeepclustError, match="refused to load"):
+        load_checkpoint(tmp_path / "objects.pt")
+    assert not marker.exists()

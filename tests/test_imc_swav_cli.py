@@ -52,7 +52,7 @@ def test_train_imc_swav_names_what_is_wrong(three_classes, tmp_path, capsys):  #
     base = ["train", "--method", "imc_swav", "--images", str(three_classes), "--out", str(tmp_path / "r"),
             "--epochs", "1"] + TINY
     for extra, message in (([], "imc_swav needs the number of clusters; pass --n-clusters K"),
-                           (["--n-clusters", "3", "--no-sobel"], "unknown config option(s) sobel"),
+                           (["--n-clusters", "3", "--no-sobel"], "imc_swav has no setting sobel"),
                            (["--n-clusters", "3", "--beta", "-1"], "beta=-1.0 must be a number >= 0.0")):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err

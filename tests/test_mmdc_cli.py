@@ -62,7 +62,7 @@ def test_train_mmdc_on_a_folder_writes_a_run_folder_like_cluster(three_classes, 
 def test_train_mmdc_explains_what_is_missing(three_classes, tmp_path, capsys):
     base = ["train", "--method", "mmdc", "--images", str(three_classes), "--out", str(tmp_path / "r")]
     for extra, message in (([], "needs the number of clusters; pass --n-clusters K"),
-                           (["--n-clusters", "3", "--alpha", "0.5"], "unknown config option(s) alpha"),
+                           (["--n-clusters", "3", "--alpha", "0.5"], "mmdc has no setting alpha"),
                            (["--n-clusters", "3", "--backbone", "nonet"], "unknown backbone 'nonet'")):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err

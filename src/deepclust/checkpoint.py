@@ -49,7 +49,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", fix: str = "delete it to start over") -> Any:
     """Read a file written by :func:`save_checkpoint` (or any tensors-only PyTorch file).
 
-    A file that holds other Python objects is refused without running any of it; a
+    A file that holds other Python objects (numpy arrays and scalars aside) is refused
+    without running any of it; a
     damaged or truncated one is refused too. Both end in one line naming the file,
     ``what`` it should be, and ``fix``.
     """
@@ -67,7 +68,8 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", fix: str 
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the errors say it
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_numpy_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise DeepclustError(f"cannot read {what} '{path}': the file is damaged ({type(exc).__name__}); "
@@ -80,3 +82,12 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", fix: str 
     except Exception as exc:  # noqa: BLE001  zip, EOF and stream errors of a damaged file
         raise DeepclustError(f"cannot read {what} '{path}': the file is damaged or truncated "
                              f"({type(exc).__name__}); {fix}") from None
+
+
+def _numpy_globals() -> list:
+    """numpy arrays and scalars, which checkpoints of earlier deepclust versions hold (MMDC's
+    labels, numbers in histories). Admitting their constructors runs no code of the file:
+    an array's elements still pass the same tensors-and-plain-values unpickler."""
+    multiarray = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
+    return [multiarray.multiarray._reconstruct, multiarray.multiarray.scalar, np.ndarray, np.dtype, *dtypes]

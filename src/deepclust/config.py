@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -220,7 +220,16 @@ class EndToEndConfig:
     ensemble : str
         ``majority`` (vote after aligning runs to the lowest-loss one) or ``lowest_loss``.
     device, seed, progress
+    params : dict
+        The method's own settings: any argument of its estimator
+        (:class:`deepclust.methods.mmdc.MMDC`, :class:`deepclust.methods.imc_swav.IMCSwAV`),
+        checked against the estimator's signature before any work. In a YAML file or on the
+        command line they are given flat (``epochs: 50``, ``--epochs 50``); the run fills in
+        the estimator's defaults for the rest, so its ``config.yaml`` lists them all.
     """
+
+    #: Keys a file or the command line gives that are not fields go to ``params``.
+    FLAT_PARAMS: ClassVar[bool] = True
 
     method: str = ""
     images: str = ""
@@ -235,80 +244,42 @@ class EndToEndConfig:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # a setting of the estimator reads like a field: config.epochs
+        params = self.__dict__.get("params") or {}
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The shared fields and the method's settings, flat, as a YAML file gives them."""
+        out = dataclasses.asdict(self)
+        params = out.pop("params")
+        return {**out, **params}
 
 
 @dataclass
 class MMDCConfig(EndToEndConfig):
     """Configuration of ``deepclust train --method mmdc``: train Multi-Modal Deep Clustering
-    networks from scratch (Shiran and Weinshall, ICPR 2020); the shared options are those
-    of :class:`EndToEndConfig`. ``embeddings.npy`` holds the K-dimensional outputs.
-
-    Attributes
-    ----------
-    backbone, backbone_kwargs, sobel, repetitions, rotation_task, epochs, refine_epochs,
-    batch_size, lr, momentum, weight_decay, sigma, crop_scale, flip, color_jitter
-        See :class:`deepclust.methods.mmdc.MMDC` (``lr: null`` = 0.05 for VGG, 0.01 for ResNets).
-    """
+    networks from scratch (Shiran and Weinshall, ICPR 2020). The shared options are those of
+    :class:`EndToEndConfig`; ``params`` are arguments of :class:`deepclust.methods.mmdc.MMDC`
+    (``lr: null`` = 0.05 for VGG, 0.01 for ResNets). ``embeddings.npy`` holds the
+    K-dimensional outputs."""
 
     method: str = "mmdc"
-    backbone: str = "mmdc_vgg3"
-    backbone_kwargs: dict = dataclasses.field(default_factory=dict)
-    sobel: bool = True
-    repetitions: int = 3
-    rotation_task: bool = True
-    epochs: int = 50
-    refine_epochs: int = 0
-    batch_size: int = 128
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    sigma: float = 0.05
-    crop_scale: list = dataclasses.field(default_factory=lambda: [0.6, 1.0])
-    flip: bool = True
-    color_jitter: float = 0.4
 
 
 @dataclass
 class IMCSwAVConfig(EndToEndConfig):
     """Configuration of ``deepclust train --method imc_swav``: train IMC-SwAV networks from
-    scratch (Ntelemis, Jin and Thomas, 2021); the shared options are those of
-    :class:`EndToEndConfig`. ``embeddings.npy`` holds the L2-normalised projections.
-
-    Attributes
-    ----------
-    backbone, backbone_kwargs, n_prototypes, proj_dim, proj_hidden, cls_hidden,
-    temperature, epsilon, sinkhorn_iters, beta, crops, flip, color_jitter, grey_prob,
-    epochs, batch_size, lr, weight_decay, warmup_steps, milestones, gamma, eval_every
-        See :class:`deepclust.methods.imc_swav.IMCSwAV` (``crops: null`` = 2 views of 7/8
-        and 4 of 9/16 of ``image_size``: 2x28+4x18 for 32 px).
-    """
+    scratch (Ntelemis, Jin and Thomas, 2021). The shared options are those of
+    :class:`EndToEndConfig`; ``params`` are arguments of
+    :class:`deepclust.methods.imc_swav.IMCSwAV` (``crops: null`` = 2 views of 7/8 and 4 of
+    9/16 of ``image_size``). ``embeddings.npy`` holds the L2-normalised projections."""
 
     method: str = "imc_swav"
-    backbone: str = "cifar_resnet18"
-    backbone_kwargs: dict = dataclasses.field(default_factory=dict)
-    n_prototypes: int = 1000
-    proj_dim: int = 128
-    proj_hidden: int = 2048
-    cls_hidden: int = 512
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iters: int = 3
-    beta: float = 4.0
-    crops: list | None = None
-    flip: bool = True
-    color_jitter: float = 0.4
-    grey_prob: float = 0.2
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 1e-5
-    warmup_steps: int = 200
-    milestones: list = dataclasses.field(default_factory=lambda: [150, 300, 400])
-    gamma: float = 0.4
-    eval_every: int = 1
 
 
 @dataclass
@@ -401,6 +372,10 @@ def build_config(cls, file: str | os.PathLike | None = None, **overrides: Any):
         values.update({str(k).replace("-", "_"): v for k, v in load_yaml(file).items()})
     values.update(overrides)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if getattr(cls, "FLAT_PARAMS", False):  # the method's settings, checked by the method against its estimator
+        params = dict(values.pop("params", None) or {})
+        params.update({k: values.pop(k) for k in list(values) if k not in fields})
+        values["params"] = params
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise DeepclustError(
@@ -415,5 +390,6 @@ def build_config(cls, file: str | os.PathLike | None = None, **overrides: Any):
 
 def write_config(path: str | os.PathLike, config) -> None:
     """Write a config dataclass as YAML, atomically (readable back with ``--config``)."""
+    data = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     with atomic_write(path) as fh:
-        yaml.safe_dump(dataclasses.asdict(config), fh, sort_keys=False, allow_unicode=True)
+        yaml.safe_dump(data, fh, sort_keys=False, allow_unicode=True)

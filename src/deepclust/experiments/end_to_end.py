@@ -102,7 +102,9 @@ def load_clustering_experiment(path: str | os.PathLike | None, **overrides: Any)
         raise DeepclustError(f"config '{path}' sets no out: FOLDER for the experiment's results")
     if not isinstance(config.variants, dict) or not all(isinstance(v, dict) for v in config.variants.values()):
         raise DeepclustError("variants must map a name to its settings, e.g. {vanilla: {repetitions: 1}}")
-    known = {f.name for f in dataclasses.fields(config_class(config.method))} - set(SHARED) - {"method", "out", "runs", "seed"}
+    training = type(create_method(config.method, config_class(config.method)()))
+    shared = {f.name for f in dataclasses.fields(config_class(config.method))} - {"method", "out", "runs", "seed", "params"}
+    known = (set(training.param_names()) | shared) - set(SHARED)
     for section, values in [("settings", config.settings)] + [(f"variants.{k}", v) for k, v in config.variants.items()]:
         bad = sorted(set(values) - known)
         if bad:

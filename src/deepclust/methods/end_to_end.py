@@ -17,9 +17,11 @@ atomically, refused when it was made with other settings or images).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,15 +152,45 @@ class EndToEndTraining:
     name = ""
     #: The run folder is the result (no checkpoint for ``deepclust cluster`` to load).
     end_to_end = True
+    #: The estimator each seeded run fits; ``config.params`` are its arguments.
+    estimator_class: type | None = None
+    #: Its arguments that the run itself sets (from the shared fields, per run).
+    MANAGED = ("n_clusters", "device", "random_state", "checkpoint_dir", "verbose")
 
     def __init__(self, config):
         self.config = config
 
     # -- what a method provides --------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The settings ``config.params`` may hold: the estimator's arguments less those the run sets."""
+        return [n for n in inspect.signature(cls.estimator_class.__init__).parameters
+                if n not in ("self", *cls.MANAGED)]
+
+    def params(self) -> dict[str, Any]:
+        """``config.params`` checked against the estimator's signature and completed with its
+        defaults, as plain YAML values (a default tuple becomes a list)."""
+        given = dict(self.config.params or {})
+        names = self.param_names()
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise DeepclustError(f"{self.name} has no setting {', '.join(unknown)}; its settings are: {', '.join(names)}")
+        signature = inspect.signature(self.estimator_class.__init__).parameters
+        out = {}
+        for name in names:
+            default = signature[name].default
+            value = given.get(name, default)
+            if isinstance(value, tuple):
+                value = list(value)
+            out[name] = {} if name == "backbone_kwargs" and value is None else value
+        return out
+
     def estimator(self, run: int):
         """The estimator of run ``run`` (seed ``config.seed + run``), checkpointed in ``out/seedN``;
         it logs one line per epoch (``-q`` silences them; ``--no-progress`` only hides bars)."""
-        raise NotImplementedError
+        c = self.config
+        return self.estimator_class(n_clusters=c.n_clusters, device=c.device, random_state=c.seed + run,
+                                    checkpoint_dir=self.checkpoint_dir(run), verbose=True, **self.params())
 
     def stages(self, est) -> dict[str, np.ndarray]:
         """The labelings a fitted estimator is scored on, final stage last."""
@@ -187,6 +219,7 @@ class EndToEndTraining:
         check_choice("ensemble", c.ensemble, ("majority", "lowest_loss"))
         if c.labels not in (None, "folders"):
             raise DeepclustError(f"labels={c.labels!r} is not known; use folders (or leave it out)")
+        c.params = self.params()  # every setting, defaults included, as config.yaml records them
         self.estimator(0)._check_params()
 
     def fit(self):

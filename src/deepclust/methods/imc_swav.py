@@ -453,16 +453,7 @@ class IMCSwAVTraining(EndToEndTraining):
 
     name = "imc_swav"
 
-    def estimator(self, run: int) -> IMCSwAV:
-        c = self.config
-        return IMCSwAV(c.n_clusters, backbone=c.backbone, backbone_kwargs=dict(c.backbone_kwargs or {}),
-                       n_prototypes=c.n_prototypes, proj_dim=c.proj_dim, proj_hidden=c.proj_hidden,
-                       cls_hidden=c.cls_hidden, temperature=c.temperature, epsilon=c.epsilon,
-                       sinkhorn_iters=c.sinkhorn_iters, beta=c.beta, crops=c.crops, flip=c.flip,
-                       color_jitter=c.color_jitter, grey_prob=c.grey_prob, epochs=c.epochs, batch_size=c.batch_size,
-                       lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.warmup_steps,
-                       milestones=list(c.milestones), gamma=c.gamma, eval_every=c.eval_every, device=c.device,
-                       random_state=c.seed + run, checkpoint_dir=self.checkpoint_dir(run), verbose=True)
+    estimator_class = IMCSwAV
 
     def distances(self, est: IMCSwAV, labels: np.ndarray) -> np.ndarray:
         z = est.outputs_

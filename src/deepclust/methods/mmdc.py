@@ -490,14 +490,7 @@ class MMDCTraining(EndToEndTraining):
 
     name = "mmdc"
 
-    def estimator(self, run: int) -> MMDC:
-        c = self.config
-        return MMDC(c.n_clusters, backbone=c.backbone, backbone_kwargs=dict(c.backbone_kwargs or {}), sobel=c.sobel,
-                    repetitions=c.repetitions, rotation_task=c.rotation_task, epochs=c.epochs,
-                    refine_epochs=c.refine_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
-                    weight_decay=c.weight_decay, sigma=c.sigma, crop_scale=tuple(c.crop_scale), flip=c.flip,
-                    color_jitter=c.color_jitter, device=c.device, random_state=c.seed + run,
-                    checkpoint_dir=self.checkpoint_dir(run), verbose=True)
+    estimator_class = MMDC
 
     def stages(self, est: MMDC) -> dict[str, np.ndarray]:
         return {"main": est.labels_main_, **({"refined": est.labels_} if est.refine_epochs else {})}

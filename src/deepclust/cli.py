@@ -407,8 +407,8 @@ def _add_train_parser(subparsers) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from deepclust.config import build_config, load_yaml
-    from deepclust.parallel.ddp import shutdown
     from deepclust.methods import config_class, create_method
+    from deepclust.parallel.ddp import shutdown
 
     options = _given_options(args)
     file = getattr(args, "config", None)
@@ -471,27 +471,11 @@ def _add_experiment_parser(subparsers) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from deepclust.config import END_TO_END, load_yaml
-    from deepclust.experiments.end_to_end import load_clustering_experiment, run_clustering_experiment
-    from deepclust.experiments.core import load_experiment, run_experiment
+    from deepclust.experiments.runner import run_experiment_file
 
     overrides = {k: v for k, v in (("out", args.out), ("progress", args.progress)) if v is not None}
-    method = load_yaml(args.config).get("method")
-    if method == "c2m":
-        from deepclust.experiments.c2m import load_c2m_experiment, run_c2m_experiment
-
-        config = load_c2m_experiment(args.config, **overrides)
-        results = run_c2m_experiment(config)
-        table = "table.md"
-    elif method in END_TO_END:
-        config = load_clustering_experiment(args.config, **overrides)
-        results = run_clustering_experiment(config)
-        table = "table.md"
-    else:
-        config = load_experiment(args.config, **overrides)
-        results = run_experiment(config)
-        table = "table1.md"
-    with open(f"{config.out}/{table}", encoding="utf-8") as fh:
+    config, results, table = run_experiment_file(args.config, **overrides)
+    with open(table, encoding="utf-8") as fh:
         print(fh.read(), end="")
     print(f"results in {config.out} ({results['seconds']:.0f} s)")
     return 0

@@ -46,13 +46,14 @@ from deepclust.cluster.c2m import (
     standardize,
     truth_rank,
 )
-from deepclust.config import build_config, write_config
+from deepclust.config import write_config
 from deepclust.data.synthetic import (
     KINDS,
     nearest_centre_accuracy,
     synthetic_collection,
 )
 from deepclust.errors import DeepclustError
+from deepclust.experiments.common import check_sections, read_config
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
 from deepclust.methods.c2m_training import labelled_features, sample_datasets
 from deepclust.metrics import score_clustering
@@ -130,12 +131,9 @@ def load_c2m_experiment(path: str | os.PathLike | None, **overrides: Any) -> C2M
     """Read and check a C2M experiment config (every variant's settings included)."""
     import inspect
 
-    config = build_config(C2MExperimentConfig, path, **overrides)
-    config.out = os.path.expanduser(os.path.expandvars(config.out))
+    config = read_config(C2MExperimentConfig, path, overrides, paths=("out",))
     if config.method != "c2m":
         raise DeepclustError(f"method={config.method!r}: this runner is for method: c2m")
-    if not config.out:
-        raise DeepclustError(f"config '{path}' sets no out: FOLDER for the experiment's results")
     if config.protocol not in PROTOCOLS:
         raise DeepclustError(f"protocol={config.protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if config.protocol == "synthetic":
@@ -152,10 +150,8 @@ def load_c2m_experiment(path: str | os.PathLike | None, **overrides: Any) -> C2M
         raise DeepclustError("variants must map a name to C2M settings, e.g. {paper: {}}")
     known = set(inspect.signature(C2M.__init__).parameters) - {"self", "max_clusters", "epochs", "random_state",
                                                                "verbose"}
-    for section, values in [("settings", config.settings)] + [(f"variants.{k}", v) for k, v in config.variants.items()]:
-        bad = sorted(set(values) - known)
-        if bad:
-            raise DeepclustError(f"unknown C2M setting(s) {', '.join(bad)} in {section}; known: {', '.join(sorted(known))}")
+    check_sections([("settings", config.settings)] + [(f"variants.{k}", v) for k, v in config.variants.items()], known,
+                   "C2M setting(s)")
     for name, value, low in (("test_datasets", config.test_datasets, 1), ("seeds", config.seeds, 1),
                              ("max_clusters", config.max_clusters, 2), ("check_datasets", config.check_datasets, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

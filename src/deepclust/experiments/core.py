@@ -31,6 +31,7 @@ from deepclust.cluster.space import make_clusterer, prepare_features
 from deepclust.config import ClusterConfig, TrainConfig, build_config, write_config
 from deepclust.data.datasets import prepare_dataset
 from deepclust.errors import DeepclustError
+from deepclust.experiments.common import check_sections, read_config
 from deepclust.features.backbones import create_backbone, save_backbone
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
 from deepclust.jobs.cluster import run_cluster
@@ -103,9 +104,7 @@ class ExperimentConfig:
 
 def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConfig:
     """Read an experiment config; relative data paths are taken from the current folder."""
-    config = build_config(ExperimentConfig, path, **overrides)
-    config.images = os.path.expanduser(os.path.expandvars(config.images))
-    config.out = os.path.expanduser(os.path.expandvars(config.out))
+    config = read_config(ExperimentConfig, path, overrides)
     if config.test_group_by is not None:
         try:
             if re.compile(config.test_group_by).groups != 1:
@@ -123,18 +122,11 @@ def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConf
         raise DeepclustError(f"cluster_params names {', '.join(extra)}, which is not in algorithms")
     if config.dataset and set(config.dataset) != {"name", "source"}:
         raise DeepclustError(f"dataset={config.dataset!r} must be {{name: omniglot, source: FOLDER}}")
-    if not config.out:
-        raise DeepclustError(f"config '{path}' sets no out: FOLDER for the experiment's results")
     unknown = [t for t in config.trainings if t not in TRAININGS]
     if unknown:
         raise DeepclustError(f"unknown training(s) {', '.join(unknown)}; choose from: {', '.join(TRAININGS)}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for section in ("train", "classic", "episodic"):
-        bad = sorted(set(getattr(config, section)) - known)
-        if bad:
-            raise DeepclustError(
-                f"unknown option(s) {', '.join(bad)} in section '{section}'; known: {', '.join(sorted(known))}"
-            )
+    check_sections([(f"section '{s}'", getattr(config, s)) for s in ("train", "classic", "episodic")],
+                   {f.name for f in dataclasses.fields(TrainConfig)})
     return config
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from deepclust.cluster import create_clusterer
 from deepclust.config import END_TO_END, build_config, write_config
 from deepclust.errors import DeepclustError
+from deepclust.experiments.common import check_sections, read_config
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
 from deepclust.methods import config_class, create_method
 from deepclust.metrics import repeat_clustering
@@ -93,22 +94,15 @@ class ClusteringExperimentConfig:
 def load_clustering_experiment(path: str | os.PathLike | None, **overrides: Any) -> ClusteringExperimentConfig:
     """Read and check a clustering experiment config (every variant's settings included)."""
 
-    config = build_config(ClusteringExperimentConfig, path, **overrides)
-    config.images = os.path.expanduser(os.path.expandvars(config.images))
-    config.out = os.path.expanduser(os.path.expandvars(config.out))
+    config = read_config(ClusteringExperimentConfig, path, overrides)
     if config.method not in END_TO_END:
         raise DeepclustError(f"method={config.method!r} is not an end-to-end clustering method: {', '.join(END_TO_END)}")
-    if not config.out:
-        raise DeepclustError(f"config '{path}' sets no out: FOLDER for the experiment's results")
     if not isinstance(config.variants, dict) or not all(isinstance(v, dict) for v in config.variants.values()):
         raise DeepclustError("variants must map a name to its settings, e.g. {vanilla: {repetitions: 1}}")
     training = type(create_method(config.method, config_class(config.method)()))
     shared = {f.name for f in dataclasses.fields(config_class(config.method))} - {"method", "out", "runs", "seed", "params"}
     known = (set(training.param_names()) | shared) - set(SHARED)
-    for section, values in [("settings", config.settings)] + [(f"variants.{k}", v) for k, v in config.variants.items()]:
-        bad = sorted(set(values) - known)
-        if bad:
-            raise DeepclustError(f"unknown option(s) {', '.join(bad)} in {section}; known: {', '.join(sorted(known))}")
+    check_sections([("settings", config.settings)] + [(f"variants.{k}", v) for k, v in config.variants.items()], known)
     for variant in _variants(config):
         method_config(config, variant)  # fail on a bad setting now, not after hours of training
     return config

@@ -148,7 +148,50 @@ def extract_embeddings(
     """
     start = time.perf_counter()
     keys = [record_key(r) for r in records]
-    cached, cached_failures = store.load(backbone.num_features) if store is not None else ({}, {})
+    vectors, skipped, todo = _split_cached(keys, store, backbone.num_features)
+    n_reused = len(vectors)
+    if todo:
+        device = torch.device(device)
+        if num_workers is None:
+            num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+        backbone = backbone.to(device).eval()
+        loader = DataLoader(
+            _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
+            batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+            pin_memory=device.type == "cuda", persistent_workers=False,
+        )
+        pending = _PendingShard(store, backbone.num_features, flush_every, flush_seconds)
+        bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
+        try:
+            with torch.inference_mode():
+                for batch_positions, images, failed in loader:
+                    for pos, reason in failed:
+                        skipped[todo[pos]] = reason
+                        pending.failed[keys[todo[pos]]] = reason
+                    if images is not None:
+                        feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
+                        for pos, vec in zip(batch_positions, feats):
+                            vectors[todo[pos]] = vec
+                            pending.add(keys[todo[pos]], vec)
+                    bar.update(len(batch_positions) + len(failed))
+                    if pending.due():
+                        pending.flush()
+        finally:
+            pending.flush()  # also on Ctrl-C, SIGTERM or an error: keep every vector computed so far
+            bar.close()
+
+    order = np.array(sorted(vectors), dtype=np.int64)
+    dim = backbone.num_features
+    stacked = np.stack([vectors[i] for i in order]).astype(np.float32) if len(order) else np.zeros((0, dim), np.float32)
+    return Embeddings(vectors=stacked, indices=order, skipped=sorted(skipped.items()), n_reused=n_reused,
+                      n_computed=len(todo) - sum(1 for i in todo if i in skipped), seconds=time.perf_counter() - start)
+
+
+def _split_cached(keys: list[str], store: EmbeddingStore | None, num_features: int
+                  ) -> tuple[dict[int, np.ndarray], dict[int, str], list[int]]:
+    """(vectors, failures) the cache already holds for ``keys``, by position, and the
+    positions still to embed; says so when a run resumes."""
+    cached, cached_failures = store.load(num_features) if store is not None else ({}, {})
     vectors: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}
     todo = []
@@ -159,83 +202,44 @@ def extract_embeddings(
             skipped[i] = cached_failures[key]
         else:
             todo.append(i)
-    n_reused = len(vectors)
-    if store is not None and (n_reused or len(skipped)) and todo:
-        logging.getLogger("deepclust").info(
-            "resuming: %d image(s) taken from the cache in '%s', %d to embed", n_reused + len(skipped),
-            store.folder, len(todo))
+    if store is not None and (vectors or skipped) and todo:
+        logging.getLogger("deepclust").info("resuming: %d image(s) taken from the cache in '%s', %d to embed",
+                                            len(vectors) + len(skipped), store.folder, len(todo))
+    return vectors, skipped, todo
 
-    if todo:
-        device = torch.device(device)
-        if num_workers is None:
-            num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
-        backbone = backbone.to(device).eval()
-        loader = DataLoader(
-            _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-        pending_keys: list[str] = []
-        pending_vectors: list[np.ndarray] = []
-        pending_failed: dict[str, str] = {}
 
-        last_flush = [time.monotonic()]
-        cache = [store]  # None once writing to it failed: the run goes on without it
+class _PendingShard:
+    """Vectors and failures computed since the last shard; written to the cache every
+    ``flush_every`` images or ``flush_seconds``. If the cache cannot be written (a full
+    disk), the run goes on without it and says so: the vectors stay in memory."""
 
-        def flush() -> None:
-            if cache[0] is not None and (pending_keys or pending_failed):
-                try:
-                    cache[0].add(pending_keys, np.stack(pending_vectors) if pending_vectors else
-                                 np.zeros((0, backbone.num_features), np.float32), pending_failed)
-                except OSError as exc:  # a full disk: keep the vectors in memory, stop caching
-                    warnings.warn(f"cannot write the embedding cache in '{cache[0].folder}' ({exc.strerror or exc}); "
-                                  "going on without it: an interruption now loses the images not yet cached",
-                                  stacklevel=2)
-                    cache[0] = None
-            pending_keys.clear()
-            pending_vectors.clear()
-            pending_failed.clear()
-            last_flush[0] = time.monotonic()
+    def __init__(self, store: EmbeddingStore | None, num_features: int, flush_every: int, flush_seconds: float):
+        self.store, self.num_features = store, num_features
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
+        self.keys: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.failed: dict[str, str] = {}
+        self.last = time.monotonic()
 
-        bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
-        try:
-            with torch.inference_mode():
-                for batch_positions, images, failed in loader:
-                    for pos, reason in failed:
-                        i = todo[pos]
-                        skipped[i] = reason
-                        pending_failed[keys[i]] = reason
-                    if images is not None:
-                        feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
-                        for pos, vec in zip(batch_positions, feats):
-                            i = todo[pos]
-                            vectors[i] = vec
-                            pending_keys.append(keys[i])
-                            pending_vectors.append(vec)
-                    bar.update(len(batch_positions) + len(failed))
-                    if (len(pending_keys) + len(pending_failed) >= flush_every
-                            or time.monotonic() - last_flush[0] >= flush_seconds):
-                        flush()
-        finally:
-            # Also on Ctrl-C or an error: keep every vector computed so far.
-            flush()
-            bar.close()
+    def add(self, key: str, vector: np.ndarray) -> None:
+        self.keys.append(key)
+        self.vectors.append(vector)
 
-    order = np.array(sorted(vectors), dtype=np.int64)
-    dim = backbone.num_features
-    stacked = np.stack([vectors[i] for i in order]).astype(np.float32) if len(order) else np.zeros((0, dim), np.float32)
-    return Embeddings(
-        vectors=stacked,
-        indices=order,
-        skipped=sorted(skipped.items()),
-        n_reused=n_reused,
-        n_computed=len(todo) - sum(1 for i in todo if i in skipped),
-        seconds=time.perf_counter() - start,
-    )
+    def due(self) -> bool:
+        return (len(self.keys) + len(self.failed) >= self.flush_every
+                or time.monotonic() - self.last >= self.flush_seconds)
+
+    def flush(self) -> None:
+        if self.store is not None and (self.keys or self.failed):
+            try:
+                self.store.add(self.keys, np.stack(self.vectors) if self.vectors else
+                               np.zeros((0, self.num_features), np.float32), self.failed)
+            except OSError as exc:
+                warnings.warn(f"cannot write the embedding cache in '{self.store.folder}' ({exc.strerror or exc}); "
+                              "going on without it: an interruption now loses the images not yet cached", stacklevel=3)
+                self.store = None
+        self.keys, self.vectors, self.failed = [], [], {}
+        self.last = time.monotonic()
 
 
 def embed_records(records: Sequence[ImageRecord], backbone: Backbone, cache: str | os.PathLike | None = None,

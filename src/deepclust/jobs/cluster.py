@@ -136,6 +136,24 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         return _cluster_images(config, classes, requested_k, density, device, timings, t_start)
 
 
+def _cluster_features(X: np.ndarray, config: ClusterConfig, n_clusters, n_clusters_from: str):
+    """Cluster the prepared features ``X``: k estimated first when ``n_clusters`` is
+    ``"auto"`` (its curve written), found by the algorithm when None. Returns (clusters,
+    n_clusters, where it came from, the k estimate or None)."""
+    k_estimate = estimate_k(X, config, "images") if n_clusters == "auto" else None
+    record_k_estimate(config.out, k_estimate)
+    if k_estimate is not None:
+        n_clusters = k_estimate.n_clusters
+        n_clusters_from = f"estimated ({k_estimate.method})"
+    log.info("clustering %d images%s with %s", len(X),
+             f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
+    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params, device=config.device)
+    clusters = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
+    if n_clusters is None:
+        n_clusters = int(clusterer.n_clusters_)
+    return clusters, n_clusters, n_clusters_from, k_estimate
+
+
 def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, device, timings: dict,
                     t_start: float) -> ClusterResult:
     # data
@@ -178,17 +196,7 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     # cluster
     t = time.perf_counter()
     X = prepare_features(emb.vectors, config.normalize)
-    k_estimate = estimate_k(X, config, "images") if n_clusters == "auto" else None
-    record_k_estimate(config.out, k_estimate)
-    if k_estimate is not None:
-        n_clusters = k_estimate.n_clusters
-        n_clusters_from = f"estimated ({k_estimate.method})"
-    log.info("clustering %d images%s with %s", len(kept),
-             f" into {n_clusters} clusters" if n_clusters is not None else "", config.algorithm)
-    clusterer = make_clusterer(config.algorithm, n_clusters, config.seed, config.cluster_params, device=config.device)
-    clusters = np.asarray(clusterer.fit_predict(X), dtype=np.int64)
-    if n_clusters is None:
-        n_clusters = int(clusterer.n_clusters_)
+    clusters, n_clusters, n_clusters_from, k_estimate = _cluster_features(X, config, n_clusters, n_clusters_from)
     distances = distances_to_centres(X, clusters)
     timings["cluster"] = time.perf_counter() - t
 

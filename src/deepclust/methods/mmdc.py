@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
@@ -314,8 +315,6 @@ class MMDC:
         Under ``torchrun`` every rank trains on its share of each batch (DDP); the
         target each image holds is kept the same on every rank, rank 0 writes the
         checkpoints."""
-        import torch.distributed as dist
-
         self._check_params()
         x_all = image_tensor(images)
         n = len(x_all)
@@ -324,7 +323,7 @@ class MMDC:
         if self.rotation_task and x_all.shape[-1] != x_all.shape[-2]:
             raise DeepclustError(f"the rotation task needs square images; got {tuple(x_all.shape[-2:])}: resize them")
         dist_info, device = init_distributed(torch.device(self.device))
-        rank, world = dist_info.rank, dist_info.world_size
+        rank = dist_info.rank
         data_id = fingerprint(x_all)
         rng = as_generator(self.random_state)
         seed = int(rng.integers(2**31 - 1))
@@ -356,14 +355,7 @@ class MMDC:
             if start and self.verbose:
                 log.info("resuming MMDC from %s after epoch %d", checkpoint.path, start)
         total = self.epochs + self.refine_epochs
-        if start > total:
-            raise DeepclustError(f"the checkpoint in '{self.checkpoint_dir}' has {start} epochs, more than the "
-                                 f"{total} asked for; ask for at least as many or use another checkpoint_dir")
-        if start > self.epochs and self.labels_main_ is None:
-            raise DeepclustError("inconsistent checkpoint: refinement without a finished main stage")
-        if start < self.epochs and any(h["stage"] == "refine" for h in self.history_):
-            raise DeepclustError(f"the checkpoint in '{self.checkpoint_dir}' was refined after {self.epochs} < "
-                                 "its main-stage epochs; ask for its number of main epochs")
+        self._check_resume(start, total)
         def save() -> None:  # everything an exact resume needs, after every epoch and at the end
             checkpoint.save({
                 "settings": settings, "fingerprint": data_id, "net": net.state_dict(),
@@ -372,8 +364,6 @@ class MMDC:
                 "refine_targets": refine_targets,
             })
 
-        bs, r = self.batch_size, self.repetitions
-        aug = dict(scale=tuple(self.crop_scale), flip=self.flip, jitter=float(self.color_jitter))
         model = wrap_ddp(net, device, dist_info, find_unused_parameters=True)  # a step uses one of the two heads
         for epoch in range(start, total):
             t0 = time.perf_counter()
@@ -391,36 +381,8 @@ class MMDC:
                 aug_gen = torch.Generator().manual_seed(rank_seed(seed, epoch, rank + 1))
             else:
                 order, aug_gen = torch.randperm(n, generator=gen), gen
-            losses = []
-            for s in range(0, n, bs):
-                whole = order[s: s + bs]
-                if len(whole) // world < 2:  # the same decision on every rank
-                    continue
-                idx = whole[rank::world]  # this rank's share of the batch
-                batch = x_all[idx]
-                if stage == "rotation":
-                    rotated, rot_labels = rotations(augment(batch, aug_gen, **aug))
-                    loss = F.cross_entropy(model(self._inputs(rotated).to(device), rotation=True), rot_labels.to(device))
-                else:
-                    views = torch.cat([augment(batch, aug_gen, **aug) for _ in range(r)])
-                    out = model(self._inputs(views.to(device))).view(r, len(idx), -1)
-                    if stage == "cluster":
-                        # the repetitions of an image share its target: match on their mean direction
-                        new = reassign_targets(F.normalize(out.mean(0), dim=1), targets[owner[idx]].to(device))
-                        owner[idx] = owner[idx][new.cpu()]
-                        if dist_info.enabled:  # every rank learns the other shares' new owners
-                            shares = torch.zeros(len(whole), dtype=owner.dtype)
-                            shares[rank::world] = owner[idx]
-                            dist.all_reduce(shares)
-                            owner[whole] = shares
-                        goal = targets[owner[idx]]
-                    else:
-                        goal = refine_targets[idx]
-                    loss = (out - goal.to(device).unsqueeze(0)).pow(2).sum(-1).mean()
-                losses.append(float(loss.detach()))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            losses = self._epoch(model, optimizer, x_all, order, aug_gen, stage, targets, owner, refine_targets,
+                                 dist_info, device)
             average_buffers(net, dist_info)
             row = {"epoch": epoch + 1, "stage": stage, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
             self.history_.append(row)
@@ -456,6 +418,57 @@ class MMDC:
         mean_of = np.empty(self.n_clusters, dtype=np.int64)
         mean_of[rows] = cols
         return torch.eye(self.n_clusters)[torch.from_numpy(mean_of[labels])]
+
+    def _check_resume(self, start: int, total: int) -> None:
+        """Refuse a checkpoint that cannot continue into the asked-for schedule."""
+        if start > total:
+            raise DeepclustError(f"the checkpoint in '{self.checkpoint_dir}' has {start} epochs, more than the "
+                                 f"{total} asked for; ask for at least as many or use another checkpoint_dir")
+        if start > self.epochs and self.labels_main_ is None:
+            raise DeepclustError("inconsistent checkpoint: refinement without a finished main stage")
+        if start < self.epochs and any(h["stage"] == "refine" for h in self.history_):
+            raise DeepclustError(f"the checkpoint in '{self.checkpoint_dir}' was refined after {self.epochs} < "
+                                 "its main-stage epochs; ask for its number of main epochs")
+
+    def _epoch(self, model, optimizer, x_all, order, aug_gen, stage: str, targets, owner, refine_targets, dist_info,
+               device) -> list[float]:
+        """One pass over ``order`` in batches (this rank's share of each): the rotation task,
+        target matching (``owner`` is updated in place, and agreed on by every rank), or
+        refinement towards ``refine_targets``. Returns the batches' losses."""
+        rank, world = dist_info.rank, dist_info.world_size
+        bs, r = self.batch_size, self.repetitions
+        aug = dict(scale=tuple(self.crop_scale), flip=self.flip, jitter=float(self.color_jitter))
+        losses = []
+        for s in range(0, len(order), bs):
+            whole = order[s: s + bs]
+            if len(whole) // world < 2:  # the same decision on every rank
+                continue
+            idx = whole[rank::world]  # this rank's share of the batch
+            batch = x_all[idx]
+            if stage == "rotation":
+                rotated, rot_labels = rotations(augment(batch, aug_gen, **aug))
+                loss = F.cross_entropy(model(self._inputs(rotated).to(device), rotation=True), rot_labels.to(device))
+            else:
+                views = torch.cat([augment(batch, aug_gen, **aug) for _ in range(r)])
+                out = model(self._inputs(views.to(device))).view(r, len(idx), -1)
+                if stage == "cluster":
+                    # the repetitions of an image share its target: match on their mean direction
+                    new = reassign_targets(F.normalize(out.mean(0), dim=1), targets[owner[idx]].to(device))
+                    owner[idx] = owner[idx][new.cpu()]
+                    if dist_info.enabled:  # every rank learns the other shares' new owners
+                        shares = torch.zeros(len(whole), dtype=owner.dtype)
+                        shares[rank::world] = owner[idx]
+                        dist.all_reduce(shares)
+                        owner[whole] = shares
+                    goal = targets[owner[idx]]
+                else:
+                    goal = refine_targets[idx]
+                loss = (out - goal.to(device).unsqueeze(0)).pow(2).sum(-1).mean()
+            losses.append(float(loss.detach()))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return losses
 
     @torch.no_grad()
     def _outputs(self, net: MMDCNet, x: torch.Tensor, batch: int = 512) -> torch.Tensor:

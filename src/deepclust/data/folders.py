@@ -87,69 +87,12 @@ def find_images(
             continue
         excluded.add((st.st_dev, st.st_ino))
 
-    records: list[ImageRecord] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
-    loops: list[str] = []
-
-    def walk(dir_path: str, rel: str) -> None:
-        try:
-            st = os.stat(dir_path)
-        except OSError:
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in excluded:
-            return
-        if key in seen_dirs:
-            loops.append(rel or ".")
-            return
-        seen_dirs.add(key)
-        try:
-            entries = sorted(os.scandir(dir_path), key=lambda e: e.name)
-        except OSError as exc:
-            warnings.warn(f"cannot list folder '{dir_path}': {exc}; skipped", stacklevel=2)
-            return
-        subdirs = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            entry_rel = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                continue  # a dangling link
-            if is_dir:
-                subdirs.append((entry.path, entry_rel))
-                continue
-            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            try:
-                fst = entry.stat(follow_symlinks=True)
-            except OSError:
-                continue
-            fkey = (fst.st_dev, fst.st_ino)
-            if fkey in seen_files:
-                continue
-            seen_files.add(fkey)
-            records.append(
-                ImageRecord(
-                    path=os.path.join(root, *entry_rel.split("/")),
-                    relpath=entry_rel,
-                    folder=os.path.basename(dir_path.rstrip(os.sep)) or dir_path,
-                    size=int(fst.st_size),
-                    mtime_ns=int(fst.st_mtime_ns),
-                )
-            )
-        for sub_path, sub_rel in subdirs:
-            walk(sub_path, sub_rel)
-
-    walk(root, "")
-    if loops:
-        warnings.warn(
-            f"{len(loops)} folder(s) reached twice through symbolic links were searched once: "
-            + ", ".join(loops[:5]),
-            stacklevel=2,
-        )
+    walk = _FolderWalk(root, excluded)
+    walk.folder(root, "")
+    records = walk.records
+    if walk.loops:
+        warnings.warn(f"{len(walk.loops)} folder(s) reached twice through symbolic links were searched once: "
+                      + ", ".join(walk.loops[:5]), stacklevel=2)
 
     if classes is not None:
         wanted = set(classes)
@@ -170,6 +113,64 @@ def find_images(
         )
     records.sort(key=lambda r: r.relpath)
     return records
+
+
+class _FolderWalk:
+    """One recursive search of ``root``: each folder and file once (links followed, loops
+    noted), hidden names left out, only image extensions kept."""
+
+    def __init__(self, root: str, excluded: set[tuple[int, int]]):
+        self.root, self.excluded = root, excluded
+        self.records: list[ImageRecord] = []
+        self.loops: list[str] = []
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.seen_files: set[tuple[int, int]] = set()
+
+    def folder(self, dir_path: str, rel: str) -> None:
+        try:
+            st = os.stat(dir_path)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self.excluded:
+            return
+        if key in self.seen_dirs:
+            self.loops.append(rel or ".")
+            return
+        self.seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(dir_path), key=lambda e: e.name)
+        except OSError as exc:
+            warnings.warn(f"cannot list folder '{dir_path}': {exc}; skipped", stacklevel=3)
+            return
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            entry_rel = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                continue  # a dangling link
+            if is_dir:
+                subdirs.append((entry.path, entry_rel))
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                self.file(entry, entry_rel, dir_path)
+        for sub_path, sub_rel in subdirs:
+            self.folder(sub_path, sub_rel)
+
+    def file(self, entry: os.DirEntry, rel: str, dir_path: str) -> None:
+        try:
+            fst = entry.stat(follow_symlinks=True)
+        except OSError:
+            return
+        key = (fst.st_dev, fst.st_ino)
+        if key in self.seen_files:  # a hard link or a second link to a file already found
+            return
+        self.seen_files.add(key)
+        self.records.append(ImageRecord(path=os.path.join(self.root, *rel.split("/")), relpath=rel,
+                                        folder=os.path.basename(dir_path.rstrip(os.sep)) or dir_path,
+                                        size=int(fst.st_size), mtime_ns=int(fst.st_mtime_ns)))
 
 
 def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:

@@ -356,35 +356,14 @@ class IMCSwAV:
         n_high = crops[0][0]
         aug = dict(crops=[(c, s, tuple(sc)) for c, s, sc in crops], flip=self.flip, jitter=float(self.color_jitter),
                    grey_prob=float(self.grey_prob))
-        bs, labels_true = self.batch_size, None if y is None else np.asarray(y)
+        labels_true = None if y is None else np.asarray(y)
         for epoch in range(len(self.history_), self.epochs):
             t0 = time.perf_counter()
             net.train()
             order = torch.randperm(n, generator=torch.Generator().manual_seed(rank_seed(seed, epoch)))
             gen = torch.Generator().manual_seed(rank_seed(seed, epoch, dist_info.rank + 1))
-            sums = {"swav": 0.0, "mi": 0.0, "loss": 0.0}
-            batches = 0
-            for s in range(0, n, bs):
-                idx = order[s: s + bs]
-                idx = idx[dist_info.rank::dist_info.world_size]  # this rank's share of the global batch
-                if len(idx) < 2:
-                    continue
-                for group in optimizer.param_groups:
-                    group["lr"] = self._lr_at(step, epoch)
-                net.normalise_prototypes()
-                views = [self._inputs(v).to(device).contiguous(memory_format=torch.channels_last)
-                         for v in multi_crop(x_all[idx], gen, **aug)]
-                loss, swav, mi = imc_swav_loss(*model(views), n_high, self.temperature, self.epsilon,
-                                               self.sinkhorn_iters, self.beta, distributed=dist_info.enabled)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if step < self.warmup_steps:  # prototypes frozen during the warm-up
-                    net.prototypes.weight.grad = None
-                optimizer.step()
-                step += 1
-                batches += 1
-                for key, value in (("swav", swav), ("mi", mi), ("loss", loss)):
-                    sums[key] += float(value.detach())
+            sums, batches, step = self._epoch(net, model, optimizer, x_all, order, gen, aug, n_high, step, epoch,
+                                              dist_info, device)
             average_buffers(net, dist_info)
             row = {"epoch": epoch + 1, **{k: v / max(batches, 1) for k, v in sums.items()},
                    "seconds": time.perf_counter() - t0}
@@ -406,6 +385,37 @@ class IMCSwAV:
         proba, self.outputs_ = self._forward_all(net, x_all)
         self.labels_ = proba.argmax(1).astype(np.int64)
         return self
+
+    def _epoch(self, net, model, optimizer, x_all, order, gen, aug: dict, n_high: int, step: int, epoch: int,
+               dist_info, device) -> tuple[dict, int, int]:
+        """One pass over ``order`` (this rank's share of each global batch): multi-crop views,
+        the swapped-prediction and information losses, prototypes frozen during the warm-up.
+        Returns the summed losses, the number of batches and the step count after it."""
+        bs = self.batch_size
+        sums = {"swav": 0.0, "mi": 0.0, "loss": 0.0}
+        batches = 0
+        for s in range(0, len(order), bs):
+            idx = order[s: s + bs]
+            idx = idx[dist_info.rank::dist_info.world_size]  # this rank's share of the global batch
+            if len(idx) < 2:
+                continue
+            for group in optimizer.param_groups:
+                group["lr"] = self._lr_at(step, epoch)
+            net.normalise_prototypes()
+            views = [self._inputs(v).to(device).contiguous(memory_format=torch.channels_last)
+                     for v in multi_crop(x_all[idx], gen, **aug)]
+            loss, swav, mi = imc_swav_loss(*model(views), n_high, self.temperature, self.epsilon,
+                                           self.sinkhorn_iters, self.beta, distributed=dist_info.enabled)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step < self.warmup_steps:  # prototypes frozen during the warm-up
+                net.prototypes.weight.grad = None
+            optimizer.step()
+            step += 1
+            batches += 1
+            for key, value in (("swav", swav), ("mi", mi), ("loss", loss)):
+                sums[key] += float(value.detach())
+        return sums, batches, step
 
     @torch.no_grad()
     def _forward_all(self, net: IMCSwAVNet, x: torch.Tensor, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:

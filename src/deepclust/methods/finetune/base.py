@@ -320,26 +320,8 @@ class FineTuning:
         torch.manual_seed(c.seed + info.rank)
         random.seed(c.seed + info.rank)
 
-        history: list[dict[str, Any]] = []
-        best = {"epoch": -1, "CA": -1.0}
-        first_epoch = 1
         last_path = os.path.join(c.out, LAST)
-        if os.path.exists(last_path):
-            state = self._load_last(last_path)
-            net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best = state["history"], state["best"]
-            first_epoch = state["epoch"] + 1
-            saved_rng = state.get("rng", [])
-            if info.world_size == len(saved_rng):  # else: new random states (e.g. a new world size)
-                numpy_state, torch_state, python_state = saved_rng[info.rank]
-                rng.bit_generator.state = numpy_state
-                torch.set_rng_state(torch_state)
-                random.setstate(python_state)
-            log.info("resuming %s after epoch %d of %d", c.out, state["epoch"], c.epochs)
-        elif info.is_main:
-            write_config(os.path.join(c.out, "train_config.yaml"), c)
+        history, best, first_epoch = self._restore(last_path, net, optimizer, scheduler, rng, info)
 
         # on a CPU, buffers follow rank 0 at every forward (DDP's default) and are averaged after each epoch below
         ddp_net = wrap_ddp(net, device, info)
@@ -353,26 +335,9 @@ class FineTuning:
             if info.enabled:  # every rank draws its own tasks (seed + rank); share the count
                 per_rank = math.ceil(len(batches) / info.world_size)
                 batches = batches[:per_rank]
-            sums: dict[str, float] = {}
-            ddp_net.train()
             bar = tqdm(batches, desc=f"{self.name} epoch {epoch}/{c.epochs}", unit="batch",
                        disable=not (c.progress and info.is_main), dynamic_ncols=True)
-            for batch in bar:
-                if cached:
-                    view = torch.from_numpy(rng.integers(0, train_views.shape[0], size=len(batch)))
-                    x = train_views[view, torch.as_tensor(batch)].to(device, torch.float32)
-                else:
-                    x = train.batch(batch, self._train_transform).to(device)
-                y = torch.as_tensor(train.labels[batch], device=device)
-                feats, head_out = ddp_net(x, from_prefix=cached)
-                loss, parts = self.batch_loss(feats, head_out, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for k, v in {"loss": float(loss.detach()), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            bar.close()
+            sums = self._train_epoch(ddp_net, optimizer, bar, train, train_views, rng, device)
             scheduler.step()
             row = {"epoch": epoch, **{k: v / max(len(batches), 1) for k, v in sums.items()},
                    "lr": optimizer.param_groups[0]["lr"]}
@@ -404,6 +369,55 @@ class FineTuning:
         return self.backbone_
 
     # -- pieces of the loop ----------------------------------------------------
+    def _restore(self, last_path: str, net, optimizer, scheduler, rng: np.random.Generator, info: DistInfo
+                 ) -> tuple[list[dict[str, Any]], dict, int]:
+        """(history, best, first epoch) of the run in ``out``: from ``last.pt`` with the
+        weights, optimiser, schedule and every rank's random states restored, else a new run
+        (whose config rank 0 writes)."""
+        c = self.config
+        if not os.path.exists(last_path):
+            if info.is_main:
+                write_config(os.path.join(c.out, "train_config.yaml"), c)
+            return [], {"epoch": -1, "CA": -1.0}, 1
+        state = self._load_last(last_path)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        saved_rng = state.get("rng", [])
+        if info.world_size == len(saved_rng):  # else: new random states (e.g. a new world size)
+            numpy_state, torch_state, python_state = saved_rng[info.rank]
+            rng.bit_generator.state = numpy_state
+            torch.set_rng_state(torch_state)
+            random.setstate(python_state)
+        log.info("resuming %s after epoch %d of %d", c.out, state["epoch"], c.epochs)
+        return state["history"], state["best"], state["epoch"] + 1
+
+    def _train_epoch(self, ddp_net, optimizer, bar, train: LabelledImages, train_views, rng: np.random.Generator,
+                     device) -> dict[str, float]:
+        """One pass over the batches of ``bar`` (a progress bar over index lists): images
+        augmented afresh, or a random cached view of each when ``train_views`` holds the
+        frozen stages' outputs. Returns the summed losses."""
+        cached = train_views is not None
+        sums: dict[str, float] = {}
+        ddp_net.train()
+        for batch in bar:
+            if cached:
+                view = torch.from_numpy(rng.integers(0, train_views.shape[0], size=len(batch)))
+                x = train_views[view, torch.as_tensor(batch)].to(device, torch.float32)
+            else:
+                x = train.batch(batch, self._train_transform).to(device)
+            y = torch.as_tensor(train.labels[batch], device=device)
+            feats, head_out = ddp_net(x, from_prefix=cached)
+            loss, parts = self.batch_loss(feats, head_out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        bar.close()
+        return sums
+
     def _prefix_cache(self, net: TrainNet, backbone: Backbone, train: LabelledImages, val: LabelledImages,
                       device: torch.device, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of the frozen prefix for ``cache_views`` augmented views of every training

@@ -299,6 +299,50 @@ nav a{margin-right:1em} .note{color:#666;font-size:.9em}
 """
 
 
+def _settings_sections(s: dict) -> list[str]:
+    """The run's settings, timings and counts, from its summary."""
+    config, resolved = s.get("config", {}), s.get("resolved", {})
+    parts = []
+    settings = [["command", s.get("command", "")], ["method / algorithm", s.get("method") or config.get("algorithm", "")],
+                ["images", config.get("images") or config.get("dataset") or ""],
+                ["backbone", resolved.get("backbone", config.get("backbone", ""))],
+                ["weights", resolved.get("weights", config.get("weights", ""))],
+                ["number of clusters", f"{resolved.get('n_clusters', '')} ({resolved.get('n_clusters_from', '')})"],
+                ["device", resolved.get("device", "")], ["seed", s.get("seed", "")], ["run id", s.get("run_id", "")],
+                ["deepclust", s.get("versions", {}).get("deepclust", "")]]
+    parts.append("<h2 id='settings'>Settings</h2>" + _table(["setting", "value"], settings))
+    timings = s.get("timings_seconds", {})
+    if timings:
+        parts.append("<h3>Timings</h3>" + _table(["step", "seconds"], [[k, _fmt(v)] for k, v in timings.items()]))
+    counts = s.get("counts", {})
+    if counts:
+        parts.append("<h3>Counts</h3>" + _table(["count", "value"], [[k, _fmt(v)] for k, v in counts.items()]))
+    return parts
+
+
+def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pixels) -> str:
+    """One cluster of :func:`cluster_montages`: its title, size, matched class and the
+    thumbnails of its most typical images."""
+    distances = run.distances
+    labels = np.asarray(run.labels, dtype=object) if run.labels is not None else None
+    title = "Noise" if m["cluster"] < 0 else f"Cluster {m['cluster']}"
+    extra = ""
+    if matched is not None and m["cluster"] >= 0:
+        cls = matched["match"].get(m["cluster"])
+        if cls is not None:
+            share = float(np.mean(labels[run.clusters == m["cluster"]] == cls))
+            extra = f" · matched class {html.escape(str(cls))} ({share:.0%} of its images)"
+    figs = []
+    for i in m["members"]:
+        uri = _thumbnail(run, i, options.thumb_size, pixels)
+        caption = html.escape(os.path.basename(run.paths[i])) + (f"<br>d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
+        img = (f"<img src='{uri}' alt='{html.escape(os.path.basename(run.paths[i]))}'>" if uri
+               else "<div class='missing'>unreadable</div>")
+        figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
+    return (f"<div class='cluster' id='cluster-{m['cluster']}'><h3>{title} · {m['size']} images{extra}</h3>"
+            f"<div class='thumbs'>{''.join(figs)}</div></div>")
+
+
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  options: ReportOptions | None = None) -> str:
     """Write the report of ``run_dir`` (to ``RUN_DIR/report`` by default); return the HTML path."""
@@ -323,7 +367,6 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     skipped = read_csv(runs.run_path(run_dir, runs.SKIPPED)) if os.path.isfile(runs.run_path(run_dir, runs.SKIPPED)) else []
 
     s = run.summary
-    config, resolved = s.get("config", {}), s.get("resolved", {})
     name = os.path.basename(os.path.abspath(run_dir))
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepclust report: {html.escape(name)}</title>"
              f"<style>{CSS}</style></head><body>",
@@ -335,20 +378,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                  ("settings", "Settings"), ("scores", "Scores"), ("map", "Map"), ("sizes", "Sizes"), ("clusters", "Clusters"),
                  ("confusion", "Confusion"), ("skipped", "Skipped")] if k not in ("scores", "confusion") or matched is not None) + "</nav>"]
 
-    settings = [["command", s.get("command", "")], ["method / algorithm", s.get("method") or config.get("algorithm", "")],
-                ["images", config.get("images") or config.get("dataset") or ""],
-                ["backbone", resolved.get("backbone", config.get("backbone", ""))],
-                ["weights", resolved.get("weights", config.get("weights", ""))],
-                ["number of clusters", f"{resolved.get('n_clusters', '')} ({resolved.get('n_clusters_from', '')})"],
-                ["device", resolved.get("device", "")], ["seed", s.get("seed", "")], ["run id", s.get("run_id", "")],
-                ["deepclust", s.get("versions", {}).get("deepclust", "")]]
-    parts.append("<h2 id='settings'>Settings</h2>" + _table(["setting", "value"], settings))
-    timings = s.get("timings_seconds", {})
-    if timings:
-        parts.append("<h3>Timings</h3>" + _table(["step", "seconds"], [[k, _fmt(v)] for k, v in timings.items()]))
-    counts = s.get("counts", {})
-    if counts:
-        parts.append("<h3>Counts</h3>" + _table(["count", "value"], [[k, _fmt(v)] for k, v in counts.items()]))
+    parts += _settings_sections(s)
 
     if metrics is not None:
         keys = [k for k in ("CA", "ACC", "NMI", "AMI", "ARI") if k in metrics]
@@ -368,24 +398,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     shown = f"the {len(montages)} largest of {len(ids)} clusters" if len(montages) < len(ids) else f"all {len(ids)} clusters"
     parts.append(f"<h2 id='clusters'>Clusters</h2><p class='note'>{shown}; in each, the {options.per_cluster} images "
                  "nearest its centre, most typical first (d: distance to the centre).</p>")
-    labels = np.asarray(run.labels, dtype=object) if run.labels is not None else None
-    for m in montages:
-        title = "Noise" if m["cluster"] < 0 else f"Cluster {m['cluster']}"
-        extra = ""
-        if matched is not None and m["cluster"] >= 0:
-            cls = matched["match"].get(m["cluster"])
-            if cls is not None:
-                share = float(np.mean(labels[run.clusters == m["cluster"]] == cls))
-                extra = f" · matched class {html.escape(str(cls))} ({share:.0%} of its images)"
-        figs = []
-        for i in m["members"]:
-            uri = _thumbnail(run, i, options.thumb_size, pixels)
-            caption = html.escape(os.path.basename(run.paths[i])) + (f"<br>d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
-            img = (f"<img src='{uri}' alt='{html.escape(os.path.basename(run.paths[i]))}'>" if uri
-                   else "<div class='missing'>unreadable</div>")
-            figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
-        parts.append(f"<div class='cluster' id='cluster-{m['cluster']}'><h3>{title} · {m['size']} images{extra}</h3>"
-                     f"<div class='thumbs'>{''.join(figs)}</div></div>")
+    parts += [_cluster_section(run, m, matched, options, pixels) for m in montages]
 
     if matched is not None:
         parts.append(f"<h2 id='confusion'>Clusters matched to classes</h2><img class='figure' alt='confusion matrix' "

@@ -11,7 +11,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from deepclust.errors import DeepclustError
 from deepclust.cluster.c2m import (Critic, GraphAutoencoder, cem_search, clip_weights, clustering_embedding,
-                                   nearest_neighbours, propagate, relabel, standardize, wgan_critic_loss)
+                                   nearest_neighbours, propagate, relabel, standardize)
+from deepclust.losses import wgan_critic_loss
 
 
 def test_standardize_pads_small_and_projects_large_dimensions():

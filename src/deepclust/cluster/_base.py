@@ -23,11 +23,11 @@ class BaseClusterer(ClusterMixin, BaseEstimator):
     #: How ``n_clusters="auto"`` is estimated for this estimator.
     k_method = "silhouette"
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         """Check the parameters alone (no data), so that callers can fail before long work."""
 
     def _validate_data(self, X) -> np.ndarray:
-        self._check_params()
+        self.check_params()
         X = np.asarray(X)
         if X.ndim != 2:
             raise DeepclustError(f"X must be a 2-d array (n_samples, n_features); got shape {X.shape}")

@@ -45,7 +45,7 @@ class Agglomerative(BaseClusterer):
         self.n_neighbors = n_neighbors
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         check_choice("linkage", self.linkage, LINKAGES)
         check_int("n_neighbors", self.n_neighbors, 1, optional=True)
 

@@ -51,7 +51,7 @@ class DBSCAN(_DensityClusterer):
         self.min_samples = min_samples
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         check_float("eps", self.eps, 0.0)
         check_int("min_samples", self.min_samples, 1)
 
@@ -86,7 +86,7 @@ class OPTICS(_DensityClusterer):
         self.min_cluster_size = min_cluster_size
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         check_int("min_samples", self.min_samples, 2)
         check_float("xi", self.xi, 0.0, 1.0)
         check_int("min_cluster_size", self.min_cluster_size, 2, optional=True)
@@ -123,7 +123,7 @@ class HDBSCAN(_DensityClusterer):
         self.cluster_selection_epsilon = cluster_selection_epsilon
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         check_int("min_cluster_size", self.min_cluster_size, 2)
         check_int("min_samples", self.min_samples, 1, optional=True)
         check_float("cluster_selection_epsilon", self.cluster_selection_epsilon, 0.0)

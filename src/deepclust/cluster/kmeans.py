@@ -111,7 +111,7 @@ class KMeans(BaseClusterer):
         self.n_clusters_ = k
         return self
 
-    def _check_params(self):
+    def check_params(self):
         check_int("n_init", self.n_init, 1)
         check_int("max_iter", self.max_iter, 1)
         check_int("init_size", self.init_size, 1, optional=True)

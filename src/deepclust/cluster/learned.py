@@ -58,7 +58,7 @@ class C2MClusterer(BaseClusterer):
         self.metric = metric
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         if self.metric is None:
             load_metric(None)
         if isinstance(self.metric, (str, os.PathLike)) and not os.path.isfile(self.metric):

@@ -46,7 +46,7 @@ class GaussianMixture(BaseClusterer):
         self.n_init = n_init
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
         check_float("reg_covar", self.reg_covar, 0.0)
         check_int("max_iter", self.max_iter, 1)

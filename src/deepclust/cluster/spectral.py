@@ -267,7 +267,7 @@ class SpectralClustering(BaseClusterer):
         self.device = device
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
         check_int("n_neighbors", self.n_neighbors, 1)
         check_int("n_init", self.n_init, 1)
         check_choice("affinity", self.affinity, AFFINITIES)

@@ -57,6 +57,7 @@ from deepclust.experiments.common import check_sections, read_config
 from deepclust.io import atomic_write, save_figure, write_csv, write_json
 from deepclust.methods.c2m_training import labelled_features, sample_datasets
 from deepclust.metrics import score_clustering
+from deepclust.validation import check_int
 
 log = logging.getLogger("deepclust")
 
@@ -154,8 +155,7 @@ def load_c2m_experiment(path: str | os.PathLike | None, **overrides: Any) -> C2M
                    "C2M setting(s)")
     for name, value, low in (("test_datasets", config.test_datasets, 1), ("seeds", config.seeds, 1),
                              ("max_clusters", config.max_clusters, 2), ("check_datasets", config.check_datasets, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise DeepclustError(f"{name}={value!r} must be an integer >= {low}")
+        check_int(name, value, low)
     return config
 
 

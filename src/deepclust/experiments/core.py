@@ -116,7 +116,7 @@ def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConf
     if not isinstance(config.cluster_params, dict):
         raise DeepclustError(f"cluster_params={config.cluster_params!r} must map algorithm: {{parameter: value}}")
     for algorithm in config.algorithms:
-        make_clusterer(algorithm, 2, 0, config.cluster_params.get(algorithm))._check_params()
+        make_clusterer(algorithm, "auto", 0, config.cluster_params.get(algorithm)).check_params()
     extra = sorted(set(config.cluster_params) - set(config.algorithms))
     if extra:
         raise DeepclustError(f"cluster_params names {', '.join(extra)}, which is not in algorithms")

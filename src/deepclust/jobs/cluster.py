@@ -48,6 +48,7 @@ from deepclust.features.store import EmbeddingTable, open_store
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.parallel.executors import open_executor
 from deepclust.runs import cluster_summary, run_metrics, write_run_files
+from deepclust.validation import check_int
 
 log = logging.getLogger("deepclust")
 
@@ -112,22 +113,18 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     # fail before hours of embedding, not after
     if not isinstance(config.cluster_params, dict):
         raise DeepclustError(f"cluster_params={config.cluster_params!r} must be a mapping of parameter: value, e.g. {{eps: 0.3}}")
-    make_clusterer(config.algorithm, 2, config.seed, config.cluster_params)._check_params()
+    make_clusterer(config.algorithm, "auto", config.seed, config.cluster_params).check_params()  # k is not known yet
     if config.k_method is not None and config.k_method not in K_METHODS:
         raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
     if config.k_method == "c2m":
-        C2MClusterer(metric=config.k_metric)._check_params()  # the metric file exists
+        C2MClusterer(metric=config.k_metric).check_params()  # the metric file exists
     density = not takes_n_clusters(config.algorithm)
     classes = split_classes(config.split, config.subset)
     requested_k = check_n_clusters(config.n_clusters)
     # (option, smallest value, None allowed): None workers means "choose by device"
     for name, minimum, optional in (("batch_size", 1, False), ("seed", 0, False), ("num_workers", 0, True),
                                     ("k_min", 1, False), ("k_max", 2, False)):
-        value = getattr(config, name)
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise DeepclustError(f"{name}={value!r} must be an integer >= {minimum}")
+        check_int(name, getattr(config, name), minimum, optional=optional)
     if config.k_max < config.k_min:
         raise DeepclustError(f"k_max={config.k_max} must be >= k_min={config.k_min}")
     device = resolve_device(config.device)

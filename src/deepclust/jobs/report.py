@@ -19,6 +19,7 @@ from deepclust.data.datasets import load_pixels
 from deepclust.data.folders import load_image
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write, read_csv, save_figure, write_json
+from deepclust.validation import check_int
 
 log = logging.getLogger("deepclust")
 
@@ -56,9 +57,7 @@ class ReportOptions:
 
     def check(self) -> None:
         for name in ("map_points", "per_cluster", "max_clusters", "thumb_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DeepclustError(f"{name}={value!r} must be an integer >= 1")
+            check_int(name, getattr(self, name), 1)
         if self.map_method not in MAP_METHODS:
             raise DeepclustError(f"map_method={self.map_method!r} is not one of {', '.join(MAP_METHODS)}")
 

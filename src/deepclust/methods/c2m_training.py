@@ -33,6 +33,7 @@ from deepclust.features.backbones import (
 )
 from deepclust.features.extract import embed_records
 from deepclust.io import write_csv, write_json
+from deepclust.validation import check_int
 
 log = logging.getLogger("deepclust")
 
@@ -148,7 +149,7 @@ def c2m_estimator(config: C2MConfig):
     params.setdefault("random_state", config.seed)
     params.setdefault("verbose", True)
     estimator = C2M(**params)
-    estimator._check_params()
+    estimator.check_params()
     return estimator
 
 
@@ -171,8 +172,7 @@ class C2MTraining:
             raise DeepclustError("no output folder given; pass --out DIR")
         for name, value, low in (("n_tasks", c.n_tasks, 1), ("task_size", c.task_size, 2),
                                  ("max_clusters", c.max_clusters, 2), ("epochs", c.epochs, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise DeepclustError(f"{name}={value!r} must be an integer >= {low}")
+            check_int(name, value, low)
         estimator = c2m_estimator(c)  # fail on a bad parameter before embedding
         os.makedirs(c.out, exist_ok=True)
         path = os.path.join(c.out, METRIC)

@@ -220,7 +220,7 @@ class EndToEndTraining:
         if c.labels not in (None, "folders"):
             raise DeepclustError(f"labels={c.labels!r} is not known; use folders (or leave it out)")
         c.params = self.params()  # every setting, defaults included, as config.yaml records them
-        self.estimator(0)._check_params()
+        self.estimator(0).check_params()
 
     def fit(self):
         """Train, combine and write the run folder (rank 0 writes, holding its lock)."""

@@ -248,7 +248,7 @@ class IMCSwAV:
     def loss_curve_(self) -> list[float]:
         return [h["loss"] for h in self.history_]
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         check_backbone(self.backbone, "cifar_resnet18 or cifar_resnet20")
         check_int("n_clusters", self.n_clusters, 2)
         for name in ("n_prototypes", "proj_dim", "proj_hidden", "cls_hidden", "sinkhorn_iters", "epochs", "eval_every"):
@@ -289,7 +289,7 @@ class IMCSwAV:
                                  f"views in all, {example}")
 
     def _crops(self, image_size: int) -> list:
-        """``crops`` (checked by :meth:`_check_params`) or the default for the image size, as plain lists."""
+        """``crops`` (checked by :meth:`check_params`) or the default for the image size, as plain lists."""
         crops = self.crops if self.crops is not None else default_crops(image_size)
         return [[int(c), int(s), [float(a), float(b)]] for c, s, (a, b) in crops]
 
@@ -325,7 +325,7 @@ class IMCSwAV:
         (``history_``). Resumes from ``checkpoint_dir`` when it holds this run. Under
         ``torchrun`` every rank trains on its share of each batch (DDP)."""
 
-        self._check_params()
+        self.check_params()
         x_all = image_tensor(images)
         n = len(x_all)
         if n < self.n_clusters:

@@ -269,7 +269,7 @@ class MMDC:
         """Mean clustering loss of every clustering epoch of the main stage."""
         return [h["loss"] for h in self.history_ if h["stage"] == "cluster"]
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         check_backbone(self.backbone, "mmdc_vgg3, mmdc_vgg4 or cifar_resnet20")
         check_int("n_clusters", self.n_clusters, 2)
         check_int("repetitions", self.repetitions, 1)
@@ -315,7 +315,7 @@ class MMDC:
         Under ``torchrun`` every rank trains on its share of each batch (DDP); the
         target each image holds is kept the same on every rank, rank 0 writes the
         checkpoints."""
-        self._check_params()
+        self.check_params()
         x_all = image_tensor(images)
         n = len(x_all)
         if n < self.n_clusters:

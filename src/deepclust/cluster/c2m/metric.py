@@ -291,7 +291,7 @@ class C2M:
             found, curve = relabel(candidates[best]), curve + [float(scores[best])]
         return (found, curve, list(out[2]) + list(candidates)) if with_elite else (found, curve)
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         """Refuse settings that cannot work, with what to change (before any training)."""
         if self.search not in ("cem", "cem+candidates"):
             raise DeepclustError(f"search={self.search!r} is not 'cem' or 'cem+candidates'")
@@ -319,7 +319,7 @@ class C2M:
         from sklearn.metrics import adjusted_rand_score
 
         log = logging.getLogger(__name__)
-        self._check_params()
+        self.check_params()
         pairs, dims = [], []
         for i, item in enumerate(datasets):
             if not isinstance(item, (tuple, list)) or len(item) != 2:

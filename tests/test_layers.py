@@ -25,7 +25,7 @@ LAYERS = {
     "deepclust.parallel": 3,
     "deepclust.config": 2,
     "deepclust.errors": 1, "deepclust.io": 1, "deepclust.metrics": 1, "deepclust.losses": 1,
-    "deepclust.validation": 1, "deepclust.devices": 1, "deepclust.checkpoint": 1, "deepclust.version": 1,
+    "deepclust.validation": 1, "deepclust.devices": 1, "deepclust.checkpoint": 1, "deepclust.version": 1, "deepclust.lazy": 1,
 }
 
 

@@ -4,6 +4,7 @@ The user's loop, one way: folder -> embed (features/) -> cluster (cluster/) -> r
 -> report, export, predict (jobs/); see the README's Development section for the layers.
 """
 
+from deepclust.lazy import lazy_names
 from deepclust.version import __version__  # noqa: F401  (deepclust.__version__)
 
 # The public names load their modules on first use (PEP 562), so that ``import deepclust``
@@ -20,19 +21,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        value = getattr(importlib.import_module(f"deepclust.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'deepclust' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_WHERE))
-
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())
 
 __all__ = [
     "Backbone",

@@ -9,7 +9,7 @@ Registered: ``kmeans``, ``spectral``, ``gmm``, ``agglomerative`` (they take
 metric finds the clustering and its number of clusters).
 """
 
-import importlib
+from deepclust.lazy import lazy_names
 
 # The names load their modules on first use (PEP 562): a Dask worker that assigns blocks of a
 # store (cluster.at_scale) imports this package without torch or scikit-learn.
@@ -27,17 +27,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"deepclust.cluster.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'deepclust.cluster' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_WHERE))
-
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())
 
 __all__ = [
     "Agglomerative",

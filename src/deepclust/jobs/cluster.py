@@ -133,6 +133,12 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         return _cluster_images(config, classes, requested_k, density, device, timings, t_start)
 
 
+def _k_resolved(n_clusters: int, n_clusters_from: str, k_estimate) -> dict[str, Any]:
+    """How many clusters the run made and where that number came from (summary.json's ``resolved``)."""
+    return {"n_clusters": n_clusters, "n_clusters_from": n_clusters_from,
+            "k_estimate": k_estimate.to_dict() if k_estimate is not None else None}
+
+
 def _cluster_features(X: np.ndarray, config: ClusterConfig, n_clusters, n_clusters_from: str):
     """Cluster the prepared features ``X``: k estimated first when ``n_clusters`` is
     ``"auto"`` (its curve written), found by the algorithm when None. Returns (clusters,
@@ -213,9 +219,7 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     resolved = {
-        "n_clusters": n_clusters,
-        "n_clusters_from": n_clusters_from,
-        "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
+        **_k_resolved(n_clusters, n_clusters_from, k_estimate),
         "backbone": backbone.name,
         "weights": backbone.weights,
         "data_config": {k: v for k, v in backbone.data_config.items()},
@@ -327,9 +331,7 @@ def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     resolved = {
-        "n_clusters": n_clusters,
-        "n_clusters_from": n_clusters_from,
-        "k_estimate": k_estimate.to_dict() if k_estimate is not None else None,
+        **_k_resolved(n_clusters, n_clusters_from, k_estimate),
         "backbone": backbone.get("name"),
         "weights": backbone.get("resolved_weights", backbone.get("weights")),
         "data_config": backbone.get("data_config"),

@@ -82,6 +82,25 @@ def evaluate_run(
         )
     config = run.summary.get("config", {})
     algorithms = algorithms or [config.get("algorithm", "kmeans")]
+    per_algorithm = _parameters(algorithms, config, params)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise DeepclustError(f"seeds={seeds!r} must be a positive integer")
+    k = check_n_clusters(n_clusters if n_clusters is not None else run.summary["resolved"]["n_clusters"], len(run.paths))
+    X = prepare_features(run.embeddings, bool(config.get("normalize", True)))
+    scores = {}
+    for algorithm in algorithms:
+        log.info("evaluating %s with k=%d over %d seeds", algorithm, k, seeds)
+        scores[algorithm] = repeat_clustering(
+            X, run.labels, lambda seed, a=algorithm: make_clusterer(a, k, seed, per_algorithm[a]), seeds=range(seeds)
+        )
+    evaluation = Evaluation(n_clusters=k, scores=scores)
+    _write(os.fspath(out or run_dir), run_dir, run, evaluation)
+    return evaluation
+
+
+def _parameters(algorithms: list[str], config: dict, params: dict | None) -> dict[str, dict]:
+    """Each algorithm's parameters: the run's own for the run's algorithm when ``params`` is
+    None, else those of ``params`` it takes (a parameter no algorithm takes is an error)."""
     per_algorithm = {}
     for algorithm in algorithms:
         known = set(get_clusterer_class(algorithm)._get_param_names())
@@ -94,31 +113,18 @@ def evaluate_run(
         unused = sorted(set(params) - {k for p in per_algorithm.values() for k in p})
         if unused:
             raise DeepclustError(f"no algorithm of {', '.join(algorithms)} has parameter {', '.join(unused)}")
-    if not isinstance(seeds, int) or seeds < 1:
-        raise DeepclustError(f"seeds={seeds!r} must be a positive integer")
-    k = check_n_clusters(n_clusters if n_clusters is not None else run.summary["resolved"]["n_clusters"], len(run.paths))
-    X = prepare_features(run.embeddings, bool(config.get("normalize", True)))
-    scores = {}
-    for algorithm in algorithms:
-        log.info("evaluating %s with k=%d over %d seeds", algorithm, k, seeds)
-        scores[algorithm] = repeat_clustering(
-            X, run.labels, lambda seed, a=algorithm: make_clusterer(a, k, seed, per_algorithm[a]), seeds=range(seeds)
-        )
-    evaluation = Evaluation(n_clusters=k, scores=scores)
-    out = os.fspath(out or run_dir)
+    return per_algorithm
+
+
+def _write(out: str, run_dir, run: runs.Run, evaluation: Evaluation) -> None:
+    """evaluation.md, evaluation.csv and evaluation.json (which records the run's id)."""
     with atomic_write(os.path.join(out, "evaluation.md")) as fh:
         fh.write(evaluation.markdown())
     header, rows = evaluation.rows()
     write_csv(os.path.join(out, "evaluation.csv"), header, rows)
-    write_json(
-        os.path.join(out, "evaluation.json"),
-        {
-            "run": os.fspath(run_dir),
-            "run_id": run.summary.get("run_id"),
-            "n_clusters": k,
-            "n_images": len(run.paths),
-            "n_classes": len(set(run.labels)),
-            "algorithms": {a: {"seeds": r.seeds, "runs": r.runs, "mean": r.mean(), "sd": r.std()} for a, r in scores.items()},
-        },
-    )
-    return evaluation
+    write_json(os.path.join(out, "evaluation.json"), {
+        "run": os.fspath(run_dir), "run_id": run.summary.get("run_id"), "n_clusters": evaluation.n_clusters,
+        "n_images": len(run.paths), "n_classes": len(set(run.labels)),
+        "algorithms": {a: {"seeds": r.seeds, "runs": r.runs, "mean": r.mean(), "sd": r.std()}
+                       for a, r in evaluation.scores.items()},
+    })

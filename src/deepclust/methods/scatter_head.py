@@ -1,0 +1,136 @@
+"""A linear scatter head: the projection of frozen features that minimises the core paper's
+multivariate scatter criterion (Bjerge et al., VISAPP 2025, eq. 1) over labelled classes.
+
+Eq. 1 is a Fisher-type ratio: the within-class scatter of the embeddings over the sum, over
+pairs of classes, of the squared distances between class means. For a linear map ``W`` on
+fixed features it reads ``tr(W^T S_w W) / tr(W^T S_b W)`` with ``S_w`` the within-class
+scatter matrix and ``S_b = sum_{i<j} (m_i - m_j)(m_i - m_j)^T`` (the pairwise form of eq. 1's
+denominator, unweighted by class sizes, as in the paper). Each column of the closed-form
+solution minimises the ratio along its direction: the leading generalised eigenvectors of
+``S_b w = lambda S_w w`` (Fisher's linear discriminant). Two things make it work on deep
+features with few labelled images: PCA first, to the rank the labelled images can support
+(at most ``n - k`` dimensions), and shrinkage of ``S_w`` towards a multiple of the identity
+(Ledoit and Wolf, 2004, by default), so that directions the labels barely sample are not
+trusted. The head is fitted in seconds and applies to any embeddings: ``transform`` is one
+affine map, ``(X - mean_) @ components_``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from deepclust.errors import DeepclustError
+from deepclust.validation import check_float, check_int
+
+
+class ScatterHead:
+    """Linear projection learned from labelled embeddings by minimising eq. 1 in closed form.
+
+    Parameters
+    ----------
+    n_components : int or None
+        Output dimensions; None: ``n_classes - 1`` (the rank of the between-class scatter),
+        at most the PCA dimension.
+    shrinkage : "auto", float in [0, 1]
+        Weight of the identity (scaled to the mean variance) in the within-class scatter:
+        ``"auto"`` is the Ledoit-Wolf estimate; 0 is the plain Fisher solution.
+    pca_components : "auto", int or None
+        Dimensions kept by the PCA before the discriminant: ``"auto"`` keeps
+        ``min(d, n - n_classes)``; None skips the PCA.
+
+    Attributes (after ``fit``)
+    ---------------------------
+    mean_ : ndarray of shape (d,)
+    components_ : ndarray of shape (d, n_components_)
+        The projection: ``transform(X) = (X - mean_) @ components_``.
+    eigenvalues_ : ndarray of shape (n_components_,)
+        The between / within ratio along each component, largest first.
+    shrinkage_ : float
+    classes_ : ndarray
+    """
+
+    def __init__(self, n_components: int | None = None, shrinkage: float | str = "auto",
+                 pca_components: int | str | None = "auto"):
+        self.n_components = n_components
+        self.shrinkage = shrinkage
+        self.pca_components = pca_components
+
+    def check_params(self) -> None:
+        check_int("n_components", self.n_components, 1, optional=True)
+        if self.shrinkage != "auto":
+            check_float("shrinkage", self.shrinkage, 0.0, 1.0)
+        if self.pca_components not in ("auto", None):
+            check_int("pca_components", self.pca_components, 1)
+
+    def fit(self, X, y) -> "ScatterHead":
+        """Learn the projection from embeddings ``X`` (n, d) and their classes ``y`` (n,):
+        at least 2 classes, each of at least 2 images."""
+        from sklearn.covariance import ledoit_wolf  # deferred: scikit-learn only when a head is fitted
+
+        self.check_params()
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        if X.ndim != 2 or len(X) != len(y):
+            raise DeepclustError(f"X must be (n_images, n_features) with one class per row; got {X.shape} and "
+                                 f"{len(y)} classes")
+        if not np.isfinite(X).all():
+            raise DeepclustError("X holds NaN or infinite values; remove those rows first")
+        self.classes_, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+        k = len(self.classes_)
+        if k < 2:
+            raise DeepclustError(f"the scatter head needs labelled images of at least 2 classes; got {k}: "
+                                 "label images of another class too")
+        if (counts < 2).any():
+            single = self.classes_[counts < 2]
+            raise DeepclustError(f"{len(single)} class(es) have a single labelled image (e.g. '{single[0]}'); each "
+                                 "class needs at least 2 to measure its scatter: label more, or leave them out")
+        self.mean_ = X.mean(axis=0)
+        Xc = X - self.mean_
+        basis = self._pca(Xc, k)
+        Z = Xc @ basis
+        means = np.stack([Z[inverse == c].mean(axis=0) for c in range(k)])
+        residuals = Z - means[inverse]
+        p = Z.shape[1]
+        within = residuals.T @ residuals
+        if self.shrinkage == "auto":
+            _, self.shrinkage_ = ledoit_wolf(residuals, assume_centered=True)
+        else:
+            self.shrinkage_ = float(self.shrinkage)
+        scale = np.trace(within) / p
+        within = (1 - self.shrinkage_) * within + self.shrinkage_ * scale * np.eye(p)
+        centred = means - means.mean(axis=0)
+        between = k * centred.T @ centred - np.outer(centred.sum(axis=0), centred.sum(axis=0))
+        # the identity of scatter_loss: sum_{i<j} (m_i - m_j)(m_i - m_j)^T
+        n_out = min(self.n_components or k - 1, p)
+        values, vectors = scipy.linalg.eigh(between, within + 1e-12 * scale * np.eye(p))
+        top = np.argsort(values)[::-1][:n_out]
+        self.eigenvalues_ = values[top]
+        self.components_ = basis @ vectors[:, top]
+        self.n_components_ = n_out
+        return self
+
+    def _pca(self, Xc: np.ndarray, k: int) -> np.ndarray:
+        """An orthonormal basis (d, p) of the leading principal directions, or the identity."""
+        n, d = Xc.shape
+        if self.pca_components is None:
+            return np.eye(d)
+        p = min(d, n - k) if self.pca_components == "auto" else min(int(self.pca_components), d, n)
+        if p < 1:
+            raise DeepclustError(f"{n} labelled images of {k} classes leave no dimension for the scatter head; "
+                                 "label more images")
+        _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+        return vt[:p].T
+
+    def transform(self, X) -> np.ndarray:
+        """The projections (n, n_components_) of embeddings ``X`` (n, d)."""
+        if not hasattr(self, "components_"):
+            raise DeepclustError("this ScatterHead is not fitted yet; call fit with labelled embeddings first")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.mean_):
+            raise DeepclustError(f"X must have {len(self.mean_)} features like the embeddings the head was fitted on; "
+                                 f"got shape {X.shape}")
+        return ((X - self.mean_) @ self.components_).astype(np.float32)
+
+    def fit_transform(self, X, y) -> np.ndarray:
+        return self.fit(X, y).transform(X)

@@ -1,0 +1,70 @@
+"""The linear scatter head: eq. 1 of the core paper minimised in closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepclust.errors import DeepclustError
+from deepclust.losses import scatter_loss
+from deepclust.methods.scatter_head import ScatterHead
+
+
+def _eq1(Z, y) -> float:
+    return float(scatter_loss(torch.as_tensor(np.asarray(Z, dtype=np.float64)), torch.as_tensor(y)))
+
+
+def _stretched_classes(k: int, n: int, d: int, seed: int):
+    """k classes whose means differ along a few directions, with noise stretched along others:
+    the best direction for eq. 1 is not the direction of largest variance."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.0, (k, d))
+    noise = rng.normal(0, 1, (k * n, d)) * np.linspace(3.0, 0.3, d)
+    y = np.repeat(np.arange(k), n)
+    return means[y] + noise, y
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_closed_form_direction_is_the_best_of_all_directions_on_the_plane(k):
+    X, y = _stretched_classes(k, 40, 2, seed=k)
+    head = ScatterHead(n_components=1, shrinkage=0.0, pca_components=None).fit(X, y)
+    best = _eq1(head.transform(X), y)
+    angles = np.linspace(0, np.pi, 3601)
+    brute = min(_eq1(X @ np.array([[np.cos(a)], [np.sin(a)]]), y) for a in angles)
+    assert best == pytest.approx(brute, rel=1e-3)
+    assert best <= brute + 1e-9
+
+
+def test_the_learned_projection_beats_random_projections_of_its_size_and_the_identity():
+    X, y = _stretched_classes(6, 30, 20, seed=0)
+    head = ScatterHead().fit(X, y)
+    learned = _eq1(head.transform(X), y)
+    rng = np.random.default_rng(1)
+    random = [_eq1(X @ rng.normal(size=(20, head.n_components_)), y) for _ in range(50)]
+    assert head.n_components_ == 5
+    assert learned < min(random)
+    assert learned < _eq1(X, y)
+
+
+def test_renaming_the_classes_changes_nothing():
+    X, y = _stretched_classes(4, 25, 10, seed=2)
+    names = np.array(["moth", "bee", "ant", "fly"])
+    a = ScatterHead().fit(X, y).transform(X)
+    b = ScatterHead().fit(X, names[y]).transform(X)  # string names, sorted into another order of classes
+    c = ScatterHead().fit(X, (y + 2) % 4).transform(X)
+    for other in (b, c):  # components are defined up to their sign: compare the geometry
+        assert np.allclose(a @ a.T, other @ other.T, atol=1e-3)
+
+
+def test_it_refuses_one_class_and_classes_of_a_single_image_with_a_clear_message():
+    X = np.random.default_rng(0).normal(size=(6, 4))
+    with pytest.raises(DeepclustError, match="at least 2 classes; got 1"):
+        ScatterHead().fit(X, np.zeros(6, int))
+    with pytest.raises(DeepclustError, match=r"1 class\(es\) have a single labelled image \(e.g. 'c'\)"):
+        ScatterHead().fit(X, np.array(["a", "a", "b", "b", "b", "c"]))
+    with pytest.raises(DeepclustError, match="shrinkage=2"):
+        ScatterHead(shrinkage=2).fit(X, np.array([0, 0, 0, 1, 1, 1]))
+    with pytest.raises(DeepclustError, match="not fitted"):
+        ScatterHead().transform(X)
+

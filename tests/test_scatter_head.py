@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SPLIT_SPECIES, needs_moths
 from deepclust.errors import DeepclustError
 from deepclust.losses import scatter_loss
 from deepclust.methods.scatter_head import ScatterHead
@@ -68,3 +69,31 @@ def test_it_refuses_one_class_and_classes_of_a_single_image_with_a_clear_message
     with pytest.raises(DeepclustError, match="not fitted"):
         ScatterHead().transform(X)
 
+
+
+@needs_moths
+def test_train_linear_writes_a_backbone_with_its_head_that_every_job_embeds_through(moth_split, tmp_path, capsys):
+    import json
+
+    from deepclust.cli import main
+    from deepclust.features.backbones import create_backbone
+    from deepclust.runs import load_run
+
+    images, split = moth_split
+    out = tmp_path / "head"
+    assert main(["-q", "train", "--method", "linear", "--images", str(images), "--split", str(split), "--out", str(out),
+                 "--image-size", "96", "--no-progress"]) == 0
+    assert "checkpoint" in capsys.readouterr().out
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert len(summary["history"]) == 10 and summary["best_setting"]["setting"] >= 1  # 9 settings + the bare backbone
+    head = create_backbone("tf_efficientnet_lite0", weights=str(out / "best.pt"), image_size=96)
+    plain = create_backbone("tf_efficientnet_lite0", image_size=96)
+    assert head.head is not None and head.num_features == summary["best_setting"]["n_components"] <= 3
+    assert head.signature() != plain.signature()  # the cache keys the head's file
+    run = tmp_path / "run"
+    assert main(["-q", "cluster", str(images), "--split", str(split), "--subset", "test", "--labels", "folders",
+                 "--out", str(run), "--weights", str(out / "best.pt"), "--image-size", "96", "--no-progress"]) == 0
+    assert load_run(run).embeddings.shape[1] == head.num_features
+    assert main(["-q", "predict", str(run), str(images / SPLIT_SPECIES["test"][0]), "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "p" / "predictions.csv").is_file()

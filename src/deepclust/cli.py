@@ -353,7 +353,8 @@ def _add_train_parser(subparsers) -> None:
     )
     p.add_argument("config", metavar="CONFIG", nargs="?", help="YAML file of training options (see TrainConfig)")
     p.add_argument("--out", metavar="DIR", help="training folder (reused to resume)")
-    p.add_argument("--method", metavar="NAME", help="episodic (default), classic, mmdc, imc_swav or c2m")
+    p.add_argument("--method", metavar="NAME", help="episodic (default), classic, linear (a scatter head in closed "
+                   "form on the frozen backbone), mmdc, imc_swav or c2m")
     p.add_argument("--images", metavar="DIR", help="folder of images (class subfolders for episodic/classic)")
     p.add_argument("--split", metavar="NAME|FILE", help="class split with train and val subsets")
     p.add_argument("--backbone", metavar="NAME", help="timm model name (default tf_efficientnet_lite0)")

@@ -63,16 +63,18 @@ class Backbone(nn.Module):
         Where the weights came from (``"pretrained:<source>"``, ``"random"`` or a path).
     """
 
-    def __init__(self, name: str, model: nn.Module, data_config: dict, weights: str):
+    def __init__(self, name: str, model: nn.Module, data_config: dict, weights: str, head: "LinearHead | None" = None):
         super().__init__()
         self.name = name
         self.model = model
-        self.num_features = int(model.num_features)
+        self.head = head
+        self.num_features = int(model.num_features) if head is None else head.out_features
         self.data_config = data_config
         self.weights = weights
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        return features if self.head is None else self.head(features)
 
     @property
     def image_size(self) -> int:
@@ -94,6 +96,22 @@ class Backbone(nn.Module):
                 str(self.data_config.get("interpolation")),
             ]
         )
+
+
+class LinearHead(nn.Module):
+    """A linear map on L2-normalised features, ``(f / |f| - mean) @ components``: a learned
+    scatter head (:class:`deepclust.methods.ScatterHead`) carried by a backbone checkpoint,
+    so that every job embeds through it (cluster, predict, export-onnx, the report)."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("components", torch.as_tensor(components, dtype=torch.float32))
+        self.out_features = int(self.components.shape[1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = nn.functional.normalize(features.float(), dim=1)
+        return (features - self.mean) @ self.components
 
 
 def resolve_backbone_name(name: str) -> str:
@@ -148,6 +166,7 @@ def create_backbone(
     if image_size is not None and default_cfg is not None and default_cfg.fixed_input_size:
         kwargs["img_size"] = image_size  # ViTs: resample the position embedding
 
+    head = None
     if weights == "pretrained" and arch == DEFAULT_BACKBONE and "." not in timm_name:
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
         _load_offline_lite0(model)
@@ -168,14 +187,27 @@ def create_backbone(
     else:
         path = os.fspath(weights)
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
-        load_weights(model, path, timm_name)
+        head = _head_of(load_weights(model, path, timm_name), path)
         source = f"file:{os.path.abspath(path)}:{_file_digest(path)}"
 
     data_config = dict(resolve_model_data_config(model))
     if image_size is not None:
         data_config["input_size"] = (3, image_size, image_size)
     model.eval()
-    return Backbone(timm_name, model, data_config, source)
+    return Backbone(timm_name, model, data_config, source, head)
+
+
+def _head_of(checkpoint, path: str) -> LinearHead | None:
+    """The linear head a deepclust checkpoint carries (``head: {mean, components}``), if any."""
+    head = checkpoint.get("head") if isinstance(checkpoint, dict) else None
+    if head is None:
+        return None
+    mean, components = (head.get(k) if isinstance(head, dict) else None for k in ("mean", "components"))
+    if not (isinstance(mean, torch.Tensor) and isinstance(components, torch.Tensor) and components.ndim == 2
+            and mean.shape == components.shape[:1]):
+        raise DeepclustError(f"weights file '{path}' holds a damaged linear head (mean and components do not fit); "
+                             "train it again")
+    return LinearHead(mean, components)
 
 
 def _load_offline_lite0(model: nn.Module) -> None:
@@ -198,8 +230,9 @@ def _load_offline_lite0(model: nn.Module) -> None:
     model.load_state_dict({t_key: s_val for (_, s_val), (t_key, _) in zip(source, target)})
 
 
-def load_weights(model: nn.Module, path: str, name: str) -> None:
-    """Load a state dict or a deepclust checkpoint from ``path`` into ``model``.
+def load_weights(model: nn.Module, path: str, name: str):
+    """Load a state dict or a deepclust checkpoint from ``path`` into ``model``; returns what
+    the file held (a deepclust checkpoint may also carry a linear head).
 
     Classifier weights in the file are ignored (backbones have no classifier);
     a ``module.`` prefix from DataParallel/DDP is removed.
@@ -242,6 +275,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
             "pass --backbone with the architecture the weights were trained for"
         )
     model.load_state_dict(state)
+    return ckpt
 
 
 def save_backbone(backbone: Backbone, path: str | os.PathLike, **extra: Any) -> None:
@@ -252,6 +286,8 @@ def save_backbone(backbone: Backbone, path: str | os.PathLike, **extra: Any) -> 
         "state_dict": {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()},
         **extra,
     }
+    if backbone.head is not None:
+        payload["head"] = {"mean": backbone.head.mean.cpu(), "components": backbone.head.components.cpu()}
     save_checkpoint(path, payload)
 
 

@@ -16,10 +16,12 @@ from deepclust.methods.finetune.base import FineTuning
 from deepclust.methods.finetune.classic import ClassicFineTuning
 from deepclust.methods.finetune.episodic import EpisodicFineTuning
 from deepclust.methods.imc_swav import IMCSwAV, IMCSwAVTraining
+from deepclust.methods.linear import LinearHeadTraining
 from deepclust.methods.mmdc import MMDC, MMDCTraining
 from deepclust.methods.scatter_head import ScatterHead
 
-_METHODS = {cls.name: cls for cls in (EpisodicFineTuning, ClassicFineTuning, MMDCTraining, IMCSwAVTraining, C2MTraining)}
+_METHODS = {cls.name: cls for cls in (EpisodicFineTuning, ClassicFineTuning, LinearHeadTraining, MMDCTraining,
+                                       IMCSwAVTraining, C2MTraining)}
 _CONFIGS = {"mmdc": MMDCConfig, "imc_swav": IMCSwAVConfig, "c2m": C2MConfig}
 
 
@@ -45,5 +47,5 @@ def create_method(name: str, config):
     return _METHODS[name](config)
 
 
-__all__ = ["C2M", "C2MTraining", "ClassicFineTuning", "EpisodicFineTuning", "FineTuning", "IMCSwAV", "IMCSwAVTraining", "MMDC", "MMDCTraining", "ScatterHead", "config_class",
+__all__ = ["C2M", "C2MTraining", "ClassicFineTuning", "EpisodicFineTuning", "FineTuning", "IMCSwAV", "IMCSwAVTraining", "LinearHeadTraining", "MMDC", "MMDCTraining", "ScatterHead", "config_class",
            "create_method", "list_methods"]

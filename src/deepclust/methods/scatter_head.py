@@ -30,8 +30,8 @@ class ScatterHead:
     Parameters
     ----------
     n_components : int or None
-        Output dimensions; None: ``n_classes - 1`` (the rank of the between-class scatter),
-        at most the PCA dimension.
+        Output dimensions, at most ``n_classes - 1`` (the rank of the between-class scatter:
+        further directions would be noise) and the PCA dimension; None: that most.
     shrinkage : "auto", float in [0, 1]
         Weight of the identity (scaled to the mean variance) in the within-class scatter:
         ``"auto"`` is the Ledoit-Wolf estimate; 0 is the plain Fisher solution.
@@ -102,7 +102,7 @@ class ScatterHead:
         centred = means - means.mean(axis=0)
         between = k * centred.T @ centred - np.outer(centred.sum(axis=0), centred.sum(axis=0))
         # the identity of scatter_loss: sum_{i<j} (m_i - m_j)(m_i - m_j)^T
-        n_out = min(self.n_components or k - 1, p)
+        n_out = min(self.n_components or k - 1, k - 1, p)  # beyond k - 1 the between scatter has no rank
         values, vectors = scipy.linalg.eigh(between, within + 1e-12 * scale * np.eye(p))
         top = np.argsort(values)[::-1][:n_out]
         self.eigenvalues_ = values[top]

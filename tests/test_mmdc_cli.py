@@ -67,7 +67,7 @@ def test_train_mmdc_explains_what_is_missing(three_classes, tmp_path, capsys):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert main(["train", "--method", "nat", "--out", str(tmp_path / "r")]) == 2
-    assert "unknown method 'nat'; choose one of: c2m, classic, episodic, imc_swav, mmdc" in capsys.readouterr().err
+    assert "unknown method 'nat'; choose one of: c2m, classic, episodic, imc_swav, linear, mmdc" in capsys.readouterr().err
 
 
 def test_pixel_data_from_benchmarks_and_folders(three_classes):

@@ -112,7 +112,7 @@ def test_bad_settings_fail_before_training_with_a_clear_message(moth_split, tmp_
 
 
 def test_unknown_method_lists_the_known_ones():
-    assert list_methods() == ["c2m", "classic", "episodic", "imc_swav", "mmdc"]
+    assert list_methods() == ["c2m", "classic", "episodic", "imc_swav", "linear", "mmdc"]
     with pytest.raises(DeepclustError, match="choose one of: c2m, classic, episodic, imc_swav, linear, mmdc"):
         create_method("maml", TrainConfig())
 

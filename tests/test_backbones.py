@@ -8,9 +8,9 @@ from deepclust.features.backbones import (
     PAPER_BACKBONES,
     create_backbone,
     resolve_backbone_name,
-    resolve_device,
     save_backbone,
 )
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
 
 

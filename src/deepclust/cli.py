@@ -525,6 +525,10 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _own(record: logging.LogRecord) -> bool:
+    return record.name == "deepclust" or record.name.startswith("deepclust.")
+
+
 class _OwnMessages(logging.Filter):
     """deepclust's own messages; other libraries' only when ``--verbose`` or when they are
     errors (faiss's loader and the ONNX exporter talk a lot at INFO)."""
@@ -534,15 +538,13 @@ class _OwnMessages(logging.Filter):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        own = record.name == "deepclust" or record.name.startswith("deepclust.")
-        return own or self.verbose or record.levelno >= logging.ERROR
+        return _own(record) or self.verbose or record.levelno >= logging.ERROR
 
 
 class _Format(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        own = record.name == "deepclust" or record.name.startswith("deepclust.")
-        return f"deepclust: {text}" if own else f"deepclust: [{record.name}] {text}"
+        return f"deepclust: {text}" if _own(record) else f"deepclust: [{record.name}] {text}"
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:

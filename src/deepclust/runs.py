@@ -278,15 +278,20 @@ class Run:
         return weights if weights in ("pretrained", "random") else self.resolve(weights)
 
 
-def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """summary.json of a run folder; a damaged one is one clear error."""
-    path = run_path(run_dir, SUMMARY)
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file of a run folder; a damaged one is one clear error naming it."""
     try:
         with open(path, encoding="utf-8") as fh:
-            summary = json.load(fh)
+            return json.load(fh)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise DeepclustError(f"'{path}' is damaged (not valid JSON: {str(exc).splitlines()[0]}); "
                              "run the command that made the run again") from None
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """summary.json of a run folder; a damaged one is one clear error."""
+    path = run_path(run_dir, SUMMARY)
+    summary = read_json(path)
     if not isinstance(summary, dict):
         raise DeepclustError(f"'{path}' is damaged (not a JSON object); run the command that made the run again")
     return summary
@@ -321,7 +326,7 @@ def _parse_assignments(path: str, rows: list[dict[str, str]]) -> tuple[np.ndarra
                                  f"{row.get('distance')!r} are not numbers; run `deepclust cluster` again") from None
         if not -1 <= cluster < 2**31 or distance < 0:
             raise DeepclustError(f"'{path}' is damaged at row {i + 2}: cluster {cluster} (ids run from -1 for noise "
-                                 "to below 2^31), distance " f"{distance}; run `deepclust cluster` again")
+                                 f"to below 2^31), distance {distance}; run `deepclust cluster` again")
         clusters[i], distances[i] = cluster, distance
     return clusters, distances
 
@@ -346,7 +351,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     resolved = summary.get("resolved")
     store = resolved.get("embeddings_store") if isinstance(resolved, dict) else None
     if store:  # a run of `cluster --embeddings`: the vectors stay in the store
-
         embeddings = open_store(store).read()
     elif os.path.isfile(run_path(run_dir, EMBEDDINGS)):
         embeddings = _read_embeddings(run_path(run_dir, EMBEDDINGS))

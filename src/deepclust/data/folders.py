@@ -245,4 +245,3 @@ def describe_load_error(exc: BaseException) -> str:
     """A short, one-line reason for ``skipped.csv``."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

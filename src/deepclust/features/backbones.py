@@ -28,7 +28,6 @@ from torch import nn
 import deepclust.features.networks  # noqa: F401  registers deepclust's own small networks (conv4) with timm
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
 from deepclust.config import DEFAULT_BACKBONE
-from deepclust.devices import resolve_device  # noqa: F401  (re-exported: deepclust.features.backbones.resolve_device)
 from deepclust.errors import DeepclustError
 
 #: The four backbones of Bjerge et al. (VISAPP 2025), by the paper's name.
@@ -68,9 +67,13 @@ class Backbone(nn.Module):
         self.name = name
         self.model = model
         self.head = head
-        self.num_features = int(model.num_features) if head is None else head.out_features
         self.data_config = data_config
         self.weights = weights
+
+    @property
+    def num_features(self) -> int:
+        """Length of the feature vector: the model's, or the head's outputs when it has one."""
+        return int(self.model.num_features) if self.head is None else self.head.out_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)

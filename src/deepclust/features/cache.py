@@ -112,5 +112,3 @@ def _shard_problem(keys, vectors, failed_keys, reasons, num_features: int | None
     if not np.isfinite(vectors).all():
         return "its vectors hold NaN or infinite values"
     return None
-
-

@@ -295,7 +295,6 @@ def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t
     k_sample = params.pop("k_sample_size", K_SAMPLE_SIZE)
     if isinstance(k_sample, bool) or not isinstance(k_sample, int) or k_sample < 3:
         raise DeepclustError(f"k_sample_size={k_sample!r} must be a whole number >= 3 (rows to estimate k on)")
-    os.makedirs(config.out, exist_ok=True)
     k_estimate, n_clusters_from = None, "--n-clusters" if requested is not None else "number of classes"
     with open_executor(config.scheduler) as executor:
         t = time.perf_counter()
@@ -325,9 +324,7 @@ def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t
     t = time.perf_counter()
     paths = [table.paths[i] for i in valid]
     runs.write_skipped(config.out, table.skipped)
-    write_run_files(config, paths, clusters, distances, y_true, metrics)
-    if os.path.exists(runs.run_path(config.out, runs.EMBEDDINGS)):
-        os.remove(runs.run_path(config.out, runs.EMBEDDINGS))  # of an earlier run: the store holds them now
+    write_run_files(config, paths, clusters, distances, y_true, metrics)  # retire_outputs removed an old embeddings.npy
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     resolved = {

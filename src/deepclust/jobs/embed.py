@@ -11,12 +11,9 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from deepclust.data import find_images
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
-from deepclust.features.backbones import (
-    DEFAULT_BACKBONE,
-    create_backbone,
-    resolve_device,
-)
+from deepclust.features.backbones import DEFAULT_BACKBONE, create_backbone
 from deepclust.features.extract import embedding_signature
 from deepclust.features.store import (
     STORE_FORMAT,
@@ -54,7 +51,6 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     if partition_size < 1 or batch_size < 1:
         raise DeepclustError("--partition-size and --batch-size must be >= 1")
     if device != "auto":
-
         resolve_device(device)  # a wrong name fails here, not on every worker
     fresh = not os.path.exists(out)
     check_writable(out)

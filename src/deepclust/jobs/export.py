@@ -108,21 +108,15 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
 def image_roots(run: runs.Run) -> list[str]:
     """The image folders a run recorded (``deepclust cluster IMAGES``, a store's images,
     an end-to-end method's images), as absolute paths: its images lie under them."""
-    config = run.summary.get("config") or {}
-    roots = []
-    for folder in (config.get("images"),):
-        if isinstance(folder, str) and folder:
-            roots.append(os.path.normpath(os.path.abspath(run.resolve(folder))))
+    folders = [(run.summary.get("config") or {}).get("images")]
     store = (run.summary.get("resolved") or {}).get("embeddings_store")
     if store:
         try:
             with open(os.path.join(store, "store.json"), encoding="utf-8") as fh:
-                images = json.load(fh).get("images")
-            if isinstance(images, str) and images:
-                roots.append(os.path.normpath(os.path.abspath(run.resolve(images))))
+                folders.append(json.load(fh).get("images"))
         except (OSError, ValueError):
             pass
-    return roots
+    return [os.path.normpath(os.path.abspath(run.resolve(f))) for f in folders if isinstance(f, str) and f]
 
 
 def foreign_image(source: str, roots: list[str]) -> str | None:

@@ -31,8 +31,9 @@ from deepclust.cluster.space import cluster_centres, nearest_centres, prepare_fe
 from deepclust.config import END_TO_END, build_config
 from deepclust.data import find_images
 from deepclust.data.datasets import load_pixels
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
-from deepclust.features.backbones import create_backbone, resolve_device
+from deepclust.features.backbones import create_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, write_csv, write_json
 from deepclust.methods import config_class, create_method

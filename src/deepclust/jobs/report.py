@@ -125,16 +125,8 @@ def cluster_montages(clusters: np.ndarray, distances: np.ndarray, per_cluster: i
 
 
 def _old_metrics(run_dir: str) -> dict | None:
-    import json
-
     path = runs.run_path(run_dir, runs.METRICS)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            metrics = json.load(fh)
-    except ValueError:
-        raise DeepclustError(f"'{path}' is damaged (not valid JSON); run the command that made the run again") from None
+    metrics = runs.read_json(path) if os.path.isfile(path) else None
     return metrics if isinstance(metrics, dict) else None
 
 

@@ -25,12 +25,9 @@ from deepclust.cluster.space import prepare_features
 from deepclust.config import C2MConfig, write_config
 from deepclust.data import find_images, split_classes
 from deepclust.data.datasets import load_pixels
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
-from deepclust.features.backbones import (
-    DEFAULT_BACKBONE,
-    create_backbone,
-    resolve_device,
-)
+from deepclust.features.backbones import DEFAULT_BACKBONE, create_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import write_csv, write_json
 from deepclust.validation import check_int

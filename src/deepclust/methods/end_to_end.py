@@ -31,8 +31,8 @@ from deepclust import runs
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
 from deepclust.config import write_config
 from deepclust.data.datasets import load_pixels
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
-from deepclust.features.backbones import resolve_device
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.methods.ensemble import combine_runs
 from deepclust.metrics import score_clustering
@@ -224,13 +224,11 @@ class EndToEndTraining:
 
     def fit(self):
         """Train, combine and write the run folder (rank 0 writes, holding its lock)."""
-        import contextlib
-
-        self._check()
+        self._check()  # also: an out folder is given
         if int(os.environ.get("RANK", "0")) != 0:
             return self._fit()
         check_writable(self.config.out)
-        with lock_folder(self.config.out) if self.config.out else contextlib.nullcontext():
+        with lock_folder(self.config.out):
             runs.retire_outputs(self.config.out)
             return self._fit()
 

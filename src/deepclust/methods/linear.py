@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from deepclust.cluster.space import make_clusterer, prepare_features
+from deepclust.cluster.space import prepare_features
 from deepclust.config import TrainConfig
 from deepclust.data import find_images, load_split
 from deepclust.devices import resolve_device
@@ -25,8 +25,8 @@ from deepclust.errors import DeepclustError
 from deepclust.features.backbones import Backbone, LinearHead, create_backbone, save_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, lock_folder, write_csv, write_json
+from deepclust.methods.finetune.base import validation_scores
 from deepclust.methods.scatter_head import ScatterHead
-from deepclust.metrics import score_clustering
 from deepclust.parallel.ddp import DistInfo
 
 log = logging.getLogger("deepclust")
@@ -67,13 +67,6 @@ class LinearHeadTraining:
             log.warning("skipped %d unreadable image(s) of the %s classes", len(emb.skipped), subset)
         return prepare_features(emb.vectors, True), np.array([r.folder for r in emb.kept(records)])
 
-    def _validate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        c = self.config
-        X = prepare_features(X, c.normalize)
-        runs = [score_clustering(y, make_clusterer("kmeans", len(set(y)), c.seed + s).fit_predict(X), ("CA", "ARI", "NMI"))
-                for s in range(c.val_seeds)]
-        return {f"val_{m}": float(np.mean([r[m] for r in runs])) for m in runs[0]}
-
     def fit(self) -> Backbone:
         c = self.config
         if not c.images or not c.split or not c.out:
@@ -91,13 +84,15 @@ class LinearHeadTraining:
         if len(set(y_val)) < 2:
             raise DeepclustError(f"subset '{c.val_subset}' has {len(set(y_val))} class; selection needs >= 2")
         # row 0: the backbone alone, for reference; the best head setting is kept whatever it scores
-        history = [{"setting": 0, "n_components": backbone.num_features, "shrinkage": "", **self._validate(X_val, y_val)}]
+        history = [{"setting": 0, "n_components": backbone.num_features, "shrinkage": "",
+                    **validation_scores(X_val, y_val, c)}]
         best, best_head = None, None
         for size in SIZES:
             for shrinkage in SHRINKAGES:
                 head = ScatterHead(n_components=size, shrinkage=shrinkage).fit(X_train, y_train)
                 row = {"setting": len(history), "n_components": head.n_components_,
-                       "shrinkage": round(float(head.shrinkage_), 4), **self._validate(head.transform(X_val), y_val)}
+                       "shrinkage": round(float(head.shrinkage_), 4),
+                       **validation_scores(head.transform(X_val), y_val, c)}
                 history.append(row)
                 log.info("head of %d components, shrinkage %s: validation CA %.3f", row["n_components"], shrinkage,
                          row["val_CA"])

@@ -38,13 +38,9 @@ from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
 from deepclust.data.folders import ImageRecord, describe_load_error
 from deepclust.data.transforms import eval_transform, training_transform
+from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
-from deepclust.features.backbones import (
-    Backbone,
-    create_backbone,
-    resolve_device,
-    save_backbone,
-)
+from deepclust.features.backbones import Backbone, create_backbone, save_backbone
 from deepclust.io import check_writable, lock_folder, write_csv, write_json, write_npy
 from deepclust.metrics import score_clustering
 from deepclust.parallel.ddp import (
@@ -204,6 +200,18 @@ def _load_subset(config: TrainConfig, subset: str) -> LabelledImages:
     if data.skipped:
         log.warning("skipped %d unreadable image(s) of the %s classes", len(data.skipped), subset)
     return data
+
+
+def validation_scores(vectors: np.ndarray, labels, config: TrainConfig, n_classes: int | None = None
+                      ) -> dict[str, float]:
+    """How a method's embeddings of the validation classes cluster: CA, ARI and NMI of K-means
+    (k = ``n_classes``, default the labels' classes; ``config.val_seeds`` seeds), averaged;
+    ``val_`` keys. Every core-family method selects its epoch or setting by this."""
+    X = prepare_features(vectors, config.normalize)
+    k = n_classes if n_classes is not None else len(set(np.asarray(labels).tolist()))
+    runs = [score_clustering(labels, make_clusterer("kmeans", k, config.seed + s).fit_predict(X), ("CA", "ARI", "NMI"))
+            for s in range(config.val_seeds)]
+    return {f"val_{m}": float(np.mean([r[m] for r in runs])) for m in runs[0]}
 
 
 # --------------------------------------------------------------------------- the method
@@ -460,7 +468,6 @@ class FineTuning:
     @torch.no_grad()
     def _validate(self, net: TrainNet, backbone: Backbone, val: LabelledImages, val_inputs, device) -> dict[str, float]:
         """Cluster accuracy (and ARI, NMI) of K-means on the validation classes."""
-
         c = self.config
         net.eval()
         transform = eval_transform(backbone.data_config)
@@ -472,10 +479,7 @@ class FineTuning:
             else:
                 f, _ = net(val.batch(idx, transform).to(device))
             feats.append(f.float().cpu().numpy())
-        X = prepare_features(np.concatenate(feats), c.normalize)
-        runs = [score_clustering(val.labels, make_clusterer("kmeans", len(val.classes), c.seed + s).fit_predict(X),
-                                 ("CA", "ARI", "NMI")) for s in range(c.val_seeds)]
-        return {f"val_{m}": float(np.mean([r[m] for r in runs])) for m in runs[0]}
+        return validation_scores(np.concatenate(feats), val.labels, c, len(val.classes))
 
     def _save_last(self, path, net, optimizer, scheduler, epoch, history, best, rng_states) -> None:
         payload = {

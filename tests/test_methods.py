@@ -92,7 +92,7 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(moth_
 
 def test_resuming_with_other_settings_is_refused(moth_split, tmp_path):
     create_method("episodic", tiny_config(moth_split, tmp_path, epochs=1)).fit()
-    with pytest.raises(DeepclustError, match=r"other settings \(alpha: 0.0 -> 0.5\); use another --out"):
+    with pytest.raises(DeepclustError, match=r"other settings \(alpha: 0.0 -> 0.5\); resume with the same settings, or use another --out"):
         create_method("episodic", tiny_config(moth_split, tmp_path, epochs=1, alpha=0.5)).fit()
 
 

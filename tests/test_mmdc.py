@@ -231,7 +231,7 @@ def test_mmdc_resumes_bit_for_bit_and_refuses_other_settings_or_data(tmp_path):
     assert np.array_equal(resumed.labels_main_, whole.labels_main_)
     again = MMDC(n_clusters=3, epochs=3, refine_epochs=1, checkpoint_dir=str(tmp_path), **kw).fit(images)
     assert len(again.history_) == 4 and np.array_equal(again.outputs_, whole.outputs_)  # finished: loaded only
-    with pytest.raises(DeepclustError, match=r"other settings \(repetitions=3"):
+    with pytest.raises(DeepclustError, match=r"other settings \(repetitions: 3 -> 2\)"):
         MMDC(n_clusters=3, epochs=3, checkpoint_dir=str(tmp_path), **{**kw, "repetitions": 2}).fit(images)
     with pytest.raises(DeepclustError, match="trained on other images"):
         MMDC(n_clusters=3, epochs=3, checkpoint_dir=str(tmp_path), **kw).fit(images[::-1])

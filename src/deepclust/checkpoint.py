@@ -1,4 +1,5 @@
-"""The one way deepclust writes and reads its checkpoint files, safe to load from anywhere.
+"""The one way deepclust writes and reads its checkpoint files, safe to load from anywhere,
+and the one format of a resumable run's state (:class:`RunCheckpoint`).
 
 Checkpoints travel: a colleague's run folder, a downloaded model, a shared disk. A pickle
 can run any code while it is read, so every file deepclust loads goes through
@@ -82,6 +83,58 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", fix: str 
     except Exception as exc:  # noqa: BLE001  zip, EOF and stream errors of a damaged file
         raise DeepclustError(f"cannot read {what} '{path}': the file is damaged or truncated "
                              f"({type(exc).__name__}); {fix}") from None
+
+
+class RunCheckpoint:
+    """``last.pt``: the state a training run resumes from, for every method that resumes
+    (fine-tuning, MMDC, IMC-SwAV).
+
+    The file is the method's state plus three entries that decide whether it may be resumed:
+    ``format`` (which method's state it is), ``settings`` (what defines the run) and, for
+    estimators that train on an array, ``fingerprint`` (of the images).
+
+    Parameters
+    ----------
+    path : str or None
+        The file; None keeps nothing (save does nothing, load finds nothing).
+    fmt : str
+        The format tag stored in and required of the file, e.g. ``deepclust.mmdc/1``.
+    what : str
+        The run's name for messages, e.g. ``MMDC``.
+    fix : str
+        What a user does about a file that cannot be resumed.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, fmt: str, what: str,
+                 fix: str = "use another checkpoint_dir, or delete it to start over"):
+        self.path = None if path is None else os.fspath(path)
+        self.fmt, self.what, self.fix = fmt, what, fix
+
+    def save(self, state: dict, settings: dict, fingerprint: str | None = None) -> None:
+        """Write ``state`` with the format tag, ``settings`` and ``fingerprint``, atomically."""
+        if self.path is None:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        save_checkpoint(self.path, {**state, "format": self.fmt, "settings": settings, "fingerprint": fingerprint})
+
+    def load(self, settings: dict, fingerprint: str | None = None, may_change: tuple | frozenset = ()) -> dict | None:
+        """The saved state, or None without a file. An error when the file is another
+        method's, was trained on other images, or with other ``settings`` (keys in
+        ``may_change`` aside: a resumed run may change them)."""
+        if self.path is None or not os.path.isfile(self.path):
+            return None
+        state = load_checkpoint(self.path, f"{self.what} checkpoint", self.fix)
+        if not isinstance(state, dict) or state.get("format") != self.fmt:
+            raise DeepclustError(f"'{self.path}' is not a {self.what} checkpoint; {self.fix}")
+        if fingerprint is not None and state.get("fingerprint") != fingerprint:
+            raise DeepclustError(f"'{self.path}' was trained on other images; {self.fix}")
+        saved = state.get("settings", state.get("config", {}))  # "config": fine-tuning checkpoints written before the shared format
+        changed = sorted(k for k in set(saved) | set(settings) if k not in may_change and saved.get(k) != settings.get(k))
+        if changed:
+            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
+            raise DeepclustError(f"'{self.path}' was made with other settings ({diff}); resume with the same "
+                                 f"settings, or {self.fix}")
+        return state
 
 
 def _numpy_globals() -> list:

@@ -418,35 +418,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         options["params"] = dict(options["params"])
     config = build_config(config_class(name), file, **options)
     method = create_method(config.method, config)
-    if getattr(method, "learns_metric", False):  # c2m: the result is a metric file
-        method.fit()
-        print(f"metric in {config.out}/metric.pt (use: deepclust cluster IMAGES --algorithm c2m "
-              f"--param metric={config.out}/metric.pt)")
-        return 0
-    if getattr(method, "end_to_end", False):  # an end-to-end clustering method: its run folder is the result
-        import torch.distributed as dist
-
-        try:
-            method.fit()
-        finally:  # under torchrun (MMDC, IMC-SwAV): leave the process group cleanly
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports, as it wrote the run folder
-            return 0
-        metrics = method.summary_["metrics"]
-        print(f"clustered {len(method.labels_)} images into {method.summary_['counts']['clusters']} clusters; "
-              f"results in {config.out}")
-        if metrics:
-            print("  ".join(f"{k} {metrics[k]:.4f}" for k in ("ACC", "NMI", "AMI", "ARI")))
-        return 0
     try:
         method.fit()
-    finally:
-        if getattr(method, "dist_", None) is not None:
-            shutdown(method.dist_)
-    if method.dist_.is_main:
-        print(f"best epoch {method.best_epoch_}: validation cluster accuracy {method.best_score_:.3f}")
-        print(f"checkpoint {config.out}/best.pt (use: deepclust cluster IMAGES --weights {config.out}/best.pt)")
+    finally:  # under torchrun: leave the process group cleanly, also after an error
+        shutdown()
+    for line in method.outcome():
+        print(line)
     return 0
 
 

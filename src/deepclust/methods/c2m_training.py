@@ -157,9 +157,6 @@ class C2MTraining:
     reuses it instead of training again."""
 
     name = "c2m"
-    end_to_end = False
-    learns_metric = True
-
     def __init__(self, config: C2MConfig):
         self.config = config
 
@@ -199,3 +196,8 @@ class C2MTraining:
             "features": int(data.X.shape[1]), "datasets": len(subsets), "skipped": len(data.skipped),
             "seconds": time.perf_counter() - t0})
         return self
+
+    def outcome(self) -> list[str]:
+        """What ``deepclust train`` prints when the metric is learned."""
+        out = self.config.out
+        return [f"metric in {out}/metric.pt (use: deepclust cluster IMAGES --algorithm c2m --param metric={out}/metric.pt)"]

@@ -10,8 +10,7 @@ ensemble, and writes the same files as ``deepclust cluster`` (``assignments.csv`
 scores (``main``, and ``refined`` for MMDC's refinement) and the distance column.
 
 The estimators share :func:`image_tensor` (their input contract), :func:`build_trunk`
-(a timm network trained from scratch) and :class:`RunCheckpoint` (``last.pt``, written
-atomically, refused when it was made with other settings or images).
+(a timm network trained from scratch) and :func:`run_checkpoint` (their ``last.pt``).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import torch
 
 import deepclust.features.networks  # noqa: F401  registers the small networks with timm
 from deepclust import runs
-from deepclust.checkpoint import load_checkpoint, save_checkpoint
+from deepclust.checkpoint import RunCheckpoint
 from deepclust.config import write_config
 from deepclust.data.datasets import load_pixels
 from deepclust.devices import resolve_device
@@ -36,6 +35,7 @@ from deepclust.errors import DeepclustError
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.methods.ensemble import combine_runs
 from deepclust.metrics import score_clustering
+from deepclust.parallel.ddp import launch_rank
 from deepclust.validation import check_choice, check_int
 
 log = logging.getLogger("deepclust")
@@ -55,6 +55,11 @@ def image_tensor(images) -> torch.Tensor:
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise DeepclustError("image values must lie in [0, 1] (or be uint8); divide by 255 first")
     return x
+
+
+def run_checkpoint(checkpoint_dir: str | None, fmt: str, what: str) -> RunCheckpoint:
+    """``<checkpoint_dir>/last.pt`` of an estimator's seeded run (nothing kept when None)."""
+    return RunCheckpoint(os.path.join(checkpoint_dir, "last.pt") if checkpoint_dir else None, fmt, what)
 
 
 def fingerprint(x: torch.Tensor) -> str:
@@ -84,51 +89,6 @@ def build_trunk(backbone: str, in_chans: int, backbone_kwargs: dict | None = Non
         raise DeepclustError(f"backbone_kwargs={backbone_kwargs!r} do not fit '{backbone}': {exc}") from None
 
 
-class RunCheckpoint:
-    """``<checkpoint_dir>/last.pt`` of one seeded run (nothing when ``checkpoint_dir`` is None).
-
-    Parameters
-    ----------
-    checkpoint_dir : str or None
-    fmt : str
-        The format tag stored in and required of the file, e.g. ``deepclust.mmdc/1``.
-    what : str
-        The method's name for messages, e.g. ``MMDC``.
-    """
-
-    def __init__(self, checkpoint_dir: str | None, fmt: str, what: str):
-        self.checkpoint_dir, self.fmt, self.what = checkpoint_dir, fmt, what
-
-    @property
-    def path(self) -> str | None:
-        return os.path.join(self.checkpoint_dir, "last.pt") if self.checkpoint_dir else None
-
-    def save(self, state: dict) -> None:
-        """Write ``state`` (plus the format tag) atomically."""
-        if self.path is None:
-            return
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        save_checkpoint(self.path, {**state, "format": self.fmt})
-
-    def load(self, data_fingerprint: str, settings: dict) -> dict | None:
-        """The saved state, or None without a file; an error when the file is another
-        method's, was trained on other images, or with other ``settings``."""
-        path = self.path
-        if path is None or not os.path.isfile(path):
-            return None
-        state = load_checkpoint(path, f"{self.what} checkpoint", "delete it to start over, or use another checkpoint_dir")
-        if not isinstance(state, dict) or state.get("format") != self.fmt:
-            raise DeepclustError(f"'{path}' is not an {self.what} checkpoint; use another checkpoint_dir")
-        if state["fingerprint"] != data_fingerprint:
-            raise DeepclustError(f"'{path}' was trained on other images; use another checkpoint_dir or delete it")
-        saved = state["settings"]
-        differ = ", ".join(f"{k}={saved.get(k)!r}" for k, v in settings.items() if saved.get(k) != v)
-        if differ:
-            raise DeepclustError(f"'{path}' was made with other settings ({differ}); "
-                                 "use another checkpoint_dir, or the same settings to resume")
-        return state
-
-
 class EndToEndTraining:
     """Train seeded runs of an end-to-end clustering estimator and write a run folder.
 
@@ -150,8 +110,6 @@ class EndToEndTraining:
     """
 
     name = ""
-    #: The run folder is the result (no checkpoint for ``deepclust cluster`` to load).
-    end_to_end = True
     #: The estimator each seeded run fits; ``config.params`` are its arguments.
     estimator_class: type | None = None
     #: Its arguments that the run itself sets (from the shared fields, per run).
@@ -225,12 +183,23 @@ class EndToEndTraining:
     def fit(self):
         """Train, combine and write the run folder (rank 0 writes, holding its lock)."""
         self._check()  # also: an out folder is given
-        if int(os.environ.get("RANK", "0")) != 0:
+        if launch_rank() != 0:
             return self._fit()
         check_writable(self.config.out)
         with lock_folder(self.config.out):
             runs.retire_outputs(self.config.out)
             return self._fit()
+
+    def outcome(self) -> list[str]:
+        """What ``deepclust train`` prints when the run folder is written (by rank 0)."""
+        if launch_rank() != 0:
+            return []
+        metrics = self.summary_["metrics"]
+        lines = [f"clustered {len(self.labels_)} images into {self.summary_['counts']['clusters']} clusters; "
+                 f"results in {self.config.out}"]
+        if metrics:
+            lines.append("  ".join(f"{k} {metrics[k]:.4f}" for k in ("ACC", "NMI", "AMI", "ARI")))
+        return lines
 
     def _fit(self):
         c = self.config
@@ -241,7 +210,7 @@ class EndToEndTraining:
         log.info("%s on %d images of %s, %d cluster(s), %d run(s)", self.name, n,
                  "x".join(map(str, data.images.shape[1:])), c.n_clusters, c.runs)
         os.makedirs(c.out, exist_ok=True)
-        is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes the run folder
+        is_main = launch_rank() == 0  # under torchrun, rank 0 writes the run folder
         if is_main:
             runs.write_skipped(c.out, data.skipped)
         if data.skipped:

@@ -32,11 +32,11 @@ from deepclust.errors import DeepclustError
 from deepclust.losses import multi_view_information_loss, swapped_prediction_loss
 from deepclust.methods.end_to_end import (
     EndToEndTraining,
-    RunCheckpoint,
     build_trunk,
     check_backbone,
     fingerprint,
     image_tensor,
+    run_checkpoint,
 )
 from deepclust.metrics import score_clustering
 from deepclust.parallel.ddp import (
@@ -308,8 +308,8 @@ class IMCSwAV:
         return IMCSwAVNet(build_trunk(self.backbone, in_chans, self.backbone_kwargs), self.n_clusters, self.n_prototypes,
                           self.proj_dim, self.proj_hidden, self.cls_hidden)
 
-    def _load(self, checkpoint: RunCheckpoint, data_id: str, settings: dict) -> dict | None:
-        state = checkpoint.load(data_id, settings)
+    def _load(self, checkpoint, data_id: str, settings: dict) -> dict | None:
+        state = checkpoint.load(settings, data_id)
         if state is not None and len(state["history"]) > self.epochs:
             raise DeepclustError(f"the checkpoint in '{self.checkpoint_dir}' has {len(state['history'])} epochs, more "
                                  f"than the {self.epochs} asked for; ask for at least as many or use another checkpoint_dir")
@@ -344,7 +344,7 @@ class IMCSwAV:
         data_id = fingerprint(x_all)
         self.history_ = []
         step = 0
-        checkpoint = RunCheckpoint(self.checkpoint_dir, CHECKPOINT_FORMAT, "IMC-SwAV")
+        checkpoint = run_checkpoint(self.checkpoint_dir, CHECKPOINT_FORMAT, "IMC-SwAV")
         state = self._load(checkpoint, data_id, settings)
         if state is not None:
             net.load_state_dict(state["net"])
@@ -377,8 +377,8 @@ class IMCSwAV:
                 log.info("IMC-SwAV epoch %d/%d swav %.4f mi %.4f%s (%.0f s)", epoch + 1, self.epochs, row["swav"],
                          row["mi"], scored, row["seconds"])
             if dist_info.is_main:
-                checkpoint.save({"settings": settings, "fingerprint": data_id, "net": net.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "step": step, "history": self.history_})
+                checkpoint.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                 "history": self.history_}, settings, data_id)
             barrier(dist_info)
         self.net_ = net
         self.loss_ = float(self.history_[-1]["loss"])

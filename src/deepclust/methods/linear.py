@@ -25,7 +25,7 @@ from deepclust.errors import DeepclustError
 from deepclust.features.backbones import Backbone, LinearHead, create_backbone, save_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, lock_folder, write_csv, write_json
-from deepclust.methods.finetune.base import validation_scores
+from deepclust.methods.finetune.base import FineTuning, validation_scores
 from deepclust.methods.scatter_head import ScatterHead
 from deepclust.parallel.ddp import DistInfo
 
@@ -113,3 +113,5 @@ class LinearHeadTraining:
         self.history_, self.best_epoch_, self.best_score_ = history, best["setting"], best["val_CA"]
         self.backbone_ = create_backbone(backbone.name, weights=os.path.join(c.out, BEST), image_size=c.image_size)
         return self.backbone_
+
+    outcome = FineTuning.outcome

@@ -35,11 +35,11 @@ from deepclust.data.transforms import (
 from deepclust.errors import DeepclustError
 from deepclust.methods.end_to_end import (
     EndToEndTraining,
-    RunCheckpoint,
     build_trunk,
     check_backbone,
     fingerprint,
     image_tensor,
+    run_checkpoint,
 )
 from deepclust.methods.ensemble import align_labels, combine_runs, majority_vote  # noqa: F401  (MMDC's ensembles; re-exported)
 from deepclust.parallel.ddp import (
@@ -305,8 +305,6 @@ class MMDC:
     def _build(self, in_chans: int) -> MMDCNet:
         return MMDCNet(build_trunk(self.backbone, in_chans, self.backbone_kwargs), self.n_clusters)
 
-    def _checkpoint(self) -> RunCheckpoint:
-        return RunCheckpoint(self.checkpoint_dir, CHECKPOINT_FORMAT, "MMDC")
 
     def fit(self, images, y=None) -> "MMDC":
         """Train on ``images``: array or tensor of shape (n, C, H, W) or (n, H, W), values
@@ -338,8 +336,8 @@ class MMDC:
         refine_targets = None
         start = 0
         settings = self._settings()
-        checkpoint = self._checkpoint()
-        state = checkpoint.load(data_id, settings)
+        checkpoint = run_checkpoint(self.checkpoint_dir, CHECKPOINT_FORMAT, "MMDC")
+        state = checkpoint.load(settings, data_id)
         if state is not None:
             net.load_state_dict(state["net"])
             optimizer.load_state_dict(state["optimizer"])
@@ -358,11 +356,11 @@ class MMDC:
         self._check_resume(start, total)
         def save() -> None:  # everything an exact resume needs, after every epoch and at the end
             checkpoint.save({
-                "settings": settings, "fingerprint": data_id, "net": net.state_dict(),
+                "net": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "owner": owner, "generator": gen.get_state(),
                 "history": self.history_, "loss": self.loss_, "labels_main": self.labels_main_,
                 "refine_targets": refine_targets,
-            })
+            }, settings, data_id)
 
         model = wrap_ddp(net, device, dist_info, find_unused_parameters=True)  # a step uses one of the two heads
         for epoch in range(start, total):

@@ -38,6 +38,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun): which process writes,
+    known before (and without) joining the process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; return the rank and the device.
 
@@ -47,7 +53,7 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -63,8 +69,9 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def shutdown(info: DistInfo | None = None) -> None:  # info: kept for callers that pass it
+    """Leave the process group, if this process joined one (under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from deepclust.checkpoint import load_checkpoint, save_checkpoint
+from deepclust.checkpoint import RunCheckpoint
 from deepclust.cluster.space import make_clusterer, prepare_features
 from deepclust.config import TrainConfig, write_config
 from deepclust.data import find_images, load_image, load_split
@@ -328,8 +328,7 @@ class FineTuning:
         torch.manual_seed(c.seed + info.rank)
         random.seed(c.seed + info.rank)
 
-        last_path = os.path.join(c.out, LAST)
-        history, best, first_epoch = self._restore(last_path, net, optimizer, scheduler, rng, info)
+        history, best, first_epoch = self._restore(net, optimizer, scheduler, rng, info)
 
         # on a CPU, buffers follow rank 0 at every forward (DDP's default) and are averaged after each epoch below
         ddp_net = wrap_ddp(net, device, info)
@@ -360,7 +359,7 @@ class FineTuning:
                     best = {"epoch": epoch, "CA": row["val_CA"]}
                     save_backbone(backbone, os.path.join(c.out, BEST), config=c.to_dict(), method=self.name,
                                   epoch=epoch, validation={k: v for k, v in row.items() if k.startswith("val_")})
-                self._save_last(last_path, net, optimizer, scheduler, epoch, history, best, rng_states)
+                self._save_last(net, optimizer, scheduler, epoch, history, best, rng_states)
                 self._write_history(history, best)
                 log.info("epoch %d: loss %.4f, validation CA %.3f ARI %.3f%s", epoch, row.get("loss", float("nan")),
                          row["val_CA"], row["val_ARI"], " (best so far)" if improved else "")
@@ -376,18 +375,26 @@ class FineTuning:
         self.backbone_ = create_backbone(backbone.name, weights=os.path.join(c.out, BEST), image_size=c.image_size)
         return self.backbone_
 
+    def outcome(self) -> list[str]:
+        """What ``deepclust train`` prints when the backbone is selected (by rank 0)."""
+        if not self.dist_.is_main:
+            return []
+        out = self.config.out
+        return [f"best epoch {self.best_epoch_}: validation cluster accuracy {self.best_score_:.3f}",
+                f"checkpoint {out}/best.pt (use: deepclust cluster IMAGES --weights {out}/best.pt)"]
+
     # -- pieces of the loop ----------------------------------------------------
-    def _restore(self, last_path: str, net, optimizer, scheduler, rng: np.random.Generator, info: DistInfo
+    def _restore(self, net, optimizer, scheduler, rng: np.random.Generator, info: DistInfo
                  ) -> tuple[list[dict[str, Any]], dict, int]:
         """(history, best, first epoch) of the run in ``out``: from ``last.pt`` with the
         weights, optimiser, schedule and every rank's random states restored, else a new run
         (whose config rank 0 writes)."""
         c = self.config
-        if not os.path.exists(last_path):
+        state = self._checkpoint().load(c.to_dict(), may_change=_RESUMABLE_CHANGES)
+        if state is None:
             if info.is_main:
                 write_config(os.path.join(c.out, "train_config.yaml"), c)
             return [], {"epoch": -1, "CA": -1.0}, 1
-        state = self._load_last(last_path)
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -481,11 +488,13 @@ class FineTuning:
             feats.append(f.float().cpu().numpy())
         return validation_scores(np.concatenate(feats), val.labels, c, len(val.classes))
 
-    def _save_last(self, path, net, optimizer, scheduler, epoch, history, best, rng_states) -> None:
-        payload = {
-            "format": TRAIN_FORMAT,
+    def _checkpoint(self) -> RunCheckpoint:
+        return RunCheckpoint(os.path.join(self.config.out, LAST), TRAIN_FORMAT, "training",
+                             "use another --out, or delete the folder to start over")
+
+    def _save_last(self, net, optimizer, scheduler, epoch, history, best, rng_states) -> None:
+        state = {
             "method": self.name,
-            "config": self.config.to_dict(),
             "epoch": epoch,
             "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
             "optimizer": optimizer.state_dict(),
@@ -494,7 +503,7 @@ class FineTuning:
             "best": best,
             "rng": rng_states,
         }
-        save_checkpoint(path, payload)
+        self._checkpoint().save(state, self.config.to_dict())
 
     @staticmethod
     def _gather_rng(rng: np.random.Generator, info: DistInfo) -> list:
@@ -505,20 +514,6 @@ class FineTuning:
         states = [None] * info.world_size
         torch.distributed.all_gather_object(states, mine)
         return states
-
-    def _load_last(self, path: str) -> dict:
-        state = load_checkpoint(path, "training checkpoint", "delete it to start over, or use another --out")
-        if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
-            raise DeepclustError(f"'{path}' is not a deepclust training checkpoint; use another --out")
-        old, new = state["config"], self.config.to_dict()
-        changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
-        if changed:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-            raise DeepclustError(
-                f"'{self.config.out}' holds a training run with other settings ({diff}); "
-                "use another --out, or delete the folder to start over"
-            )
-        return state
 
     def _write_history(self, history: list[dict], best: dict) -> None:
         c = self.config

@@ -369,6 +369,15 @@ def _add_train_parser(subparsers) -> None:
     p.add_argument("--cache-views", metavar="N", type=int, help="cache the frozen stages for N augmented views")
     p.add_argument("--batch-size", metavar="N", type=_positive_int,
                    help="images per step (classic 64, mmdc 128, imc_swav 256)")
+    _add_method_groups(p)
+    p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--seed", metavar="N", type=int, help="random seed (default 0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_method_groups(p: argparse.ArgumentParser) -> None:
+    """The options of the methods other than fine-tuning, one group each."""
     e2e = p.add_argument_group("end-to-end clustering (mmdc, imc_swav)")
     e2e.add_argument("--n-clusters", metavar="K", type=_positive_int, help="number of clusters (required)")
     e2e.add_argument("--labels", choices=["folders"], help="folders: each image's parent folder is its true class")
@@ -400,10 +409,6 @@ def _add_train_parser(subparsers) -> None:
                      "(2-D shapes: from blobs to moons and rings) or paper (Algorithm 2 as published)")
     c2m.add_argument("--param", metavar="KEY=VALUE", dest="params", action="append", type=_param,
                      help="a further argument of deepclust.methods.C2M, e.g. objective=ranking (repeatable)")
-    p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")
-    p.add_argument("--seed", metavar="N", type=int, help="random seed (default 0)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -100,6 +100,40 @@ def _collate(batch):
     return [i for i, _ in ok], images, failed
 
 
+def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: dict, store, batch_size: int, device,
+             num_workers, flush_every: int, flush_seconds: float, progress: bool, fast_decode: bool) -> None:
+    """Embed ``records[todo]`` into ``vectors`` (failures into ``skipped``), keeping the new
+    vectors in ``store`` as they come (see :func:`extract_embeddings`)."""
+    device = torch.device(device)
+    if num_workers is None:
+        num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(
+        _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
+        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    pending = _PendingShard(store, backbone.num_features, flush_every, flush_seconds)
+    bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for batch_positions, images, failed in loader:
+                for pos, reason in failed:
+                    skipped[todo[pos]] = reason
+                    pending.failed[keys[todo[pos]]] = reason
+                if images is not None:
+                    feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
+                    for pos, vec in zip(batch_positions, feats):
+                        vectors[todo[pos]] = vec
+                        pending.add(keys[todo[pos]], vec)
+                bar.update(len(batch_positions) + len(failed))
+                if pending.due():
+                    pending.flush()
+    finally:
+        pending.flush()  # also on Ctrl-C, SIGTERM or an error: keep every vector computed so far
+        bar.close()
+
+
 def extract_embeddings(
     records: Sequence[ImageRecord],
     backbone: Backbone,
@@ -151,35 +185,8 @@ def extract_embeddings(
     vectors, skipped, todo = _split_cached(keys, store, backbone.num_features)
     n_reused = len(vectors)
     if todo:
-        device = torch.device(device)
-        if num_workers is None:
-            num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
-        backbone = backbone.to(device).eval()
-        loader = DataLoader(
-            _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
-            batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-        )
-        pending = _PendingShard(store, backbone.num_features, flush_every, flush_seconds)
-        bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
-        try:
-            with torch.inference_mode():
-                for batch_positions, images, failed in loader:
-                    for pos, reason in failed:
-                        skipped[todo[pos]] = reason
-                        pending.failed[keys[todo[pos]]] = reason
-                    if images is not None:
-                        feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
-                        for pos, vec in zip(batch_positions, feats):
-                            vectors[todo[pos]] = vec
-                            pending.add(keys[todo[pos]], vec)
-                    bar.update(len(batch_positions) + len(failed))
-                    if pending.due():
-                        pending.flush()
-        finally:
-            pending.flush()  # also on Ctrl-C, SIGTERM or an error: keep every vector computed so far
-            bar.close()
-
+        _compute(records, keys, todo, backbone, vectors, skipped, store, batch_size, device, num_workers,
+                 flush_every, flush_seconds, progress, fast_decode)
     order = np.array(sorted(vectors), dtype=np.int64)
     dim = backbone.num_features
     stacked = np.stack([vectors[i] for i in order]).astype(np.float32) if len(order) else np.zeros((0, dim), np.float32)

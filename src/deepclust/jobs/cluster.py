@@ -157,9 +157,8 @@ def _cluster_features(X: np.ndarray, config: ClusterConfig, n_clusters, n_cluste
     return clusters, n_clusters, n_clusters_from, k_estimate
 
 
-def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, device, timings: dict,
-                    t_start: float) -> ClusterResult:
-    # data
+def _find_records(config: ClusterConfig, classes, requested_k, density: bool, timings: dict) -> list:
+    """The images to cluster, refused early when nothing says how many clusters to make."""
     t = time.perf_counter()
     records = find_images(config.images, classes=classes, exclude=[config.out])
     timings["discover"] = time.perf_counter() - t
@@ -172,7 +171,27 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
         )
     if density and requested_k is not None:
         log.warning("%s finds its own number of clusters; --n-clusters %s is ignored", config.algorithm, requested_k)
+    return records
 
+
+def _write_outputs(config: ClusterConfig, paths, vectors, clusters, distances, y_true, metrics, cache: str,
+                   timings: dict) -> None:
+    """embeddings.npy and the run files; a failure keeps the cached embeddings and says so."""
+    t = time.perf_counter()
+    try:
+        runs.write_embeddings(config.out, vectors)
+        write_run_files(config, paths, clusters, distances, y_true, metrics)
+    except OSError as exc:
+        raise DeepclustError(
+            f"cannot write the results to '{config.out}' ({exc.strerror or exc}); the embeddings cached in "
+            f"'{cache}' are kept and reused when the same command runs again: free space, or pass "
+            "another --out") from None
+    timings["write"] = time.perf_counter() - t
+
+
+def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, device, timings: dict,
+                    t_start: float) -> ClusterResult:
+    records = _find_records(config, classes, requested_k, density, timings)
     # backbone, embeddings
     t = time.perf_counter()
     backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size)
@@ -205,18 +224,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
 
     metrics = run_metrics(y_true, clusters)
 
-    # outputs
-    t = time.perf_counter()
     paths = [r.path for r in kept]
-    try:
-        runs.write_embeddings(config.out, emb.vectors)
-        write_run_files(config, paths, clusters, distances, y_true, metrics)
-    except OSError as exc:
-        raise DeepclustError(
-            f"cannot write the results to '{config.out}' ({exc.strerror or exc}); the embeddings cached in "
-            f"'{cache}' are kept and reused when the same command runs again: free space, or pass "
-            "another --out") from None
-    timings["write"] = time.perf_counter() - t
+    _write_outputs(config, paths, emb.vectors, clusters, distances, y_true, metrics, cache, timings)
     timings["total"] = time.perf_counter() - t_start
     resolved = {
         **_k_resolved(n_clusters, n_clusters_from, k_estimate),

@@ -190,6 +190,40 @@ class EndToEndTraining:
             runs.retire_outputs(self.config.out)
             return self._fit()
 
+    def _summary(self, data, reference: dict, stage_names: list, seconds: float) -> runs.RunSummary:
+        """summary.json of the run folder: the resolved settings, counts, and with labels the
+        scores of every run and both ensembles at every stage."""
+        c = self.config
+        metrics, scores = None, None
+        if data.labels is not None:
+            metrics = score_clustering(data.labels, self.labels_)
+            metrics.update(n_clusters=int(len(np.unique(self.labels_))), n_classes=len(set(data.labels)),
+                           n_images=len(data.images))
+            scores = {"runs": [{"seed": r["seed"], "loss": r["loss"],
+                                **{s: score_clustering(data.labels, r["labels"][s]) for s in stage_names}}
+                               for r in self.runs_],
+                      "ensembles": {stage: {k: score_clustering(data.labels, e[k]) for k in ("lowest_loss", "majority")}
+                                    for stage, e in self.ensembles_.items()}}
+        sizes = np.bincount(self.labels_, minlength=c.n_clusters)
+        final_stage = stage_names[-1]
+        summary = runs.RunSummary(
+            command="train", method=self.name, config=c.to_dict(),
+            resolved={"n_clusters": c.n_clusters, "n_clusters_from": "--n-clusters", "backbone": c.backbone,
+                      "device": c.device, "image_shape": list(data.images.shape[1:]),
+                      "labels_from": ("ensemble: " + c.ensemble if c.runs > 1 else "single run")
+                      + (" after refinement" if final_stage == "refined" else ""),
+                      "reference_seed": reference["seed"], "normalized": False, **self.resolved()},
+            seed=c.seed,
+            counts={"images_found": len(data.images) + len(data.skipped), "images_clustered": len(data.images), "images_skipped": len(data.skipped),
+                    "clusters": int((sizes > 0).sum()), "noise": 0, "cluster_size_min": int(sizes.min()),
+                    "cluster_size_max": int(sizes.max()),
+                    "classes": len(set(data.labels)) if data.labels is not None else None},
+            timings_seconds={"total": round(seconds, 3)}, metrics=metrics,
+            extra={"runs": [{"seed": r["seed"], "loss": r["loss"], "seconds": r["seconds"], "epochs": len(r["history"]),
+                             "train_seconds": round(sum(h["seconds"] for h in r["history"]), 1)} for r in self.runs_],
+                   "scores": scores})
+        return summary
+
     def outcome(self) -> list[str]:
         """What ``deepclust train`` prints when the run folder is written (by rank 0)."""
         if launch_rank() != 0:
@@ -231,33 +265,7 @@ class EndToEndTraining:
         self.labels_ = final[c.ensemble] if c.runs > 1 else reference["labels"][stage_names[-1]]
         ref_est = reference["estimator"]
 
-        metrics, scores = None, None
-        if data.labels is not None:
-            metrics = score_clustering(data.labels, self.labels_)
-            metrics.update(n_clusters=int(len(np.unique(self.labels_))), n_classes=len(set(data.labels)), n_images=n)
-            scores = {"runs": [{"seed": r["seed"], "loss": r["loss"],
-                                **{s: score_clustering(data.labels, r["labels"][s]) for s in stage_names}}
-                               for r in self.runs_],
-                      "ensembles": {stage: {k: score_clustering(data.labels, e[k]) for k in ("lowest_loss", "majority")}
-                                    for stage, e in self.ensembles_.items()}}
-        sizes = np.bincount(self.labels_, minlength=c.n_clusters)
-        final_stage = stage_names[-1]
-        summary = runs.RunSummary(
-            command="train", method=self.name, config=c.to_dict(),
-            resolved={"n_clusters": c.n_clusters, "n_clusters_from": "--n-clusters", "backbone": c.backbone,
-                      "device": c.device, "image_shape": list(data.images.shape[1:]),
-                      "labels_from": ("ensemble: " + c.ensemble if c.runs > 1 else "single run")
-                      + (" after refinement" if final_stage == "refined" else ""),
-                      "reference_seed": reference["seed"], "normalized": False, **self.resolved()},
-            seed=c.seed,
-            counts={"images_found": n + len(data.skipped), "images_clustered": n, "images_skipped": len(data.skipped),
-                    "clusters": int((sizes > 0).sum()), "noise": 0, "cluster_size_min": int(sizes.min()),
-                    "cluster_size_max": int(sizes.max()),
-                    "classes": len(set(data.labels)) if data.labels is not None else None},
-            timings_seconds={"total": round(time.perf_counter() - t_start, 3)}, metrics=metrics,
-            extra={"runs": [{"seed": r["seed"], "loss": r["loss"], "seconds": r["seconds"], "epochs": len(r["history"]),
-                             "train_seconds": round(sum(h["seconds"] for h in r["history"]), 1)} for r in self.runs_],
-                   "scores": scores})
+        summary = self._summary(data, reference, stage_names, time.perf_counter() - t_start)
         self.summary_ = summary.to_dict()
         self.data_ = data
         if not is_main:
@@ -268,8 +276,8 @@ class EndToEndTraining:
         write_csv(os.path.join(c.out, "history.csv"), columns,
                   [[r["seed"]] + [_cell(h.get(k)) for k in columns[1:]] for r in self.runs_ for h in r["history"]])
         write_config(runs.run_path(c.out, runs.CONFIG), c)
-        if metrics is not None:
-            runs.write_metrics(c.out, metrics)
+        if summary.metrics is not None:
+            runs.write_metrics(c.out, summary.metrics)
         summary.write(c.out)
         return self
 

@@ -334,24 +334,12 @@ class MMDC:
         gen = torch.Generator().manual_seed(seed)
         self.history_, self.loss_, self.labels_main_ = [], None, None
         refine_targets = None
-        start = 0
         settings = self._settings()
         checkpoint = run_checkpoint(self.checkpoint_dir, CHECKPOINT_FORMAT, "MMDC")
         state = checkpoint.load(settings, data_id)
         if state is not None:
-            net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            owner, gen_state = state["owner"], state["generator"]
-            gen.set_state(gen_state)
-            self.history_, self.loss_ = state["history"], state["loss"]
-            main = state["labels_main"]  # saved as a tensor (checkpoints hold no numpy objects)
-            self.labels_main_ = main.numpy() if isinstance(main, torch.Tensor) else main
-            refine_targets = state["refine_targets"]
-            start = len(self.history_)
-            if start < self.epochs:  # a longer main stage than the checkpoint's: its end scores are stale
-                self.loss_, self.labels_main_ = None, None
-            if start and self.verbose:
-                log.info("resuming MMDC from %s after epoch %d", checkpoint.path, start)
+            owner, refine_targets = self._restore(state, net, optimizer, gen, checkpoint.path)
+        start = len(self.history_)
         total = self.epochs + self.refine_epochs
         self._check_resume(start, total)
         def save() -> None:  # everything an exact resume needs, after every epoch and at the end
@@ -366,9 +354,7 @@ class MMDC:
         for epoch in range(start, total):
             t0 = time.perf_counter()
             if epoch == self.epochs:  # main stage finished: score it once
-                outputs = self._outputs(net, x_all)
-                self.loss_ = float((outputs - targets[owner]).pow(2).sum(1).mean())
-                self.labels_main_ = nearest_mean(outputs)
+                self._score_main(net, x_all, targets, owner)
             refining = epoch >= self.epochs
             if refining:
                 refine_targets = self._refinement_targets(self._outputs(net, x_all), epoch)
@@ -390,9 +376,7 @@ class MMDC:
                 save()
             barrier(dist_info)
         if self.loss_ is None:  # no refinement: the main stage ends here
-            outputs = self._outputs(net, x_all)
-            self.loss_ = float((outputs - targets[owner]).pow(2).sum(1).mean())
-            self.labels_main_ = nearest_mean(outputs)
+            self._score_main(net, x_all, targets, owner)
             if dist_info.is_main:
                 save()
             barrier(dist_info)
@@ -401,6 +385,27 @@ class MMDC:
         self.outputs_ = self._outputs(net, x_all).numpy()
         self.labels_ = nearest_mean(self.outputs_) if self.refine_epochs else self.labels_main_
         return self
+
+    def _restore(self, state: dict, net, optimizer, gen: torch.Generator, path: str) -> tuple:
+        """Take up a checkpoint's run: the weights, optimiser, random stream, history and
+        end-of-main-stage scores are restored; returns (owner, refine_targets)."""
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        self.history_, self.loss_ = state["history"], state["loss"]
+        main = state["labels_main"]  # saved as a tensor (checkpoints hold no numpy objects)
+        self.labels_main_ = main.numpy() if isinstance(main, torch.Tensor) else main
+        if len(self.history_) < self.epochs:  # a longer main stage than the checkpoint's: its end scores are stale
+            self.loss_, self.labels_main_ = None, None
+        if self.history_ and self.verbose:
+            log.info("resuming MMDC from %s after epoch %d", path, len(self.history_))
+        return state["owner"], state["refine_targets"]
+
+    def _score_main(self, net: MMDCNet, x_all: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor) -> None:
+        """The main stage's loss and clusters (each image's nearest mixture mean)."""
+        outputs = self._outputs(net, x_all)
+        self.loss_ = float((outputs - targets[owner]).pow(2).sum(1).mean())
+        self.labels_main_ = nearest_mean(outputs)
 
     def _refinement_targets(self, outputs: torch.Tensor, epoch: int) -> torch.Tensor:
         """Refinement (section 3.5): k-means on the outputs, each k-means cluster matched

@@ -301,25 +301,8 @@ class FineTuning:
             os.makedirs(c.out, exist_ok=True)
             write_csv(os.path.join(c.out, SKIPPED), ["path", "reason"], train.skipped + val.skipped)
 
-        torch.manual_seed(c.seed)  # identical random weights on every rank
-        backbone = create_backbone(c.backbone, weights=c.weights, image_size=c.image_size)
-        self._train_transform = training_transform(backbone.data_config, tuple(c.scale), c.hflip, c.color_jitter)
-        model = backbone.model
-        layers, start = freeze_stages(model, c.trainable_stages, backbone.name)
+        backbone, net, optimizer, scheduler = self._build(len(train.classes), device)
         cached = c.cache_views > 0
-        if cached and not is_sequential(model, layers, backbone.image_size):
-            raise DeepclustError(
-                f"cache_views needs a backbone whose stages run one after the other; {backbone.name} does not "
-                "(e.g. a ViT); set cache_views: 0"
-            )
-        head = self.make_head(len(train.classes), backbone.num_features)
-        net = TrainNet(model, layers, start, head).to(device)
-        params = [p for p in net.parameters() if p.requires_grad]
-        log.info("%s fine-tuning of %s: %d of %d parameters train (%s)", self.name, backbone.name,
-                 sum(p.numel() for p in params), sum(p.numel() for p in net.parameters()),
-                 "all stages" if start == 0 else f"last {c.trainable_stages} stage(s)")
-        optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(c.milestones), gamma=c.gamma)
 
         train_views = val_inputs = None
         if cached:
@@ -374,6 +357,29 @@ class FineTuning:
         self.best_epoch_, self.best_score_ = best["epoch"], best["CA"]
         self.backbone_ = create_backbone(backbone.name, weights=os.path.join(c.out, BEST), image_size=c.image_size)
         return self.backbone_
+
+    def _build(self, n_classes: int, device: torch.device) -> tuple:
+        """(backbone, network with its head and frozen stages, optimiser, schedule)."""
+        c = self.config
+        torch.manual_seed(c.seed)  # identical random weights on every rank
+        backbone = create_backbone(c.backbone, weights=c.weights, image_size=c.image_size)
+        self._train_transform = training_transform(backbone.data_config, tuple(c.scale), c.hflip, c.color_jitter)
+        model = backbone.model
+        layers, start = freeze_stages(model, c.trainable_stages, backbone.name)
+        if c.cache_views > 0 and not is_sequential(model, layers, backbone.image_size):
+            raise DeepclustError(
+                f"cache_views needs a backbone whose stages run one after the other; {backbone.name} does not "
+                "(e.g. a ViT); set cache_views: 0"
+            )
+        head = self.make_head(n_classes, backbone.num_features)
+        net = TrainNet(model, layers, start, head).to(device)
+        params = [p for p in net.parameters() if p.requires_grad]
+        log.info("%s fine-tuning of %s: %d of %d parameters train (%s)", self.name, backbone.name,
+                 sum(p.numel() for p in params), sum(p.numel() for p in net.parameters()),
+                 "all stages" if start == 0 else f"last {c.trainable_stages} stage(s)")
+        optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(c.milestones), gamma=c.gamma)
+        return backbone, net, optimizer, scheduler
 
     def outcome(self) -> list[str]:
         """What ``deepclust train`` prints when the backbone is selected (by rank 0)."""

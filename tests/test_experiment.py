@@ -67,13 +67,20 @@ def test_experiment_writes_table_1_and_figure_3_and_resumes_without_retraining(m
     assert main(["-q", "experiment", str(config), "--no-progress"]) == 0
     out = tmp_path / "exp"
     table = (out / "table1.md").read_text()
-    for row in ("| kmeans | Pretrained | - |", "| kmeans | Classic | - |", "| spectral | Episodic |"):
+    for row in ("| kmeans | Pretrained | - |", "| kmeans | Classic | - |", "| spectral | Episodic |",
+                "| kmeans | Linear | - |", "| spectral | Episodic+linear |"):
         assert row in table
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
-    assert set(runs) == {"pretrained", "classic", "episodic-alpha0", "episodic-alpha0.5"}
-    episodic = {k: v["val_CA"] for k, v in runs.items() if k.startswith("episodic")}
+    assert set(runs) == {"pretrained", "classic", "episodic-alpha0", "episodic-alpha0.5", "linear", "episodic+linear"}
+    episodic = {k: v["val_CA"] for k, v in runs.items() if k.startswith("episodic-")}
     assert results["best_alpha_run"] == max(episodic, key=episodic.get)
+    # the heads: one on the pretrained backbone, one on the chosen episodic model, each carried in its best.pt
+    chosen = runs[results["best_alpha_run"]]["weights"]
+    head_config = json.loads((out / "train" / "episodic+linear" / "train_summary.json").read_text())["config"]
+    assert head_config["weights"] == chosen and runs["episodic+linear"]["alpha"] == runs[results["best_alpha_run"]]["alpha"]
+    linear_config = json.loads((out / "train" / "linear" / "train_summary.json").read_text())["config"]
+    assert linear_config["weights"] == runs["pretrained"]["weights"]  # the seeded random start, as the row above
     assert len(runs["classic"]["scores"]["spectral"]["runs"]) == 2
     assert (out / "figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert runs["pretrained"]["weights"].endswith("initial.pt")  # random weights: the seeded start of every run
@@ -87,6 +94,7 @@ def test_experiment_writes_table_1_and_figure_3_and_resumes_without_retraining(m
 
 @pytest.mark.parametrize("content, message", [
     ({"out": "x", "trainings": ["maml"]}, "unknown training.s. maml"),
+    ({"out": "x", "trainings": ["episodic+linear"]}, "add 'episodic' to trainings"),
     ({"out": "x", "episodic": {"alpah": 0.1}}, "unknown option.s. alpah in section 'episodic'"),
     ({"images": "x"}, "sets no out"),
     ({"out": "x", "dataset": {"name": "omniglot"}}, "must be .name: omniglot, source: FOLDER."),

@@ -5,7 +5,10 @@ For one dataset (a folder of class subfolders and a train/val/test class split):
 1. train the classic baseline and the episodic method for every ``alpha`` of the list,
    each selected on the validation classes by K-means cluster accuracy;
 2. choose the episodic ``alpha`` whose selected model clusters the validation classes best;
-3. embed the test classes with each model (pretrained, classic, every episodic alpha)
+   fit the linear scatter head (``deepclust train --method linear``) on the pretrained
+   features (``linear``) and on that model's features (``episodic+linear``), its size and
+   shrinkage chosen on the validation classes too;
+3. embed the test classes with each model (pretrained, classic, every episodic alpha, heads)
    through the same path as ``deepclust cluster --weights``, and cluster them with
    K-means and Spectral clustering over several seeds;
 4. write the paper's Table 1 (CA, NMI, AMI, ARI as AVG (SD)), every run's figures, and
@@ -41,7 +44,7 @@ from deepclust.metrics import RepeatedScores, score_clustering
 
 log = logging.getLogger("deepclust")
 
-TRAININGS = ("pretrained", "classic", "episodic")
+TRAININGS = ("pretrained", "classic", "episodic", "linear", "episodic+linear")
 
 
 @dataclass
@@ -62,10 +65,12 @@ class ExperimentConfig:
         ``~`` and ``$VARS`` in ``images`` and ``out`` are expanded.
     train : dict
         :class:`deepclust.config.TrainConfig` settings shared by every training run.
-    classic, episodic : dict
+    classic, episodic, linear : dict
         Settings for one method only (override ``train``).
     trainings : list of str
-        Which of ``pretrained``, ``classic``, ``episodic`` to run.
+        Which of ``pretrained``, ``classic``, ``episodic``, ``linear`` (the scatter head on
+        the pretrained backbone) and ``episodic+linear`` (on the selected episodic model)
+        to run.
     alphas : list of float
         Scatter-loss weights of the episodic runs.
     algorithms : list of str
@@ -91,6 +96,7 @@ class ExperimentConfig:
     train: dict = dataclasses.field(default_factory=dict)
     classic: dict = dataclasses.field(default_factory=dict)
     episodic: dict = dataclasses.field(default_factory=dict)
+    linear: dict = dataclasses.field(default_factory=dict)
     trainings: list = dataclasses.field(default_factory=lambda: list(TRAININGS))
     alphas: list = dataclasses.field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
     algorithms: list = dataclasses.field(default_factory=lambda: ["kmeans", "spectral"])
@@ -125,13 +131,19 @@ def load_experiment(path: str | os.PathLike, **overrides: Any) -> ExperimentConf
     unknown = [t for t in config.trainings if t not in TRAININGS]
     if unknown:
         raise DeepclustError(f"unknown training(s) {', '.join(unknown)}; choose from: {', '.join(TRAININGS)}")
-    check_sections([(f"section '{s}'", getattr(config, s)) for s in ("train", "classic", "episodic")],
+    if "episodic+linear" in config.trainings and "episodic" not in config.trainings:
+        raise DeepclustError("training 'episodic+linear' fits the head on the episodic model: add 'episodic' to "
+                             "trainings")
+    check_sections([(f"section '{s}'", getattr(config, s)) for s in ("train", "classic", "episodic", "linear")],
                    {f.name for f in dataclasses.fields(TrainConfig)})
     return config
 
 
-def _train_config(config: ExperimentConfig, method: str, alpha: float | None, run: str) -> TrainConfig:
+def _train_config(config: ExperimentConfig, method: str, alpha: float | None, run: str,
+                  weights: str | None = None) -> TrainConfig:
     values = {**config.train, **getattr(config, method)}
+    if weights is not None:  # the head on a trained model's features
+        values["weights"] = weights
     values.update(method=method, images=config.images, split=config.split, progress=config.progress,
                   out=os.path.join(config.out, "train", run))
     values.setdefault("cache_dir", os.path.join(config.out, "cache"))
@@ -151,32 +163,26 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         prepare_dataset(config.dataset["name"], config.dataset["source"], config.images)
     runs: dict[str, dict[str, Any]] = {}  # run name -> {training, alpha, weights, val_CA}
     base = {**config.train}
+    start = _starting_weights(config)  # what the pretrained row and the linear head embed with
     if "pretrained" in config.trainings:
-        weights = base.get("weights", "pretrained")
-        if weights == "random":
-            # the seeded initial weights every training run starts from, so the row is reproducible
-            initial = os.path.join(config.out, "train", "initial.pt")
-            if not os.path.exists(initial):
-                torch.manual_seed(int(base.get("seed", 0)))
-                init = create_backbone(base.get("backbone", ClusterConfig.backbone), weights="random",
-                                       image_size=base.get("image_size"))
-                save_backbone(init, initial)
-            weights = initial
-        runs["pretrained"] = {"training": "pretrained", "alpha": None, "weights": weights, "val_CA": None}
+        runs["pretrained"] = {"training": "pretrained", "alpha": None, "weights": start, "val_CA": None}
     plan = []
     if "episodic" in config.trainings:
         plan += [("episodic", a, f"episodic-alpha{a:g}") for a in config.alphas]
     if "classic" in config.trainings:
         plan.append(("classic", None, "classic"))
+    if "linear" in config.trainings:
+        plan.append(("linear", None, "linear"))
     for i, (method, alpha, run) in enumerate(plan, 1):
-        train_config = _train_config(config, method, alpha, run)
         log.info("[%d/%d] training %s", i, len(plan), run)
-        t = time.perf_counter()
-        trainer = create_method(method, train_config)
-        trainer.fit()
-        runs[run] = {"training": method, "alpha": alpha, "weights": os.path.join(train_config.out, "best.pt"),
-                     "val_CA": trainer.best_score_, "best_epoch": trainer.best_epoch_,
-                     "train_seconds": round(time.perf_counter() - t, 1)}
+        weights = start if method == "linear" else None
+        runs[run] = _train(_train_config(config, method, alpha, run, weights), method, alpha)
+    if "episodic+linear" in config.trainings:  # on the episodic model chosen on the validation classes
+        chosen = _best_alpha_run(runs)
+        log.info("training the scatter head on %s's features", chosen)
+        runs["episodic+linear"] = _train(_train_config(config, "linear", None, "episodic+linear",
+                                                       weights=runs[chosen]["weights"]), "linear", None)
+        runs["episodic+linear"].update(training="episodic+linear", alpha=runs[chosen]["alpha"])
 
     results: dict[str, Any] = {}
     for i, (run, info) in enumerate(runs.items(), 1):
@@ -200,17 +206,49 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         results[run] = {**info, "scores": {a: {"runs": r.runs, "mean": r.mean(), "sd": r.std()}
                                            for a, r in scores.items()}}
 
+    best_alpha_run = _best_alpha_run(results)
     episodic = {r: v for r, v in results.items() if v["training"] == "episodic"}
-    best_alpha_run = max(episodic, key=lambda r: episodic[r]["val_CA"]) if episodic else None
     summary = {"name": config.name, "config": dataclasses.asdict(config), "runs": results,
                "best_alpha_run": best_alpha_run,
-               "best_alpha": episodic[best_alpha_run]["alpha"] if best_alpha_run else None,
+               "best_alpha": results[best_alpha_run]["alpha"] if best_alpha_run else None,
                "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(os.path.join(config.out, "results.json"), summary)
     _write_tables(config, results, best_alpha_run)
     if episodic:
         _plot_alpha(config, results)
     return summary
+
+
+def _starting_weights(config: ExperimentConfig) -> str:
+    """The ``train`` section's weights; for ``random``, a seeded file of them in the experiment
+    folder, so that the rows that start from them are reproducible and start alike."""
+    base = config.train
+    weights = base.get("weights", "pretrained")
+    if weights != "random":
+        return weights
+    initial = os.path.join(config.out, "train", "initial.pt")
+    if not os.path.exists(initial):
+        torch.manual_seed(int(base.get("seed", 0)))
+        init = create_backbone(base.get("backbone", ClusterConfig.backbone), weights="random",
+                               image_size=base.get("image_size"))
+        save_backbone(init, initial)
+    return initial
+
+
+def _train(train_config: TrainConfig, method: str, alpha: float | None) -> dict[str, Any]:
+    """Train (or resume, or find finished) one run; its row of the protocol."""
+    t = time.perf_counter()
+    trainer = create_method(method, train_config)
+    trainer.fit()
+    return {"training": method, "alpha": alpha, "weights": os.path.join(train_config.out, "best.pt"),
+            "val_CA": trainer.best_score_, "best_epoch": trainer.best_epoch_,
+            "train_seconds": round(time.perf_counter() - t, 1)}
+
+
+def _best_alpha_run(runs: dict[str, dict]) -> str | None:
+    """The episodic run whose model clusters the validation classes best."""
+    episodic = {r: v for r, v in runs.items() if v["training"] == "episodic"}
+    return max(episodic, key=lambda r: episodic[r]["val_CA"]) if episodic else None
 
 
 def grouped_scores(run_dir: str, algorithms: list[str], seeds: int, pattern: str,

@@ -81,6 +81,21 @@ def test_image_size_sets_the_preprocessing(tmp_path):
         create_backbone("test_efficientnet", weights="random", image_size=4)
 
 
+def test_flip_averaging_embeds_an_image_and_its_mirror_alike_and_keys_the_cache_apart():
+    torch.manual_seed(0)
+    backbone = create_backbone("test_efficientnet", weights="random", image_size=32).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        plain, plain_mirror = backbone(x), backbone(x.flip(-1))
+        assert not torch.allclose(plain, plain_mirror, atol=1e-4)  # the test means something: the net is not symmetric
+        signature = backbone.signature()
+        backbone.flip_average = True
+        averaged, averaged_mirror = backbone(x), backbone(x.flip(-1))
+    assert torch.allclose(averaged, averaged_mirror, atol=1e-5)
+    assert torch.allclose(averaged, (plain + plain_mirror) / 2, atol=1e-5)
+    assert backbone.signature() == signature + "|flip-average"
+
+
 def test_a_saved_backbone_loads_back_with_identical_features(tmp_path):
     original = create_backbone("test_efficientnet", weights="random", image_size=32)
     path = tmp_path / "ckpt.pt"

@@ -48,6 +48,28 @@ def test_the_learned_projection_beats_random_projections_of_its_size_and_the_ide
     assert learned < _eq1(X, y)
 
 
+def test_the_gradient_solver_on_episodes_goes_down_eq_1_to_its_minimum_one_direction():
+    # eq. 1 over several outputs is a ratio of traces: no projection scores below the best single
+    # direction (1 / the largest generalised eigenvalue), and the gradient heads there, letting the
+    # other outputs fade, where the closed form keeps n_classes - 1 directions of full weight
+    X, y = _stretched_classes(6, 30, 20, seed=0)
+    closed = ScatterHead(shrinkage=0.0).fit(X, y)
+    floor = 1 / closed.eigenvalues_[0]
+    assert _eq1(closed.transform(X)[:, :1], y) == pytest.approx(floor, rel=1e-6)
+    start = ScatterHead(solver="episodes", episodes=1, random_state=0).fit(X, y)
+    trained = ScatterHead(solver="episodes", episodes=300, n_way=4, random_state=0).fit(X, y)
+    assert trained.n_components_ == 5 and trained.components_.shape == (20, 5)
+    reached = _eq1(trained.transform(X), y)
+    assert reached < 0.05 * _eq1(start.transform(X), y)
+    assert floor * (1 - 1e-6) <= reached < 1.3 * floor < _eq1(closed.transform(X), y)
+    weights = np.linalg.svd(trained.components_, compute_uv=False)
+    assert weights[1] < 0.25 * weights[0]  # one direction dominates
+    again = ScatterHead(solver="episodes", episodes=300, n_way=4, random_state=0).fit(X, y)
+    assert np.array_equal(again.components_, trained.components_)  # seeded: the same episodes, the same head
+    with pytest.raises(DeepclustError, match="solver='sgd' is not known"):
+        ScatterHead(solver="sgd").fit(X, y)
+
+
 def test_renaming_the_classes_changes_nothing():
     X, y = _stretched_classes(4, 25, 10, seed=2)
     names = np.array(["moth", "bee", "ant", "fly"])

@@ -60,15 +60,21 @@ class Backbone(nn.Module):
         ``crop_pct``, ``crop_mode``) with the image size in effect.
     weights : str
         Where the weights came from (``"pretrained:<source>"``, ``"random"`` or a path).
+    flip_average : bool
+        Embed each image as the mean of its features and those of its mirror image
+        (left-right): twice the compute, and features that do not depend on which way
+        the subject faces.
     """
 
-    def __init__(self, name: str, model: nn.Module, data_config: dict, weights: str, head: "LinearHead | None" = None):
+    def __init__(self, name: str, model: nn.Module, data_config: dict, weights: str, head: "LinearHead | None" = None,
+                 flip_average: bool = False):
         super().__init__()
         self.name = name
         self.model = model
         self.head = head
         self.data_config = data_config
         self.weights = weights
+        self.flip_average = flip_average
 
     @property
     def num_features(self) -> int:
@@ -77,6 +83,9 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        if self.flip_average:
+            mirrored = self.model.forward_head(self.model.forward_features(images.flip(-1)), pre_logits=True)
+            features = (features + mirrored) / 2
         return features if self.head is None else self.head(features)
 
     @property
@@ -98,7 +107,7 @@ class Backbone(nn.Module):
                 repr(self.data_config.get("crop_mode")),
                 str(self.data_config.get("interpolation")),
             ]
-        )
+        ) + ("|flip-average" if self.flip_average else "")
 
 
 class LinearHead(nn.Module):

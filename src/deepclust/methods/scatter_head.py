@@ -13,6 +13,11 @@ features with few labelled images: PCA first, to the rank the labelled images ca
 (Ledoit and Wolf, 2004, by default), so that directions the labels barely sample are not
 trusted. The head is fitted in seconds and applies to any embeddings: ``transform`` is one
 affine map, ``(X - mean_) @ components_``.
+
+``solver="episodes"`` minimises the same eq. 1 by gradient instead, the way the paper trains
+it: on few-shot episodes (a draw of ``n_way`` classes, ``n_per_class`` images each), in the
+same PCA space and with the same number of outputs, so the two can be compared
+(``benchmarks/scatter_head_moths.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import scipy.linalg
 
 from deepclust.errors import DeepclustError
-from deepclust.validation import check_float, check_int
+from deepclust.validation import check_choice, check_float, check_int
 
 
 class ScatterHead:
@@ -38,6 +43,14 @@ class ScatterHead:
     pca_components : "auto", int or None
         Dimensions kept by the PCA before the discriminant: ``"auto"`` keeps
         ``min(d, n - n_classes)``; None skips the PCA.
+    solver : "closed" or "episodes"
+        The generalised eigenvectors (default), or Adam on eq. 1 over episodes (``shrinkage``
+        then plays no part).
+    episodes, n_way, n_per_class : int
+        With ``solver="episodes"``: the number of episodes, classes per episode and images
+        per class in each.
+    random_state : int, Generator or None
+        With ``solver="episodes"``: the starting projection and the episodes drawn.
 
     Attributes (after ``fit``)
     ---------------------------
@@ -51,13 +64,23 @@ class ScatterHead:
     """
 
     def __init__(self, n_components: int | None = None, shrinkage: float | str = "auto",
-                 pca_components: int | str | None = "auto"):
+                 pca_components: int | str | None = "auto", solver: str = "closed", episodes: int = 1000,
+                 n_way: int = 20, n_per_class: int = 11, random_state=None):
         self.n_components = n_components
         self.shrinkage = shrinkage
         self.pca_components = pca_components
+        self.solver = solver
+        self.episodes = episodes
+        self.n_way = n_way
+        self.n_per_class = n_per_class
+        self.random_state = random_state
 
     def check_params(self) -> None:
         check_int("n_components", self.n_components, 1, optional=True)
+        check_choice("solver", self.solver, ("closed", "episodes"))
+        check_int("episodes", self.episodes, 1)
+        check_int("n_way", self.n_way, 2)
+        check_int("n_per_class", self.n_per_class, 2)
         if self.shrinkage != "auto":
             check_float("shrinkage", self.shrinkage, 0.0, 1.0)
         if self.pca_components not in ("auto", None):
@@ -106,9 +129,36 @@ class ScatterHead:
         values, vectors = scipy.linalg.eigh(between, within + 1e-12 * scale * np.eye(p))
         top = np.argsort(values)[::-1][:n_out]
         self.eigenvalues_ = values[top]
-        self.components_ = basis @ vectors[:, top]
+        if self.solver == "episodes":
+            self.components_ = basis @ self._episodes(Z, inverse, k, n_out)
+        else:
+            self.components_ = basis @ vectors[:, top]
         self.n_components_ = n_out
         return self
+
+    def _episodes(self, Z: np.ndarray, inverse: np.ndarray, k: int, n_out: int) -> np.ndarray:
+        """A projection (p, n_out) trained by Adam on eq. 1 over few-shot episodes of ``Z``."""
+        import torch  # deferred: only the gradient solver needs it
+
+        from deepclust.losses import scatter_loss  # imports torch: only the gradient solver needs it
+
+        rng = np.random.default_rng(self.random_state)
+        members = [np.flatnonzero(inverse == c) for c in range(k)]
+        Zt = torch.from_numpy(Z.astype(np.float32))
+        start = np.linalg.qr(rng.standard_normal((Z.shape[1], n_out)))[0]
+        W = torch.nn.Parameter(torch.from_numpy(start.astype(np.float32)))
+        optimizer = torch.optim.Adam([W], lr=1e-2)
+        n_way = min(self.n_way, k)
+        for _ in range(self.episodes):
+            classes = rng.choice(k, size=n_way, replace=False)
+            idx = np.concatenate([rng.choice(members[c], size=min(self.n_per_class, len(members[c])), replace=False)
+                                  for c in classes])
+            labels = torch.from_numpy(inverse[idx])
+            loss = scatter_loss(Zt[torch.from_numpy(idx)] @ W, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return W.detach().double().numpy()
 
     def _pca(self, Xc: np.ndarray, k: int) -> np.ndarray:
         """An orthonormal basis (d, p) of the leading principal directions, or the identity."""

@@ -231,6 +231,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_refine_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "refine",
+        help="re-cluster a run with what you told it (its feedback.json from `deepclust review`)",
+        description="Learn from the feedback on RUN_DIR's images (names, confirmed clusters, merges, splits, "
+        "moves, images that do not belong): a linear scatter head fitted on the named and grouped images moves "
+        "every image's features, then constrained k-means clusters them with each group kept together and "
+        "every cannot-link pair apart. Writes an ordinary run to NEW_RUN (report, review, export, predict "
+        "and evaluate work on it), which records its parent and the feedback it used; refining it again "
+        "goes round the loop once more. RUN_DIR is never changed.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder of `deepclust cluster` (or of an earlier refine)")
+    p.add_argument("--out", metavar="NEW_RUN", required=True, help="folder for the refined run")
+    p.add_argument("--feedback", metavar="FILE", help="feedback file (default RUN_DIR/feedback.json)")
+    p.add_argument("--n-clusters", metavar="K", type=_positive_int,
+                   help="clusters to make (default: the run's, or more when the feedback's groups need more)")
+    p.add_argument("--algorithm", choices=["spectral", "kmeans"], default="spectral",
+                   help="constrained k-means on a spectral embedding of the refined features (default) or on them")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the clustering (default 0)")
+    p.set_defaults(func=_cmd_refine)
+
+
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from deepclust.jobs.refine import refine_run
+
+    result = refine_run(args.run, args.out, args.feedback, args.n_clusters, args.seed, args.algorithm)
+    info = result.info
+    print(f"refined {len(result.clusters)} images into {len(set(result.clusters.tolist()))} clusters (round "
+          f"{info['round']}): {info['images_in_groups']} images in {info['groups']} known groups "
+          f"({info['named_groups']} named), {info['cannot_link']} cannot-link pairs; {info['images_moved']} images "
+          f"changed cluster; results in {result.out}")
+    if "untouched" in info:
+        u = info["untouched"]
+        print(f"the {u['images']} images the feedback did not touch: "
+              + "  ".join(f"{m} {u['before'][m]:.3f} -> {u['after'][m]:.3f}" for m in ("ACC", "NMI", "ARI")))
+    return 0
+
+
 def _add_predict_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
@@ -491,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(subparsers)
     _add_export_parser(subparsers)
     _add_predict_parser(subparsers)
+    _add_refine_parser(subparsers)
     _add_export_onnx_parser(subparsers)
     return parser
 

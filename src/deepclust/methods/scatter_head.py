@@ -37,12 +37,18 @@ class ScatterHead:
     n_components : int or None
         Output dimensions, at most ``n_classes - 1`` (the rank of the between-class scatter:
         further directions would be noise) and the PCA dimension; None: that most.
+    output : "discriminant" or "whitened"
+        ``"discriminant"``: the leading ``n_classes - 1`` directions (Fisher's). ``"whitened"``:
+        every PCA direction, scaled so that the (shrunk) within-class scatter becomes the
+        identity and ordered by eq. 1's ratio: directions the labelled classes do not span are
+        kept, which matters when the projection must also separate classes nobody labelled
+        (``deepclust refine``).
     shrinkage : "auto", float in [0, 1]
         Weight of the identity (scaled to the mean variance) in the within-class scatter:
         ``"auto"`` is the Ledoit-Wolf estimate; 0 is the plain Fisher solution.
     pca_components : "auto", int or None
         Dimensions kept by the PCA before the discriminant: ``"auto"`` keeps
-        ``min(d, n - n_classes)``; None skips the PCA.
+        ``min(d, n_labelled - n_classes)``; None skips the PCA.
     solver : "closed" or "episodes"
         The generalised eigenvectors (default), or Adam on eq. 1 over episodes (``shrinkage``
         then plays no part).
@@ -64,12 +70,14 @@ class ScatterHead:
     """
 
     def __init__(self, n_components: int | None = None, shrinkage: float | str = "auto",
-                 pca_components: int | str | None = "auto", solver: str = "closed", episodes: int = 1000,
+                 pca_components: int | str | None = "auto", solver: str = "closed", output: str = "discriminant",
+                 episodes: int = 1000,
                  n_way: int = 20, n_per_class: int = 11, random_state=None):
         self.n_components = n_components
         self.shrinkage = shrinkage
         self.pca_components = pca_components
         self.solver = solver
+        self.output = output
         self.episodes = episodes
         self.n_way = n_way
         self.n_per_class = n_per_class
@@ -78,6 +86,9 @@ class ScatterHead:
     def check_params(self) -> None:
         check_int("n_components", self.n_components, 1, optional=True)
         check_choice("solver", self.solver, ("closed", "episodes"))
+        check_choice("output", self.output, ("discriminant", "whitened"))
+        if self.output == "whitened" and self.solver != "closed":
+            raise DeepclustError("output='whitened' is the closed form's; use solver='closed'")
         check_int("episodes", self.episodes, 1)
         check_int("n_way", self.n_way, 2)
         check_int("n_per_class", self.n_per_class, 2)
@@ -88,7 +99,8 @@ class ScatterHead:
 
     def fit(self, X, y) -> "ScatterHead":
         """Learn the projection from embeddings ``X`` (n, d) and their classes ``y`` (n,):
-        at least 2 classes, each of at least 2 images."""
+        at least 2 classes, each of at least 2 images. An integer ``y`` of -1 marks an
+        unlabelled image: it takes part in the mean and the PCA only (semi-supervised)."""
         from sklearn.covariance import ledoit_wolf  # deferred: scikit-learn only when a head is fitted
 
         self.check_params()
@@ -99,6 +111,11 @@ class ScatterHead:
                                  f"{len(y)} classes")
         if not np.isfinite(X).all():
             raise DeepclustError("X holds NaN or infinite values; remove those rows first")
+        labelled = ~((y == -1) if y.dtype.kind in "iu" else np.zeros(len(y), bool))
+        self.mean_ = X.mean(axis=0)
+        Xc = X - self.mean_
+        basis = self._pca(Xc, len(np.unique(y[labelled])), int(labelled.sum()))
+        X, y = Xc[labelled], y[labelled]
         self.classes_, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
         k = len(self.classes_)
         if k < 2:
@@ -108,10 +125,7 @@ class ScatterHead:
             single = self.classes_[counts < 2]
             raise DeepclustError(f"{len(single)} class(es) have a single labelled image (e.g. '{single[0]}'); each "
                                  "class needs at least 2 to measure its scatter: label more, or leave them out")
-        self.mean_ = X.mean(axis=0)
-        Xc = X - self.mean_
-        basis = self._pca(Xc, k)
-        Z = Xc @ basis
+        Z = X @ basis
         means = np.stack([Z[inverse == c].mean(axis=0) for c in range(k)])
         residuals = Z - means[inverse]
         p = Z.shape[1]
@@ -125,7 +139,8 @@ class ScatterHead:
         centred = means - means.mean(axis=0)
         between = k * centred.T @ centred - np.outer(centred.sum(axis=0), centred.sum(axis=0))
         # the identity of scatter_loss: sum_{i<j} (m_i - m_j)(m_i - m_j)^T
-        n_out = min(self.n_components or k - 1, k - 1, p)  # beyond k - 1 the between scatter has no rank
+        rank = p if self.output == "whitened" else k - 1  # beyond k - 1 the between scatter has no rank
+        n_out = min(self.n_components or rank, rank, p)
         values, vectors = scipy.linalg.eigh(between, within + 1e-12 * scale * np.eye(p))
         top = np.argsort(values)[::-1][:n_out]
         self.eigenvalues_ = values[top]
@@ -160,12 +175,14 @@ class ScatterHead:
             optimizer.step()
         return W.detach().double().numpy()
 
-    def _pca(self, Xc: np.ndarray, k: int) -> np.ndarray:
-        """An orthonormal basis (d, p) of the leading principal directions, or the identity."""
-        n, d = Xc.shape
+    def _pca(self, Xc: np.ndarray, k: int, n: int) -> np.ndarray:
+        """An orthonormal basis (d, p) of the leading principal directions of every row of
+        ``Xc`` (labelled or not), or the identity; ``auto`` keeps what ``n`` labelled images
+        of ``k`` classes can support."""
+        d = Xc.shape[1]
         if self.pca_components is None:
             return np.eye(d)
-        p = min(d, n - k) if self.pca_components == "auto" else min(int(self.pca_components), d, n)
+        p = min(d, n - k) if self.pca_components == "auto" else min(int(self.pca_components), d, len(Xc))
         if p < 1:
             raise DeepclustError(f"{n} labelled images of {k} classes leave no dimension for the scatter head; "
                                  "label more images")

@@ -104,12 +104,15 @@ def _refine(parent: runs.Run, root: runs.Run, used: Feedback, constraints: Resol
     os.makedirs(out, exist_ok=True)
     used.save(runs.run_path(out, FEEDBACK_USED))
     config = _config(root, out, model.n_clusters_, seed, algorithm)
-    config.weights = _save_head(root, head, out) or config.weights
+    saved = _save_head(root, head, out)
+    if saved is not None:
+        config.weights = saved.weights_file
     metrics = runs.run_metrics(root.labels, clusters)
     runs.write_embeddings(out, projected)
     runs.write_run_files(config, parent.paths, clusters, distances_to_centres(Z, clusters), root.labels, metrics)
     resolved = {**root.summary.get("resolved", {}), "n_clusters": model.n_clusters_,
-                "n_clusters_from": "the run refined, and the feedback's groups", "weights": config.weights,
+                "n_clusters_from": "the run refined, and the feedback's groups",
+                "weights": saved.weights if saved is not None else config.weights,
                 "num_features": int(projected.shape[1]), "normalized": True}
     resolved.pop("embeddings_store", None)
     counts = {"images_found": len(parent.paths), "images_clustered": len(parent.paths), "images_skipped": 0,
@@ -177,13 +180,14 @@ def _config(root: runs.Run, out: str, k: int, seed: int, algorithm: str) -> Clus
     return build_config(ClusterConfig, None, **values)
 
 
-def _save_head(root: runs.Run, head: ScatterHead, out: str) -> str | None:
+def _save_head(root: runs.Run, head: ScatterHead, out: str):
     """``head.pt``: the root run's backbone with the head, so predict and the report embed new
-    images into the refined space. None where the root run has no backbone to carry it."""
+    images into the refined space; returns it loaded back from the file (None where the root
+    run has no backbone to carry the head)."""
     config = root.summary.get("config", {})
     if root.summary.get("command") != "cluster" or not config.get("backbone") or \
             (root.summary.get("resolved") or {}).get("embeddings_store"):
-        log.warning("the root run has no backbone deepclust can load (an end-to-end or store run): the refined run "
+        log.warning("the root run names no backbone deepclust can load (e.g. an end-to-end or store run): the refined run "
                     "has no head.pt, so predict cannot embed new images into it")
         return None
     import torch  # deferred: only to write the head's checkpoint
@@ -195,4 +199,6 @@ def _save_head(root: runs.Run, head: ScatterHead, out: str) -> str | None:
                                torch.as_tensor(head.components_, dtype=torch.float32))
     path = os.path.abspath(runs.run_path(out, HEAD))
     save_backbone(backbone, path, config={"refined_from": os.path.abspath(root.folder)}, method="refine")
-    return path
+    saved = create_backbone(config["backbone"], weights=path, image_size=config.get("image_size"))
+    saved.weights_file = path  # as the config names it; saved.weights adds the file's hash, as every run records
+    return saved

@@ -231,6 +231,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_review_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "review",
+        help="look at a run's clusters in your browser and correct them (names, merges, splits, moves)",
+        description="Serve a page on this computer only (127.0.0.1, a random port and a secret token in the "
+        "address) that shows every cluster, least certain first, and lets you name, confirm, merge and split "
+        "clusters, move images, mark images that do not belong or that you cannot place, and undo. Every "
+        "action is saved at once to RUN_DIR/feedback.json (and RUN_DIR/review-actions.jsonl, from which a "
+        "later review starts where you left); the run's own files are never changed. Then: deepclust refine "
+        "RUN_DIR --out NEW_RUN.",
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="run folder of `deepclust cluster`, `refine` or `train`")
+    p.add_argument("--port", metavar="N", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", dest="browser", action="store_false", help="only print the address to open")
+    p.set_defaults(func=_cmd_review)
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from deepclust.jobs.review_server import serve
+
+    serve(args.run, args.port, args.browser)
+    return 0
+
+
 def _add_refine_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "refine",
@@ -529,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(subparsers)
     _add_export_parser(subparsers)
     _add_predict_parser(subparsers)
+    _add_review_parser(subparsers)
     _add_refine_parser(subparsers)
     _add_export_onnx_parser(subparsers)
     return parser

@@ -130,7 +130,7 @@ def _old_metrics(run_dir: str) -> dict | None:
     return metrics if isinstance(metrics, dict) else None
 
 
-def _dataset_pixels(run: runs.Run):
+def dataset_pixels(run: runs.Run):
     """The images of a run made from a benchmark array (an end-to-end method's ``dataset:``),
     in the run's row order, as uint8 (n, C, H, W); None for runs of image files."""
     dataset = run.summary.get("config", {}).get("dataset")
@@ -168,16 +168,23 @@ def _fit(img, size: int):
     return img
 
 
-def _thumbnail(run: runs.Run, i: int, size: int, pixels=None) -> str | None:
-    """A JPEG data URI of row i's image, or None when it cannot be read."""
+def thumbnail_jpeg(run: runs.Run, i: int, size: int, pixels=None) -> bytes | None:
+    """Row i's image fitted to a ``size`` square, as JPEG bytes; None when it cannot be read.
+    (``pixels``: :func:`dataset_pixels` of a run made from a benchmark array.)"""
     try:
         img = _image(run, i, pixels)
-    except Exception:  # noqa: BLE001  an unreadable image gets a placeholder, not a failed report
+    except Exception:  # noqa: BLE001  an unreadable image gets a placeholder, not a failure
         return None
     img = _fit(img, size)
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _thumbnail(run: runs.Run, i: int, size: int, pixels=None) -> str | None:
+    """A JPEG data URI of row i's image, or None when it cannot be read."""
+    data = thumbnail_jpeg(run, i, size, pixels)
+    return None if data is None else "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _png_uri(path: str) -> str:
@@ -350,7 +357,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     xy_index, xy = embedding_map(run.embeddings, options.map_points, options.map_method, options.seed)
     montages = cluster_montages(run.clusters, distances, options.per_cluster, options.max_clusters)
     matched = match_clusters(run.labels, run.clusters) if run.labels is not None else None
-    pixels = _dataset_pixels(run)
+    pixels = dataset_pixels(run)
     files = _plots(run, out, options, xy_index, xy, montages, matched, pixels)
     # The scores of this run: summary.json holds them (written last, with the run); a metrics.json
     # beside it is read only for runs that predate that.

@@ -185,3 +185,35 @@ def test_refine_cli_on_real_moths_writes_a_run_that_predict_embeds_through_its_h
     by_path = dict(zip(refined.paths, refined.clusters))
     agree = np.mean([int(r["cluster"]) == by_path[r["path"]] for r in rows if r["path"] in by_path])
     assert agree > 0.9  # the run's own images, embedded again through head.pt, land in their clusters
+
+
+@needs_moths
+def test_refine_finetune_trains_the_backbone_on_the_feedbacks_classes_then_embeds_again(moth_split, tmp_path, capsys):
+    images, _ = moth_split
+    run = tmp_path / "run"
+    assert main(["-q", "cluster", str(images), "--out", str(run), "--labels", "folders", "--n-clusters", "8",
+                 "--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32", "--no-progress"]) == 0
+    first = runs.load_run(run)
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(first.paths), size=len(first.paths) // 2, replace=False)
+    Feedback(labels={first.paths[i]: first.labels[i] for i in picked}).save(run / "feedback.json")
+    capsys.readouterr()
+    assert main(["-q", "refine", str(run), "--out", str(tmp_path / "new"), "--finetune", "--no-progress"]) == 0
+    new = runs.load_run(tmp_path / "new")
+    tuned = new.summary["refine"]["finetuned"]
+    assert tuned["weights"] == str(tmp_path / "new" / "finetune" / "train" / "best.pt")
+    split = json.loads((tmp_path / "new" / "finetune" / "split.json").read_text())
+    assert len(split["subsets"]["train"]) == 6 and len(split["subsets"]["val"]) == 2  # a fifth held back, at least 2
+    linked = [os.path.realpath(p) for p in (tmp_path / "new" / "finetune" / "images").rglob("*.jpg")]
+    assert sorted(linked) == sorted(os.path.realpath(first.paths[i]) for i in picked)  # links, not copies
+    history = json.loads((tmp_path / "new" / "finetune" / "train" / "train_summary.json").read_text())["history"]
+    assert history[-1]["epoch"] == 4 and "Lm" in history[-1]  # the scatter loss trained
+    # the head's checkpoint carries the fine-tuned backbone: predict puts the run's images back
+    assert main(["-q", "predict", str(tmp_path / "new"), str(images), "--out", str(tmp_path / "pred")]) == 0
+    rows = list(__import__("csv").DictReader(open(tmp_path / "pred" / "predictions.csv")))
+    by_path = dict(zip(new.paths, new.clusters))
+    assert np.mean([int(r["cluster"]) == by_path[r["path"]] for r in rows]) > 0.9
+    Feedback(labels={first.paths[i]: first.labels[i] for i in picked[:6]}).save(tmp_path / "few.json")
+    assert main(["refine", str(run), "--feedback", str(tmp_path / "few.json"), "--out", str(tmp_path / "x"),
+                 "--finetune"]) == 2
+    assert "--finetune needs at least 6 classes of 2 or more images" in capsys.readouterr().err

@@ -273,6 +273,10 @@ def _add_refine_parser(subparsers) -> None:
                    help="clusters to make (default: the run's, or more when the feedback's groups need more)")
     p.add_argument("--algorithm", choices=["spectral", "kmeans"], default="spectral",
                    help="constrained k-means on a spectral embedding of the refined features (default) or on them")
+    p.add_argument("--finetune", action="store_true",
+                   help="first fine-tune the run's backbone on the feedback's classes (the core method's episodic "
+                   "training; minutes on a CPU), then embed every image again")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the clustering (default 0)")
     p.set_defaults(func=_cmd_refine)
 
@@ -280,7 +284,8 @@ def _add_refine_parser(subparsers) -> None:
 def _cmd_refine(args: argparse.Namespace) -> int:
     from deepclust.jobs.refine import refine_run
 
-    result = refine_run(args.run, args.out, args.feedback, args.n_clusters, args.seed, args.algorithm)
+    result = refine_run(args.run, args.out, args.feedback, args.n_clusters, args.seed, args.algorithm, args.finetune,
+                        args.progress)
     info = result.info
     print(f"refined {len(result.clusters)} images into {len(set(result.clusters.tolist()))} clusters (round "
           f"{info['round']}): {info['images_in_groups']} images in {info['groups']} known groups "

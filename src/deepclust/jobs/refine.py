@@ -16,6 +16,13 @@ the clustering honours it.
    (:class:`~deepclust.cluster.constrained.ConstrainedKMeans`): each group in a cluster of
    its own, no cannot-link pair together; the clusters nobody touched are formed afresh, and
    k grows when the groups need more.
+With ``--finetune``, the backbone learns first: the feedback's classes of at least two images
+become a class split (symbolic links in ``NEW_RUN/finetune/images``, a fifth of the classes
+held back to select the epoch), the core method's episodic trainer (the same as ``deepclust
+train``, scatter loss weighted by ``FINETUNE["alpha"]``, the last stage trained on cached
+views) fine-tunes the run's backbone on them, and every image is embedded again before the
+head is fitted and the images are clustered.
+
 4. The new run folder is an ordinary run (report, review, export, predict and evaluate work
    on it): its backbone checkpoint ``head.pt`` carries the head, and ``summary.json`` records
    the parent run, the root run whose embeddings were projected, and the feedback used
@@ -65,7 +72,8 @@ class Refinement:
 
 
 def refine_run(run_dir: str | os.PathLike, out: str | os.PathLike, feedback: str | os.PathLike | None = None,
-               n_clusters: int | None = None, seed: int = 0, algorithm: str = "spectral") -> Refinement:
+               n_clusters: int | None = None, seed: int = 0, algorithm: str = "spectral", finetune: bool = False,
+               progress: bool = True) -> Refinement:
     """Refine the run in ``run_dir`` with its feedback; write the new run to ``out``."""
     run_dir, out = os.fspath(run_dir), os.fspath(out)
     check_choice("algorithm", algorithm, ("spectral", "kmeans"))
@@ -84,13 +92,14 @@ def refine_run(run_dir: str | os.PathLike, out: str | os.PathLike, feedback: str
     check_writable(out)
     with lock_folder(out):
         runs.retire_outputs(out)
-        return _refine(parent, root, used, constraints, out, feedback_path, n_clusters, seed, algorithm)
+        tuned = _finetune(root, constraints, out, seed, progress) if finetune else None
+        return _refine(parent, root, used, constraints, out, feedback_path, n_clusters, seed, algorithm, tuned)
 
 
 def _refine(parent: runs.Run, root: runs.Run, used: Feedback, constraints: Resolved, out: str, feedback_path: str,
-            n_clusters: int | None, seed: int, algorithm: str) -> Refinement:
+            n_clusters: int | None, seed: int, algorithm: str, tuned: tuple | None = None) -> Refinement:
     t0 = time.perf_counter()
-    X = prepare_features(root.embeddings, True)
+    X = prepare_features(root.embeddings if tuned is None else tuned[0], True)
     head = fit_head(X, constraints)
     projected = head.transform(X)
     Z = prepare_features(projected, True)
@@ -101,10 +110,12 @@ def _refine(parent: runs.Run, root: runs.Run, used: Feedback, constraints: Resol
     seconds = time.perf_counter() - t0
     info = _describe(parent, root, constraints, clusters, head, feedback_path, seconds)
     info["algorithm"] = algorithm
+    if tuned is not None:
+        info["finetuned"] = {"weights": tuned[1], "seconds": round(tuned[2], 1)}
     os.makedirs(out, exist_ok=True)
     used.save(runs.run_path(out, FEEDBACK_USED))
     config = _config(root, out, model.n_clusters_, seed, algorithm)
-    saved = _save_head(root, head, out)
+    saved = _save_head(root, head, out, tuned[1] if tuned is not None else None)
     if saved is not None:
         config.weights = saved.weights_file
     metrics = runs.run_metrics(root.labels, clusters)
@@ -180,7 +191,7 @@ def _config(root: runs.Run, out: str, k: int, seed: int, algorithm: str) -> Clus
     return build_config(ClusterConfig, None, **values)
 
 
-def _save_head(root: runs.Run, head: ScatterHead, out: str):
+def _save_head(root: runs.Run, head: ScatterHead, out: str, weights: str | None = None):
     """``head.pt``: the root run's backbone with the head, so predict and the report embed new
     images into the refined space; returns it loaded back from the file (None where the root
     run has no backbone to carry the head)."""
@@ -194,7 +205,8 @@ def _save_head(root: runs.Run, head: ScatterHead, out: str):
 
     from deepclust.features.backbones import LinearHead, create_backbone, save_backbone  # imports torch and timm
 
-    backbone = create_backbone(config["backbone"], weights=root.backbone_weights(), image_size=config.get("image_size"))
+    backbone = create_backbone(config["backbone"], weights=weights or root.backbone_weights(),
+                               image_size=config.get("image_size"))
     backbone.head = LinearHead(torch.as_tensor(head.mean_, dtype=torch.float32),
                                torch.as_tensor(head.components_, dtype=torch.float32))
     path = os.path.abspath(runs.run_path(out, HEAD))
@@ -202,3 +214,73 @@ def _save_head(root: runs.Run, head: ScatterHead, out: str):
     saved = create_backbone(config["backbone"], weights=path, image_size=config.get("image_size"))
     saved.weights_file = path  # as the config names it; saved.weights adds the file's hash, as every run records
     return saved
+
+
+#: How ``refine --finetune`` trains (the EU-moths protocol's CPU settings, fewer and smaller tasks:
+#: the feedback's classes hold few images each).
+FINETUNE = dict(trainable_stages=1, cache_views=4, epochs=4, milestones=[2, 3], lr=1e-3, n_tasks=60, alpha=0.5,
+                scale=[0.6, 1.0], hflip=0.5, color_jitter=0.3)
+
+
+def _finetune(root: runs.Run, constraints: Resolved, out: str, seed: int, progress: bool) -> tuple:
+    """Fine-tune the root run's backbone on the feedback's classes; (every image's new
+    embedding, the checkpoint, seconds)."""
+    import json
+
+    from deepclust.config import TrainConfig, build_config  # config reading, only here
+    from deepclust.data.folders import ImageRecord  # plain data, only here
+    from deepclust.features.extract import embed_records  # imports torch: only when fine-tuning
+    from deepclust.methods import create_method  # imports torch: only when fine-tuning
+
+    t0 = time.perf_counter()
+    config = root.summary.get("config", {})
+    if root.summary.get("command") != "cluster" or not config.get("backbone"):
+        raise DeepclustError("--finetune needs a run of `deepclust cluster` (its backbone is what learns); "
+                             "leave --finetune out")
+    group = constraints.group
+    sizes = np.bincount(group[group >= 0], minlength=len(constraints.names))
+    classes = np.flatnonzero(sizes >= 2)
+    if len(classes) < 6:
+        raise DeepclustError(f"--finetune needs at least 6 classes of 2 or more images in the feedback (it holds "
+                             f"{len(classes)}): name or label more, or refine without --finetune")
+    folder = os.path.join(out, "finetune")
+    images = os.path.join(folder, "images")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(classes, size=max(2, len(classes) // 5), replace=False).tolist())
+    names = {int(g): f"class-{int(g):04d}" for g in classes}
+    for i in np.flatnonzero(np.isin(group, classes)):
+        target = os.path.join(images, names[int(group[i])])
+        os.makedirs(target, exist_ok=True)
+        link = os.path.join(target, f"{i:06d}-{os.path.basename(root.paths[i])}")
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(root.resolve(root.paths[i])), link)
+    split = os.path.join(folder, "split.json")
+    with open(split, "w", encoding="utf-8") as fh:
+        json.dump({"name": "feedback", "subsets": {"train": [names[g] for g in classes if g not in held],
+                                                   "val": [names[g] for g in classes if g in held]}}, fh)
+    train_sizes = sorted(sizes[g] for g in classes if g not in held)
+    shots = int(max(1, min(5, train_sizes[len(train_sizes) // 2] // 2)))
+    n_way = int(min(20, sum(n >= 2 * shots for n in train_sizes)))
+    train = build_config(TrainConfig, None, **{
+        **FINETUNE, "method": "episodic", "images": images, "split": split, "out": os.path.join(folder, "train"),
+        "backbone": config["backbone"], "weights": root.backbone_weights(), "image_size": config.get("image_size"),
+        "n_way": n_way, "n_shot": shots, "n_query": shots, "seed": seed, "progress": progress,
+        "device": config.get("device", "cpu")})
+    log.info("fine-tuning %s on %d classes of the feedback (%d held back to select the epoch)", config["backbone"],
+             len(classes) - len(held), len(held))
+    trainer = create_method("episodic", train)
+    backbone = trainer.fit()
+    records = []
+    for p in root.paths:
+        path = root.resolve(p)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            raise DeepclustError(f"the run's image '{p}' is gone; refine without --finetune, or restore it") from None
+        records.append(ImageRecord(path=path, relpath=p, folder="", size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+    emb = embed_records(records, backbone, os.path.join(folder, "cache"), batch_size=int(config.get("batch_size", 32)),
+                        device=config.get("device", "cpu"), progress=progress)
+    if emb.skipped:
+        raise DeepclustError(f"{len(emb.skipped)} of the run's images can no longer be read (e.g. "
+                             f"'{emb.skipped[0][0]}'); refine without --finetune, or restore them")
+    return emb.vectors, os.path.abspath(os.path.join(train.out, "best.pt")), time.perf_counter() - t0

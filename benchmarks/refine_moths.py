@@ -5,8 +5,9 @@ with ``--subset test``, optionally through a fine-tuned backbone ``--weights bes
 run clusters every image (k = the number of species). Then an oracle spends a fixed budget:
 
 - (a) ``random``: labels a random 5 %, 10 % or 20 % of the images;
-- (b) ``queue``: labels as many images, taken in the review queue's order (the least certain
-  first, as ``deepclust review`` lists them);
+- (b) ``queue``: labels as many images, taken in the review queue's order (as ``deepclust
+  review`` lists them: clusters least sure of themselves first, their least certain image
+  each in turn);
 - (c) ``clusters``: names whole clusters: for the B most populous clusters it keeps the images
   of the majority species (named) and marks the others as not belonging.
 
@@ -32,7 +33,7 @@ from deepclust.config import ClusterConfig
 from deepclust.data import load_split
 from deepclust.feedback import Feedback
 from deepclust.jobs.refine import refine_run
-from deepclust.jobs.review import confidence
+from deepclust.jobs.review import confidence, review_queue
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("DEEPCLUST_SHARED", os.path.join(HERE, "..", "..", "shared"))
@@ -86,9 +87,9 @@ def oracle(kind: str, budget: float, run: runs.Run, rng: np.random.Generator) ->
     n = int(round(budget / 100 * len(paths)))
     if kind == "random":
         picked = rng.choice(len(paths), size=n, replace=False)
-    else:  # the review queue: the least certain images first
+    else:  # the review queue's order, as deepclust review lists it
         margin, _ = confidence(run.embeddings, run.clusters)
-        picked = np.argsort(margin, kind="stable")[:n]
+        picked = review_queue(run.clusters, margin)[:n]
     return Feedback(labels={paths[i]: str(y[i]) for i in picked}), n
 
 

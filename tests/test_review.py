@@ -61,7 +61,12 @@ def test_each_action_becomes_feedback_and_undo_and_reopening_replay_it(small_run
     state = s.state()
     assert [c["images"][0] for c in state["clusters"] if c["id"] == 0] == [0]  # most typical first (lowest noise)
     assert sorted(len(c["images"]) for c in state["clusters"]) == [PER] * K
-    assert state["queue"][0] == int(np.argmin(s.margin))  # least certain first
+    ids = sorted({c["id"]: c["confidence"] for c in state["clusters"]}.items(), key=lambda kv: kv[1])
+    first_round = state["queue"][:K]  # one image of each cluster, the least sure cluster first ...
+    assert [int(s.run.clusters[i]) for i in first_round] == [c for c, _ in ids]
+    for i in first_round:  # ... each its least certain image
+        members = np.flatnonzero(s.run.clusters == s.run.clusters[i])
+        assert s.margin[i] == s.margin[members].min()
     s.act({"type": "name", "cluster": 0, "name": "Agrotis"})
     s.act({"type": "move", "images": [7], "to": 0})  # an image of cluster 1 belongs with cluster 0
     s.act({"type": "reject", "images": [5]})  # image 5 is not an Agrotis

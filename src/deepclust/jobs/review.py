@@ -58,6 +58,19 @@ def confidence(embeddings: np.ndarray, clusters: np.ndarray, normalized: bool = 
     return np.where(member, margin, 0.0), own
 
 
+def review_queue(clusters: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Every image in the order a review should look at them: the clusters least sure of
+    themselves first, one image of each in turn (its least certain one not yet taken), so a
+    short review already covers many clusters: labels spread over clusters teach ``refine``
+    more than labels piled on the hardest images (measured in docs/review.md)."""
+    ids = np.unique(clusters)
+    members = [np.flatnonzero(clusters == c) for c in ids]
+    members = [m[np.argsort(margin[m], kind="stable")] for m in members]
+    order = np.argsort([margin[m].mean() for m in members], kind="stable")
+    rounds = max((len(m) for m in members), default=0)
+    return np.array([members[c][r] for r in range(rounds) for c in order if r < len(members[c])], dtype=np.int64)
+
+
 class ReviewSession:
     """The review of one run: its state, rebuilt from the action log, and the feedback.
 
@@ -247,7 +260,7 @@ class ReviewSession:
                              "confidence": round(float(np.mean(self.margin[members])), 4) if len(members) else 0.0,
                              "images": members.tolist()})
         clusters.sort(key=lambda k: (k["reviewed"], k["confidence"]))
-        open_images = [i for i in np.argsort(self.margin, kind="stable").tolist()
+        open_images = [i for i in review_queue(self.run.clusters, self.margin).tolist()
                        if int(self.assign[i]) not in self.reviewed and i not in self.rejected and i not in self.unknown]
         return {
             "run": os.path.abspath(self.folder), "n_images": self.n,

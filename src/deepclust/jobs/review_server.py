@@ -48,6 +48,15 @@ class ReviewServer(ThreadingHTTPServer):
         self.hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
         self._thumbs = lru_cache(maxsize=4096)(self._thumbnail)
 
+    def handle_error(self, request, client_address) -> None:
+        """A browser that closes a connection early (a page reloaded while thumbnails load) is
+        normal; anything else is logged, and the server goes on."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            log.warning("review: a request failed (%s: %s)", type(error).__name__, error)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/?t={self.token}"

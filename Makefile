@@ -6,7 +6,7 @@ SHARED ?= ../shared
 DEMO_OUT ?= runs/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all test-gpu install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every CUDA path (tests/test_gpu.py) and the CUDA throughput benchmark; skipped without a GPU.
+# On a bare GPU machine: sh scripts/prepare_gpu_check.sh here, then sh scripts/gpu_check.sh there.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -v -m gpu -rs tests/test_gpu.py
+	$(BIN)/python benchmarks/gpu_throughput.py
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''

@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--oracles", nargs="+", default=["random", "queue", "clusters"])
     parser.add_argument("--finetune", action="store_true", help="also refine --finetune")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="refine-moths-")
     run, seconds = first_run(os.path.join(work, "first"), args)
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
             if args.finetune:
                 t = time.perf_counter()
                 tuned = refine_run(run.folder, os.path.join(work, f"finetuned-{kind}-{budget:g}"), path, seed=args.seed,
-                                   finetune=True)
+                                   finetune=True, progress=args.progress)
                 f = tuned.info["untouched"]["after"]
                 line += f"  {f['ACC']:.3f}/{f['ARI']:.3f} {time.perf_counter() - t:6.0f}"
             print(line, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPCLUST_SHARED", ROOT.parent / "shared"))
 MOTHS = SHARED / "data" / "eu-moths"
 CIFAR_RESNET = SHARED / "weights" / "cifar-resnet"
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, offline (no background fetches), through Playwright."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
 
 needs_moths = pytest.mark.skipif(not (MOTHS / "images").is_dir(), reason=f"EU moths not found at {MOTHS}")
 

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from deepclust.cli import main
-from deepclust.errors import DeepclustError
 from deepclust.runs import load_run
 from test_mmdc_cli import three_classes  # noqa: F401  (fixture: 30 CIFAR JPEGs of 3 classes + a corrupt file)
 

@@ -4,15 +4,13 @@ per-cluster export, predicting new images into a run, and the ONNX backbone."""
 import csv
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
-from conftest import MOTHS, needs_moths
+from conftest import MOTHS, launch_chromium, needs_chromium, needs_moths
 from deepclust.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SECTIONS = ("settings", "scores", "map", "sizes", "clusters", "confusion", "skipped")
 
 
@@ -56,16 +54,14 @@ def test_the_report_holds_every_section_and_its_figures(moths_test_run):
 
 
 @needs_moths
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_the_report_renders_in_headless_chromium_without_errors(moths_test_run, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     _, out = moths_test_run
     url = (out / "report" / "report.html").resolve().as_uri()
     errors, requests = [], []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
+from conftest import launch_chromium, needs_chromium
 from deepclust import runs
 from deepclust.config import ClusterConfig
 from deepclust.errors import DeepclustError
@@ -19,8 +18,10 @@ from deepclust.feedback import load_feedback, resolve
 from deepclust.jobs.review import ReviewSession
 from deepclust.jobs.review_server import ReviewServer
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 K, PER = 5, 6
+#: What the page shows: per cluster card, its id, name and images (number, marks, loaded).
+CARDS = ("[...document.querySelectorAll('.card')].map(c => [c.dataset.cluster, c.querySelector('input.name').value, "
+         "[...c.querySelectorAll('img')].map(i => [i.dataset.image, i.className, i.naturalWidth > 0])])")
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ def test_the_server_needs_its_token_and_its_own_address_and_serves_only_the_runs
         server.server_close()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_the_review_page_in_chromium_merges_splits_names_moves_marks_and_survives_a_reload(small_run, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     folder, paths = small_run
@@ -149,9 +150,7 @@ def test_the_review_page_in_chromium_merges_splits_names_moves_marks_and_survive
     errors, requests = [], []
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -192,14 +191,10 @@ def test_the_review_page_in_chromium_merges_splits_names_moves_marks_and_survive
                 saved(6)
                 shot = tmp_path / "review.png"
                 page.screenshot(path=str(shot))
-                before = page.evaluate("[...document.querySelectorAll('.card')].map(c => [c.dataset.cluster, "
-                                       "c.querySelector('input.name').value, [...c.querySelectorAll('img')]"
-                                       ".map(i => [i.dataset.image, i.className, i.naturalWidth > 0])])")
+                before = page.evaluate(CARDS)
                 page.reload()
                 page.wait_for_selector("#status:has-text('ready (6 actions so far)')")
-                after = page.evaluate("[...document.querySelectorAll('.card')].map(c => [c.dataset.cluster, "
-                                      "c.querySelector('input.name').value, [...c.querySelectorAll('img')]"
-                                      ".map(i => [i.dataset.image, i.className, i.naturalWidth > 0])])")
+                after = page.evaluate(CARDS)
                 for _ in range(100):  # (wait_for_function would evaluate a string, which the page's CSP forbids)
                     if page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"):
                         break

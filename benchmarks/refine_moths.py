@@ -88,7 +88,7 @@ def oracle(kind: str, budget: float, run: runs.Run, rng: np.random.Generator) ->
     if kind == "random":
         picked = rng.choice(len(paths), size=n, replace=False)
     else:  # the review queue's order, as deepclust review lists it
-        margin, _ = confidence(run.embeddings, run.clusters)
+        margin, _ = confidence(run)
         picked = review_queue(run.clusters, margin)[:n]
     return Feedback(labels={paths[i]: str(y[i]) for i in picked}), n
 

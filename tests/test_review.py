@@ -12,6 +12,7 @@ import pytest
 
 from conftest import launch_chromium, needs_chromium
 from deepclust import runs
+from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features
 from deepclust.config import ClusterConfig
 from deepclust.errors import DeepclustError
 from deepclust.feedback import load_feedback, resolve
@@ -44,8 +45,11 @@ def small_run(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     config = ClusterConfig(images=str(images), out=str(folder), n_clusters=K)
-    runs.write_embeddings(folder, np.array(X, dtype=np.float32))
-    runs.write_run_files(config, paths, np.array(clusters), np.zeros(len(paths)), None, None)
+    X, clusters = np.array(X, dtype=np.float32), np.array(clusters)
+    Xn = prepare_features(X, True)
+    runs.write_embeddings(folder, X)
+    runs.write_run_files(config, paths, clusters, distances_to_centres(Xn, clusters), None, None,
+                         centre_margins(Xn, clusters))
     runs.RunSummary(command="cluster", config=config.to_dict(), resolved={"normalized": True}, seed=0, counts={},
                     timings_seconds={}).write(folder)
     return folder, paths

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
+import numpy as np
+import pytest
+
+from deepclust import runs
 from deepclust.runs import RunSummary, read_summary, write_summary
 
 
@@ -31,3 +36,23 @@ def test_a_plain_dict_is_written_through_the_type_with_a_run_id(tmp_path):
     first = read_summary(tmp_path)["run_id"]
     write_summary(tmp_path, {"command": "cluster"})
     assert read_summary(tmp_path)["run_id"] != first  # each run its own id
+
+
+def test_confidence_is_the_margin_to_the_nearest_other_centre_and_clusters_csv_names_the_typical_image(tmp_path):
+    from deepclust.cluster.space import centre_margins, distances_to_centres
+
+    X = np.array([[0.0, 0], [2, 0], [10, 0], [12, 0], [30, 0]])
+    clusters = np.array([0, 0, 1, 1, -1])  # centres at 1 and 11; the last image is noise
+    margins = centre_margins(X, clusters)
+    assert np.allclose(margins[:4], [11 - 1, 9 - 1, 9 - 1, 11 - 1]) and np.isnan(margins[4])
+    assert np.allclose(centre_margins(X, np.array([0, 1, 1, 1, -1]))[:4], [8, -4, 8, 8])  # image 1: nearer the other
+    assert np.isnan(centre_margins(X, np.zeros(5, int))).all()  # one cluster: no other centre
+    assert np.allclose(centre_margins(X, clusters, chunk=2), margins, equal_nan=True)  # chunking changes nothing
+    paths = [f"img{i}.jpg" for i in range(5)]
+    distances = distances_to_centres(X, clusters)
+    runs.write_assignments(tmp_path, paths, clusters, distances, None, margins)
+    rows = list(csv.DictReader(open(tmp_path / "clusters.csv")))
+    assert [(r["cluster"], r["size"], r["typical"]) for r in rows] == [("0", "2", "img0.jpg"), ("1", "2", "img2.jpg")]
+    assert float(rows[0]["confidence"]) == pytest.approx(9.0) and float(rows[0]["cohesion"]) == pytest.approx(1.0)
+    assignments = list(csv.DictReader(open(tmp_path / "assignments.csv")))
+    assert assignments[0]["confidence"] == "10.000000" and assignments[4]["confidence"] == ""

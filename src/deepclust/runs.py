@@ -3,7 +3,8 @@
 ::
 
     RUN_DIR/
-      assignments.csv   path, cluster, distance[, label]  one row per clustered image
+      assignments.csv   path, cluster, distance[, confidence][, label]  one row per clustered image
+      clusters.csv      cluster, size, confidence, cohesion, typical  one row per cluster
       embeddings.npy    float32 (n_images, n_features), rows in the order of assignments.csv
                         (a run of `cluster --embeddings STORE` has none: summary.json names the
                         store, whose valid rows are these rows)
@@ -45,6 +46,7 @@ EMBEDDINGS = "embeddings.npy"
 SKIPPED = "skipped.csv"
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
+CLUSTERS = "clusters.csv"
 CONFIG = "config.yaml"
 CACHE = "cache"
 K_ESTIMATION = "k_estimation.csv"
@@ -60,17 +62,40 @@ def write_assignments(
     clusters: np.ndarray,
     distances: np.ndarray,
     labels: Sequence[str] | None = None,
+    confidence: np.ndarray | None = None,
 ) -> None:
-    """Write ``assignments.csv``: one row per image, its cluster and distance to the centre.
+    """Write ``assignments.csv``: one row per image, its cluster, distance to the centre and
+    (when given) confidence (:func:`deepclust.cluster.space.centre_margins`).
 
-    Noise (cluster ``-1``) has an empty distance.
+    Noise (cluster ``-1``) has an empty distance and confidence.
     """
-    header = ["path", "cluster", "distance"] + (["label"] if labels is not None else [])
+    def number(v) -> str:
+        return f"{v:.6f}" if np.isfinite(v) else ""
+
+    header = ["path", "cluster", "distance"] + (["confidence"] if confidence is not None else []) + \
+        (["label"] if labels is not None else [])
     rows = (
-        [p, int(c), f"{d:.6f}" if np.isfinite(d) else ""] + ([labels[i]] if labels is not None else [])
+        [p, int(c), number(d)] + ([number(confidence[i])] if confidence is not None else [])
+        + ([labels[i]] if labels is not None else [])
         for i, (p, c, d) in enumerate(zip(paths, clusters, distances))
     )
     write_csv(run_path(run_dir, ASSIGNMENTS), header, rows)
+    if confidence is not None:
+        write_clusters(run_dir, paths, clusters, distances, confidence)
+
+
+def write_clusters(run_dir: str | os.PathLike, paths: Sequence[str], clusters: np.ndarray, distances: np.ndarray,
+                   confidence: np.ndarray) -> None:
+    """Write ``clusters.csv``: per cluster its size, confidence (its images' median margin),
+    cohesion (their mean distance to the centre) and most typical image (nearest the centre)."""
+    rows = []
+    for c in np.unique(clusters[clusters >= 0]):
+        members = np.flatnonzero(clusters == c)
+        typical = members[np.nanargmin(distances[members])] if np.isfinite(distances[members]).any() else members[0]
+        margins = confidence[members]
+        rows.append([int(c), len(members), f"{np.nanmedian(margins):.6f}" if np.isfinite(margins).any() else "",
+                     f"{np.nanmean(distances[members]):.6f}", paths[typical]])
+    write_csv(run_path(run_dir, CLUSTERS), ["cluster", "size", "confidence", "cohesion", "typical"], rows)
 
 
 def write_skipped(run_dir: str | os.PathLike, skipped: Sequence[tuple[str, str]]) -> None:
@@ -109,9 +134,10 @@ def run_metrics(y_true, clusters: np.ndarray) -> dict[str, Any] | None:
 
 
 def write_run_files(config: ClusterConfig, paths, clusters: np.ndarray, distances: np.ndarray, y_true,
-                    metrics: dict | None) -> None:
-    """assignments.csv, config.yaml and (with true classes) metrics.json of a run."""
-    write_assignments(config.out, paths, clusters, distances, y_true)
+                    metrics: dict | None, confidence: np.ndarray | None = None) -> None:
+    """assignments.csv (and clusters.csv, with ``confidence``), config.yaml and (with true
+    classes) metrics.json of a run."""
+    write_assignments(config.out, paths, clusters, distances, y_true, confidence)
     write_config(run_path(config.out, CONFIG), config)
     if metrics is not None:
         write_metrics(config.out, metrics)
@@ -198,7 +224,7 @@ def cluster_summary(config: ClusterConfig, resolved: dict, counts: dict, cluster
 
 
 # What a run writes, and what later commands derive from it.
-RUN_OUTPUTS = (ASSIGNMENTS, EMBEDDINGS, SKIPPED, METRICS, CONFIG, K_ESTIMATION, "history.csv")
+RUN_OUTPUTS = (ASSIGNMENTS, EMBEDDINGS, SKIPPED, METRICS, CONFIG, K_ESTIMATION, CLUSTERS, "history.csv")
 DERIVED_OUTPUTS = ("report", "predict", "evaluation.md", "evaluation.csv", "evaluation.json")
 RETIRED = "retired"
 
@@ -255,6 +281,7 @@ class Run:
     labels: list[str] | None
     summary: dict[str, Any]
     distances: np.ndarray | None = None  # per image, to its cluster's centre (NaN for noise)
+    confidence: np.ndarray | None = None  # per image, centre_margins (NaN for noise); None in older runs
 
     def resolve(self, path: str) -> str:
         """An image path of the run as a path that opens from here: paths are stored as
@@ -364,6 +391,13 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         )
     clusters, distances = _parse_assignments(run_path(run_dir, ASSIGNMENTS), rows)
     has_labels = bool(rows) and "label" in rows[0]
+    confidence = None
+    if rows and "confidence" in rows[0]:
+        try:
+            confidence = np.array([float(r["confidence"]) if r["confidence"] else np.nan for r in rows])
+        except ValueError:
+            raise DeepclustError(f"'{run_path(run_dir, ASSIGNMENTS)}' is damaged: a confidence is not a number; "
+                                 "run `deepclust cluster` again") from None
     return Run(
         folder=run_dir,
         paths=[r["path"] for r in rows],
@@ -372,6 +406,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         labels=[r["label"] for r in rows] if has_labels else None,
         summary=summary,
         distances=distances,
+        confidence=confidence,
     )
 
 

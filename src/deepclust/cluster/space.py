@@ -60,6 +60,28 @@ def cluster_centres(X: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np
     return ids, sums / counts[:, None]
 
 
+def centre_margins(X: np.ndarray, clusters: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Each image's confidence in its cluster: the distance to the nearest *other* cluster's
+    centre minus the distance to its own, shape (n,). Large: well inside its cluster; near 0:
+    as close to another; negative: closer to another cluster's centre (spectral and density
+    clusters need not be convex). NaN for noise and where there is one cluster."""
+    margins = np.full(len(clusters), np.nan)
+    member = np.flatnonzero(clusters >= 0)
+    ids, centres = cluster_centres(X, clusters) if len(member) else (np.array([]), None)
+    if len(ids) < 2:
+        return margins
+    squares = (centres ** 2).sum(1)
+    for start in range(0, len(member), chunk):
+        rows = member[start:start + chunk]
+        Xr = np.asarray(X[rows], dtype=np.float64)
+        d = np.sqrt(np.maximum((Xr ** 2).sum(1)[:, None] - 2 * Xr @ centres.T + squares[None, :], 0))
+        own = np.searchsorted(ids, clusters[rows])
+        d_own = d[np.arange(len(rows)), own]
+        d[np.arange(len(rows)), own] = np.inf
+        margins[rows] = d.min(1) - d_own
+    return margins
+
+
 def distances_to_centres(X: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """Euclidean distance of each row of ``X`` to the mean of its cluster, shape (n,).
 

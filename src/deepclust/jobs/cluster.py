@@ -33,6 +33,7 @@ from deepclust.cluster.at_scale import (
     store_blocks,
 )
 from deepclust.cluster.space import (
+    centre_margins,
     check_n_clusters,
     distances_to_centres,
     make_clusterer,
@@ -175,12 +176,12 @@ def _find_records(config: ClusterConfig, classes, requested_k, density: bool, ti
 
 
 def _write_outputs(config: ClusterConfig, paths, vectors, clusters, distances, y_true, metrics, cache: str,
-                   timings: dict) -> None:
+                   timings: dict, confidence: np.ndarray | None = None) -> None:
     """embeddings.npy and the run files; a failure keeps the cached embeddings and says so."""
     t = time.perf_counter()
     try:
         runs.write_embeddings(config.out, vectors)
-        write_run_files(config, paths, clusters, distances, y_true, metrics)
+        write_run_files(config, paths, clusters, distances, y_true, metrics, confidence)
     except OSError as exc:
         raise DeepclustError(
             f"cannot write the results to '{config.out}' ({exc.strerror or exc}); the embeddings cached in "
@@ -220,12 +221,13 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     X = prepare_features(emb.vectors, config.normalize)
     clusters, n_clusters, n_clusters_from, k_estimate = _cluster_features(X, config, n_clusters, n_clusters_from)
     distances = distances_to_centres(X, clusters)
+    confidence = centre_margins(X, clusters)
     timings["cluster"] = time.perf_counter() - t
 
     metrics = run_metrics(y_true, clusters)
 
     paths = [r.path for r in kept]
-    _write_outputs(config, paths, emb.vectors, clusters, distances, y_true, metrics, cache, timings)
+    _write_outputs(config, paths, emb.vectors, clusters, distances, y_true, metrics, cache, timings, confidence)
     timings["total"] = time.perf_counter() - t_start
     resolved = {
         **_k_resolved(n_clusters, n_clusters_from, k_estimate),

@@ -42,7 +42,7 @@ import numpy as np
 
 from deepclust import runs
 from deepclust.cluster.constrained import ConstrainedKMeans
-from deepclust.cluster.space import distances_to_centres, prepare_features
+from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features
 from deepclust.cluster.spectral import spectral_embedding
 from deepclust.config import ClusterConfig
 from deepclust.errors import DeepclustError
@@ -120,7 +120,8 @@ def _refine(parent: runs.Run, root: runs.Run, used: Feedback, constraints: Resol
         config.weights = saved.weights_file
     metrics = runs.run_metrics(root.labels, clusters)
     runs.write_embeddings(out, projected)
-    runs.write_run_files(config, parent.paths, clusters, distances_to_centres(Z, clusters), root.labels, metrics)
+    runs.write_run_files(config, parent.paths, clusters, distances_to_centres(Z, clusters), root.labels, metrics,
+                         centre_margins(Z, clusters))
     resolved = {**root.summary.get("resolved", {}), "n_clusters": model.n_clusters_,
                 "n_clusters_from": "the run refined, and the feedback's groups",
                 "weights": saved.weights if saved is not None else config.weights,

@@ -330,6 +330,10 @@ def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pi
         if cls is not None:
             share = float(np.mean(labels[run.clusters == m["cluster"]] == cls))
             extra = f" · matched class {html.escape(str(cls))} ({share:.0%} of its images)"
+    if run.confidence is not None and m["cluster"] >= 0:
+        margins = run.confidence[run.clusters == m["cluster"]]
+        if np.isfinite(margins).any():
+            extra = f" · confidence {np.nanmedian(margins):.3f}" + extra
     figs = []
     for i in m["members"]:
         uri = _thumbnail(run, i, options.thumb_size, pixels)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
-from deepclust.cluster.space import cluster_centres, prepare_features
+from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features
 from deepclust.errors import DeepclustError
 from deepclust.feedback import Feedback
 
@@ -42,20 +42,14 @@ FEEDBACK = "feedback.json"
 ACTION_TYPES = ("name", "confirm", "merge", "split", "move", "reject", "unknown", "undo")
 
 
-def confidence(embeddings: np.ndarray, clusters: np.ndarray, normalized: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(margin, distance) per image: the distance to its own cluster's centre, and the margin
-    between the nearest and the second-nearest centre (small: the image could as well be in
-    another cluster). Noise images get margin 0."""
-    X = prepare_features(embeddings, normalized)
-    ids, centres = cluster_centres(X, clusters)
-    d = np.sqrt(np.maximum((X ** 2).sum(1)[:, None] - 2 * X @ centres.T + (centres ** 2).sum(1)[None, :], 0))
-    order = np.sort(d, axis=1)
-    own = np.full(len(X), np.nan)
-    member = clusters >= 0
-    column = {c: j for j, c in enumerate(ids)}
-    own[member] = d[np.flatnonzero(member), [column[c] for c in clusters[member]]]
-    margin = (order[:, 1] - order[:, 0]) if d.shape[1] > 1 else np.ones(len(X))
-    return np.where(member, margin, 0.0), own
+def confidence(run: runs.Run) -> tuple[np.ndarray, np.ndarray]:
+    """(margin, distance) per image: its confidence in its cluster (``centre_margins``: the
+    distance to the nearest other cluster's centre minus that to its own; from
+    assignments.csv where the run wrote it) and its distance to its own centre. Noise: 0, inf."""
+    X = prepare_features(run.embeddings, runs.RunSummary.from_dict(run.summary).normalized)
+    margin = run.confidence if run.confidence is not None else centre_margins(X, run.clusters)
+    distance = run.distances if run.distances is not None else distances_to_centres(X, run.clusters)
+    return np.nan_to_num(margin, nan=0.0), np.nan_to_num(distance, nan=np.inf)
 
 
 def review_queue(clusters: np.ndarray, margin: np.ndarray) -> np.ndarray:
@@ -84,8 +78,7 @@ class ReviewSession:
         self.folder = os.fspath(run_dir)
         self.run = runs.load_run(self.folder)
         self.n = len(self.run.paths)
-        summary = runs.RunSummary.from_dict(self.run.summary)
-        self.margin, self.distance = confidence(self.run.embeddings, self.run.clusters, summary.normalized)
+        self.margin, self.distance = confidence(self.run)
         self._lock = threading.RLock()  # the server's threads share the session
         self.actions: list[dict] = self._read_log()
         self._replay()
@@ -223,7 +216,7 @@ class ReviewSession:
         """The images of cluster c the user did not mark, most typical first."""
         members = np.flatnonzero(self.assign == c)
         members = np.array([i for i in members if i not in self.rejected and i not in self.unknown], dtype=np.int64)
-        return members[np.argsort(np.nan_to_num(self.distance[members], nan=np.inf), kind="stable")]
+        return members[np.argsort(self.distance[members], kind="stable")]
 
     def feedback(self) -> Feedback:
         paths = self.run.paths
@@ -254,7 +247,7 @@ class ReviewSession:
         clusters = []
         for c in sorted(set(self.assign.tolist())):
             members = np.flatnonzero(self.assign == c)
-            members = members[np.argsort(np.nan_to_num(self.distance[members], nan=np.inf), kind="stable")]
+            members = members[np.argsort(self.distance[members], kind="stable")]
             clusters.append({"id": int(c), "name": self.names.get(c, ""), "size": int(len(members)),
                              "confirmed": c in self.confirmed, "reviewed": c in self.reviewed,
                              "confidence": round(float(np.mean(self.margin[members])), 4) if len(members) else 0.0,

@@ -28,6 +28,7 @@ import torch
 import deepclust.features.networks  # noqa: F401  registers the small networks with timm
 from deepclust import runs
 from deepclust.checkpoint import RunCheckpoint
+from deepclust.cluster.space import centre_margins
 from deepclust.config import write_config
 from deepclust.data.datasets import load_pixels
 from deepclust.devices import resolve_device
@@ -271,7 +272,8 @@ class EndToEndTraining:
         if not is_main:
             return self
         runs.write_embeddings(c.out, ref_est.outputs_)
-        runs.write_assignments(c.out, data.paths, self.labels_, self.distances(ref_est, self.labels_), data.labels)
+        runs.write_assignments(c.out, data.paths, self.labels_, self.distances(ref_est, self.labels_), data.labels,
+                               centre_margins(ref_est.outputs_, self.labels_))
         columns = ["seed"] + list(dict.fromkeys(k for r in self.runs_ for h in r["history"] for k in h))
         write_csv(os.path.join(c.out, "history.csv"), columns,
                   [[r["seed"]] + [_cell(h.get(k)) for k in columns[1:]] for r in self.runs_ for h in r["history"]])

@@ -32,6 +32,7 @@ head is fitted and the images are clustered.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -39,15 +40,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
 
 from deepclust import runs
 from deepclust.cluster.constrained import ConstrainedKMeans
-from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features
+from deepclust.cluster.space import (
+    centre_margins,
+    distances_to_centres,
+    prepare_features,
+)
 from deepclust.cluster.spectral import spectral_embedding
-from deepclust.config import ClusterConfig
+from deepclust.config import ClusterConfig, TrainConfig, build_config
+from deepclust.data.folders import ImageRecord
 from deepclust.errors import DeepclustError
+from deepclust.features.backbones import LinearHead, create_backbone, save_backbone
+from deepclust.features.extract import embed_records
 from deepclust.feedback import Feedback, Resolved, load_feedback, resolve
 from deepclust.io import check_writable, lock_folder
+from deepclust.methods import create_method
 from deepclust.methods.scatter_head import ScatterHead
 from deepclust.metrics import score_clustering
 from deepclust.validation import check_choice
@@ -172,8 +183,6 @@ def _describe(parent: runs.Run, root: runs.Run, constraints: Resolved, clusters:
 
 def _moved(before: np.ndarray, after: np.ndarray) -> int:
     """Images whose cluster changed, once the new clusters are matched one-to-one to the old."""
-    from scipy.optimize import linear_sum_assignment  # deferred: only when a run is refined
-
     old, old_idx = np.unique(before, return_inverse=True)
     new, new_idx = np.unique(after, return_inverse=True)
     table = np.zeros((len(old), len(new)), dtype=np.int64)
@@ -184,8 +193,6 @@ def _moved(before: np.ndarray, after: np.ndarray) -> int:
 
 def _config(root: runs.Run, out: str, k: int, seed: int, algorithm: str) -> ClusterConfig:
     """The new run's config.yaml: the root run's, clustered by refine."""
-    from deepclust.config import build_config  # config reading, only here
-
     values = {k2: v for k2, v in root.summary.get("config", {}).items() if k2 in ClusterConfig.__dataclass_fields__}
     values.update(out=out, n_clusters=k, seed=seed, normalize=True, algorithm=algorithm, cluster_params={}, embeddings=None,
                   images=root.resolve(values["images"]) if values.get("images") else values.get("images"))
@@ -202,10 +209,6 @@ def _save_head(root: runs.Run, head: ScatterHead, out: str, weights: str | None 
         log.warning("the root run names no backbone deepclust can load (e.g. an end-to-end or store run): the refined run "
                     "has no head.pt, so predict cannot embed new images into it")
         return None
-    import torch  # deferred: only to write the head's checkpoint
-
-    from deepclust.features.backbones import LinearHead, create_backbone, save_backbone  # imports torch and timm
-
     backbone = create_backbone(config["backbone"], weights=weights or root.backbone_weights(),
                                image_size=config.get("image_size"))
     backbone.head = LinearHead(torch.as_tensor(head.mean_, dtype=torch.float32),
@@ -223,16 +226,29 @@ FINETUNE = dict(trainable_stages=1, cache_views=4, epochs=4, milestones=[2, 3], 
                 scale=[0.6, 1.0], hflip=0.5, color_jitter=0.3)
 
 
+def _feedback_split(root: runs.Run, group: np.ndarray, classes: np.ndarray, folder: str, seed: int) -> tuple:
+    """The feedback's classes as a folder of class folders (symbolic links to the run's
+    images) and a split file, a fifth of the classes (at least 2) held back as ``val``;
+    returns (images folder, split file, held-back groups)."""
+    images = os.path.join(folder, "images")
+    held = set(np.random.default_rng(seed).choice(classes, size=max(2, len(classes) // 5), replace=False).tolist())
+    names = {int(g): f"class-{int(g):04d}" for g in classes}
+    for i in np.flatnonzero(np.isin(group, classes)):
+        target = os.path.join(images, names[int(group[i])])
+        os.makedirs(target, exist_ok=True)
+        link = os.path.join(target, f"{i:06d}-{os.path.basename(root.paths[i])}")
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(root.resolve(root.paths[i])), link)
+    split = os.path.join(folder, "split.json")
+    with open(split, "w", encoding="utf-8") as fh:
+        json.dump({"name": "feedback", "subsets": {"train": [names[g] for g in classes if g not in held],
+                                                   "val": [names[g] for g in classes if g in held]}}, fh)
+    return images, split, held
+
+
 def _finetune(root: runs.Run, constraints: Resolved, out: str, seed: int, progress: bool) -> tuple:
     """Fine-tune the root run's backbone on the feedback's classes; (every image's new
     embedding, the checkpoint, seconds)."""
-    import json
-
-    from deepclust.config import TrainConfig, build_config  # config reading, only here
-    from deepclust.data.folders import ImageRecord  # plain data, only here
-    from deepclust.features.extract import embed_records  # imports torch: only when fine-tuning
-    from deepclust.methods import create_method  # imports torch: only when fine-tuning
-
     t0 = time.perf_counter()
     config = root.summary.get("config", {})
     if root.summary.get("command") != "cluster" or not config.get("backbone"):
@@ -245,20 +261,7 @@ def _finetune(root: runs.Run, constraints: Resolved, out: str, seed: int, progre
         raise DeepclustError(f"--finetune needs at least 6 classes of 2 or more images in the feedback (it holds "
                              f"{len(classes)}): name or label more, or refine without --finetune")
     folder = os.path.join(out, "finetune")
-    images = os.path.join(folder, "images")
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(classes, size=max(2, len(classes) // 5), replace=False).tolist())
-    names = {int(g): f"class-{int(g):04d}" for g in classes}
-    for i in np.flatnonzero(np.isin(group, classes)):
-        target = os.path.join(images, names[int(group[i])])
-        os.makedirs(target, exist_ok=True)
-        link = os.path.join(target, f"{i:06d}-{os.path.basename(root.paths[i])}")
-        if not os.path.lexists(link):
-            os.symlink(os.path.abspath(root.resolve(root.paths[i])), link)
-    split = os.path.join(folder, "split.json")
-    with open(split, "w", encoding="utf-8") as fh:
-        json.dump({"name": "feedback", "subsets": {"train": [names[g] for g in classes if g not in held],
-                                                   "val": [names[g] for g in classes if g in held]}}, fh)
+    images, split, held = _feedback_split(root, group, classes, folder, seed)
     train_sizes = sorted(sizes[g] for g in classes if g not in held)
     shots = int(max(1, min(5, train_sizes[len(train_sizes) // 2] // 2)))
     n_way = int(min(20, sum(n >= 2 * shots for n in train_sizes)))

@@ -40,7 +40,7 @@ def moth_run(moth_species_dir, tmp_path_factory):
 def test_cluster_writes_the_run_folder(moth_run):
     root, out = moth_run
     assignments = _read_csv(out / "assignments.csv")
-    assert list(assignments[0]) == ["path", "cluster", "distance", "label"]
+    assert list(assignments[0]) == ["path", "cluster", "distance", "label", "confidence"]
     assert len(assignments) == 57
     assert {row["label"] for row in assignments} == set(FIVE_SPECIES)
     assert all(os.path.isfile(row["path"]) and float(row["distance"]) >= 0 for row in assignments)
@@ -57,6 +57,11 @@ def test_cluster_writes_the_run_folder(moth_run):
     assert {"torch", "timm", "scikit-learn", "deepclust"} <= set(summary["versions"])
     assert summary["timings_seconds"]["embed"] > 0
     assert (out / "config.yaml").is_file()
+    clusters = _read_csv(out / "clusters.csv")
+    assert [int(r["size"]) for r in clusters] == [sum(a["cluster"] == r["cluster"] for a in assignments) for r in clusters]
+    for r in clusters:  # the typical image is the member nearest the centre
+        members = [a for a in assignments if a["cluster"] == r["cluster"]]
+        assert r["typical"] == min(members, key=lambda a: float(a["distance"]))["path"]
 
 
 def test_cluster_scores_real_moths_well_with_the_offline_backbone(moth_run):

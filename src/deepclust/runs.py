@@ -3,7 +3,7 @@
 ::
 
     RUN_DIR/
-      assignments.csv   path, cluster, distance[, confidence][, label]  one row per clustered image
+      assignments.csv   path, cluster, distance[, label][, confidence]  one row per clustered image
       clusters.csv      cluster, size, confidence, cohesion, typical  one row per cluster
       embeddings.npy    float32 (n_images, n_features), rows in the order of assignments.csv
                         (a run of `cluster --embeddings STORE` has none: summary.json names the
@@ -72,11 +72,12 @@ def write_assignments(
     def number(v) -> str:
         return f"{v:.6f}" if np.isfinite(v) else ""
 
-    header = ["path", "cluster", "distance"] + (["confidence"] if confidence is not None else []) + \
-        (["label"] if labels is not None else [])
+    # confidence last: the columns of earlier versions keep their places
+    header = ["path", "cluster", "distance"] + (["label"] if labels is not None else []) + \
+        (["confidence"] if confidence is not None else [])
     rows = (
-        [p, int(c), number(d)] + ([number(confidence[i])] if confidence is not None else [])
-        + ([labels[i]] if labels is not None else [])
+        [p, int(c), number(d)] + ([labels[i]] if labels is not None else [])
+        + ([number(confidence[i])] if confidence is not None else [])
         for i, (p, c, d) in enumerate(zip(paths, clusters, distances))
     )
     write_csv(run_path(run_dir, ASSIGNMENTS), header, rows)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,27 @@ def test_backbone_features_do_not_depend_on_batch_composition(lite0_small):
         together = lite0_small(x)
         alone = torch.cat([lite0_small(x[i : i + 1]) for i in range(4)])
     assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_cluster_flip_average_is_recorded_and_predict_embeds_the_same_way(tmp_path, capsys):
+    from deepclust.cli import main
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    for c in range(3):
+        (images / f"c{c}").mkdir(parents=True)
+        for j in range(4):  # asymmetric images: a bar on one side, so mirroring changes the features
+            a = np.full((32, 32, 3), 40 * c, np.uint8)
+            a[:, :8] = rng.integers(0, 255, 3)
+            Image.fromarray(a).save(images / f"c{c}" / f"{j}.png")
+    args = ["-q", "cluster", str(images), "--backbone", "test_efficientnet", "--weights", "random", "--image-size",
+            "32", "--n-clusters", "3", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(args + ["--out", str(tmp_path / "flip"), "--flip-average"]) == 0
+    plain, flip = np.load(tmp_path / "plain" / "embeddings.npy"), np.load(tmp_path / "flip" / "embeddings.npy")
+    assert plain.shape == flip.shape and not np.allclose(plain, flip, atol=1e-4)
+    assert json.loads((tmp_path / "flip" / "summary.json").read_text())["config"]["flip_average"] is True
+    assert main(["-q", "predict", str(tmp_path / "flip"), str(images), "--out", str(tmp_path / "pred")]) == 0
+    assert "not the one the run used" not in capsys.readouterr().err  # predict embedded as the run did
+    assert main(["cluster", "--embeddings", str(tmp_path), "--flip-average", "--out", str(tmp_path / "x")]) == 2
+    assert "a store holds its vectors already" in capsys.readouterr().err

@@ -115,6 +115,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--subset", metavar="NAME", help="subset of the split to cluster: train, val or test")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="cluster raw, not L2-normalised, embeddings")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--flip-average", dest="flip_average", action="store_true", help="embed each image as the mean of it "
+                   "and its mirror image: twice the embedding time, usually a little better clusters (docs/methods.md)")
     p.add_argument("--report", dest="report", action="store_true",
                    help="also write the HTML report (RUN_DIR/report/report.html; see `deepclust report`)")
     p.set_defaults(func=_cmd_cluster)

@@ -69,6 +69,9 @@ class ClusterConfig:
     fast_decode : bool
         Decode JPEGs directly at twice the model's input size (PIL draft mode): several
         times faster for camera photos, features nearly the same (docs/scale.md has the figures).
+    flip_average : bool
+        Embed each image as the mean of its features and its mirror image's: twice the
+        embedding time, features that do not depend on which way the subject faces.
     embeddings : str or None
         An embedding store of ``deepclust embed`` to cluster instead of ``images``
         (k-means or spectral at scale, block by block; see :mod:`deepclust.cluster.at_scale`).
@@ -99,6 +102,7 @@ class ClusterConfig:
     normalize: bool = True
     progress: bool = True
     fast_decode: bool = False
+    flip_average: bool = False
     embeddings: str | None = None
     scheduler: str | None = None
 

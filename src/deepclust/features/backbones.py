@@ -150,6 +150,7 @@ def create_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str | os.PathLike | None = "pretrained",
     image_size: int | None = None,
+    flip_average: bool = False,
 ) -> Backbone:
     """Build a backbone by timm name with weights from the hub, a file, or at random.
 
@@ -161,6 +162,9 @@ def create_backbone(
         Where the weights come from (see the module docstring).
     image_size : int, optional
         Side of the square input in pixels; the model's default when omitted.
+    flip_average : bool
+        Embed each image as the mean of its features and its mirror image's
+        (:attr:`Backbone.flip_average`).
 
     Raises
     ------
@@ -206,7 +210,7 @@ def create_backbone(
     if image_size is not None:
         data_config["input_size"] = (3, image_size, image_size)
     model.eval()
-    return Backbone(timm_name, model, data_config, source, head)
+    return Backbone(timm_name, model, data_config, source, head, flip_average=flip_average)
 
 
 def _head_of(checkpoint, path: str) -> LinearHead | None:

@@ -99,6 +99,9 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     if config.embeddings:
         if config.images:
             raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
+        if config.flip_average:
+            raise DeepclustError("--flip-average changes how images are embedded, and a store holds its vectors "
+                                 "already: drop --flip-average, or cluster IMAGES_DIR")
         return cluster_store(config)
     if config.scheduler:
         raise DeepclustError("--scheduler needs --embeddings STORE (make one with `deepclust embed IMAGES --out STORE "
@@ -195,7 +198,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     records = _find_records(config, classes, requested_k, density, timings)
     # backbone, embeddings
     t = time.perf_counter()
-    backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size)
+    backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size,
+                               flip_average=config.flip_average)
     timings["load_backbone"] = time.perf_counter() - t
     runs.retire_outputs(config.out)
     cache = runs.run_path(config.out, runs.CACHE)

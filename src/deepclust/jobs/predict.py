@@ -191,7 +191,8 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
     config, resolved = run.summary["config"], run.summary["resolved"]
     records = find_images(images, exclude=[out, run.folder])
     log.info("predicting %d images into the clusters of '%s'", len(records), run.folder)
-    backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"))
+    backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"),
+                               flip_average=bool(config.get("flip_average", False)))  # embed as the run did
     if backbone.name != resolved.get("backbone") or backbone.weights != resolved.get("weights") or (
             "data_config" in resolved and list(backbone.data_config["input_size"]) != list(resolved["data_config"]["input_size"])):
         raise DeepclustError(f"the backbone loaded now ({backbone.name}, {backbone.weights}) is not the one the run "

@@ -209,13 +209,14 @@ def _save_head(root: runs.Run, head: ScatterHead, out: str, weights: str | None 
         log.warning("the root run names no backbone deepclust can load (e.g. an end-to-end or store run): the refined run "
                     "has no head.pt, so predict cannot embed new images into it")
         return None
+    flip = bool(config.get("flip_average", False))
     backbone = create_backbone(config["backbone"], weights=weights or root.backbone_weights(),
-                               image_size=config.get("image_size"))
+                               image_size=config.get("image_size"), flip_average=flip)
     backbone.head = LinearHead(torch.as_tensor(head.mean_, dtype=torch.float32),
                                torch.as_tensor(head.components_, dtype=torch.float32))
     path = os.path.abspath(runs.run_path(out, HEAD))
     save_backbone(backbone, path, config={"refined_from": os.path.abspath(root.folder)}, method="refine")
-    saved = create_backbone(config["backbone"], weights=path, image_size=config.get("image_size"))
+    saved = create_backbone(config["backbone"], weights=path, image_size=config.get("image_size"), flip_average=flip)
     saved.weights_file = path  # as the config names it; saved.weights adds the file's hash, as every run records
     return saved
 

@@ -379,3 +379,20 @@ def test_kmeans_at_scale_is_as_good_as_scikit_learn():
     ours = [adjusted_rand_score(y, KMeans(60, n_init=1, random_state=s).fit_predict(X)) for s in range(3)]
     theirs = [adjusted_rand_score(y, SkKMeans(60, n_init=1, random_state=s).fit_predict(X)) for s in range(3)]
     assert np.mean(ours) >= np.mean(theirs) - 0.01
+
+
+def test_k_from_the_labels_a_user_has_finds_the_number_of_classes_including_unlabelled_ones():
+    from deepclust.cluster.k_estimation import estimate_n_clusters
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 6, (8, 10))
+    y = np.repeat(np.arange(8), 40)
+    X = centres[y] + rng.normal(0, 1, (len(y), 10))
+    labels = np.where((y < 4) & (rng.random(len(y)) < 0.5), y, -1)  # half the images of 4 of the 8 classes
+    est = estimate_n_clusters(X, method="labels", labels=labels, k_min=2, k_max=30, random_state=0)
+    assert est.n_clusters == 8 and est.method == "labels"
+    assert len(est.ks) < 29  # a coarse grid refined around the best, not every k
+    names = np.array([None if v < 0 else f"species{v}" for v in labels], dtype=object)  # names, None unknown
+    assert estimate_n_clusters(X, method="labels", labels=names, k_max=30, random_state=0).n_clusters == 8
+    with pytest.raises(DeepclustError, match="needs labelled rows of at least 2 classes"):
+        estimate_n_clusters(X, method="labels", labels=np.full(len(y), -1), k_max=30)

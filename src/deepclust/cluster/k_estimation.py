@@ -1,5 +1,5 @@
-"""Estimating the number of clusters: the eigengap heuristic, the silhouette curve, and a
-learned C2M metric.
+"""Estimating the number of clusters: the eigengap heuristic, the silhouette curve, a
+learned C2M metric, and the labels a user has (Generalized Category Discovery's k).
 
 >>> est = estimate_n_clusters(X, method="eigengap", k_max=30)   # doctest: +SKIP
 >>> est.n_clusters, est.curve()                                  # doctest: +SKIP
@@ -16,7 +16,9 @@ from deepclust.cluster.spectral import knn_affinity, top_eigenvectors
 from deepclust.errors import DeepclustError
 from deepclust.validation import as_generator, as_seed, check_choice, check_int
 
-K_METHODS = ("eigengap", "silhouette", "c2m")
+K_METHODS = ("eigengap", "silhouette", "c2m", "labels")
+#: Scores within this of the best count as tied (method="labels").
+PLATEAU = 0.01
 
 
 def _kmeans_ks(k_min: int, k_max: int, n: int, what: str) -> np.ndarray:
@@ -29,7 +31,7 @@ def _kmeans_ks(k_min: int, k_max: int, n: int, what: str) -> np.ndarray:
 
 def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int | None = None,
                         sample_size: int | None = 5000, n_neighbors: int = 10, random_state=None,
-                        metric=None) -> KEstimate:
+                        metric=None, labels=None) -> KEstimate:
     """Estimate the number of clusters of ``X`` (n, d).
 
     Parameters
@@ -51,6 +53,13 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
     metric : C2M, path or None
         c2m only: the learned metric (a fitted :class:`deepclust.methods.C2M` or the path
         of one it saved).
+    labels : sequence or None
+        labels only: a class per row of ``X``, None (or -1 for integer classes) where
+        unknown. The k whose k-means clustering of all of ``X`` recovers the labelled rows
+        best (Hungarian accuracy on them, as Vaze et al., CVPR 2022, choose k for
+        Generalized Category Discovery), searched on a coarse grid then refined around the
+        best (about 2 sqrt(k_max - k_min) clusterings instead of one per k); where several
+        neighbouring k score alike (within ``PLATEAU``), the middle one.
     random_state : int, numpy Generator or None
 
     Returns
@@ -69,10 +78,13 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         raise DeepclustError(f"k_max={k_max} must be <= n_samples - 1 = {n - 1}; ask for fewer clusters")
     check_int("sample_size", sample_size, 10, optional=True)
     rng = as_generator(random_state)
+    chosen = None  # the criteria that pick other than the best score say which
     if method == "eigengap":
         S = knn_affinity(X, min(n_neighbors, n - 1), random_state=rng)
         values, _ = top_eigenvectors(S, min(k_max + 1, n), random_state=rng)
         ks, scores = eigengap(values, k_min, k_max)
+    elif method == "labels":
+        ks, scores, chosen = _k_from_labels(X, labels, k_min, k_max, rng)
     elif method == "c2m":
         from deepclust.cluster.learned import load_metric  # deferred: the learned metric needs torch
 
@@ -90,7 +102,47 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
             silhouette_score(X, KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X))
             for k in ks
         ])
-    return KEstimate(n_clusters=int(ks[int(np.argmax(scores))]), method=method, ks=ks, scores=scores)
+    if chosen is None:
+        chosen = int(ks[int(np.argmax(scores))])
+    return KEstimate(n_clusters=chosen, method=method, ks=ks, scores=scores)
+
+
+def _k_from_labels(X: np.ndarray, labels, k_min: int, k_max: int, rng) -> tuple[np.ndarray, np.ndarray, int]:
+    from deepclust.metrics import matched_accuracy  # deferred: scikit-learn's metrics, only here
+
+    if labels is None or len(labels) != len(X):
+        raise DeepclustError("method='labels' needs labels: one class per row of X, None or -1 where unknown")
+    labels = np.asarray(labels, dtype=object)
+    known = np.array([v is not None and not (isinstance(v, (int, np.integer)) and v == -1) for v in labels])
+    if len(set(labels[known].tolist())) < 2:
+        raise DeepclustError("method='labels' needs labelled rows of at least 2 classes")
+    tried: dict[int, float] = {}
+
+    def score(k: int) -> float:
+        if k not in tried:
+            found = KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X)
+            tried[k] = matched_accuracy(labels[known].astype(str), found[known])
+        return tried[k]
+
+    ks = _kmeans_ks(k_min, k_max, len(X), "labels")
+    step = max(1, int(np.sqrt(len(ks))))
+    for k in ks[::step]:
+        score(int(k))
+    best = max(tried, key=tried.get)
+    for k in range(max(int(ks[0]), best - step + 1), min(int(ks[-1]), best + step - 1) + 1):
+        score(k)
+    found_ks = np.array(sorted(tried))
+    scores = np.array([tried[k] for k in found_ks])
+    # k-means may merge or split unlabelled classes without touching the labelled ones, so the
+    # score is flat over a range of k around the truth: take the middle of the best plateau
+    top = scores >= scores.max() - PLATEAU
+    i = int(np.argmax(scores))
+    lo, hi = i, i
+    while lo > 0 and top[lo - 1] and found_ks[lo - 1] == found_ks[lo] - 1:
+        lo -= 1
+    while hi < len(found_ks) - 1 and top[hi + 1] and found_ks[hi + 1] == found_ks[hi] + 1:
+        hi += 1
+    return found_ks, scores, int(found_ks[(lo + hi) // 2])
 
 
 set_k_estimator(estimate_n_clusters)  # n_clusters="auto" of every clusterer estimates with it

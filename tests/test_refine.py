@@ -151,6 +151,13 @@ def test_refine_learns_from_labels_what_clustering_alone_cannot_find(tmp_path):
     assert len(used.labels) == len(picked) and len(used.cannot_link) == 1
     with pytest.raises(DeepclustError, match="--out must be a new folder"):
         refine_run(parent, parent)
+    # a split: two groups of one first-run cluster said to differ ask for one more cluster
+    c = first[0]
+    members = np.flatnonzero(first == c)
+    Feedback(must_link=[[paths[members[0]], paths[members[1]]], [paths[members[2]], paths[members[3]]]],
+             cannot_link=[[paths[members[0]], paths[members[2]]]]).save(tmp_path / "split.json")
+    refine_run(parent, tmp_path / "split", tmp_path / "split.json")
+    assert runs.load_run(tmp_path / "split").summary["resolved"]["n_clusters"] == 7  # 6 + the split
 
 
 def test_refine_needs_two_classes_it_can_learn_from(tmp_path, capsys):

@@ -114,7 +114,7 @@ def _refine(parent: runs.Run, root: runs.Run, used: Feedback, constraints: Resol
     head = fit_head(X, constraints)
     projected = head.transform(X)
     Z = prepare_features(projected, True)
-    k = n_clusters or int(len(np.unique(parent.clusters[parent.clusters >= 0])))
+    k = n_clusters or int(len(np.unique(parent.clusters[parent.clusters >= 0]))) + _splits(parent, constraints)
     space = spectral_embedding(Z, k, random_state=seed) if algorithm == "spectral" else Z
     model = ConstrainedKMeans(k, random_state=seed)
     clusters = model.fit_predict(space, constraints.group, constraints.cannot)
@@ -144,6 +144,15 @@ def _refine(parent: runs.Run, root: runs.Run, used: Feedback, constraints: Resol
     summary.extra["refine"] = info
     summary.write(out)
     return Refinement(out, clusters, info)
+
+
+def _splits(parent: runs.Run, constraints: Resolved) -> int:
+    """How many clusters the user split: pairs of known groups, said to differ, that the
+    parent run had put in one cluster (each asks for one more cluster)."""
+    group = constraints.group
+    pairs = {(min(group[i], group[j]), max(group[i], group[j]), parent.clusters[i]) for i, j in constraints.cannot
+             if group[i] >= 0 and group[j] >= 0 and parent.clusters[i] == parent.clusters[j]}
+    return len(pairs)
 
 
 def fit_head(X: np.ndarray, constraints: Resolved) -> ScatterHead:

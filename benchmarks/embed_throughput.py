@@ -14,7 +14,14 @@ at most the last unwritten shard): the pipeline with no cache, with the cache fl
 by default (every 1,024 images or 60 s), and with a shard written after every batch (the
 worst case, ``flush_seconds=0``), alternating rounds; each a ratio to no cache.
 
+``--runtimes`` instead compares the bare forward pass of each runtime with PyTorch eager's on
+the same pre-loaded images, batch 1 and ``--batch-size``, alternating rounds, for Lite0 (its
+ImageNet weights) and, with ``--models``, any timm models (random weights: ResNet-50, a ViT-S),
+with the smallest cosine between each runtime's features and eager's; then the whole pipeline
+(decode to vectors) with each runtime, as a ratio to the runtime's own bare forward.
+
     python benchmarks/embed_throughput.py --images ../shared/data/eu-moths/images --n 320
+    python benchmarks/embed_throughput.py --runtimes --n 128 --models tf_efficientnet_lite0 resnet50 vit_small_patch16_224
 """
 
 from __future__ import annotations
@@ -52,6 +59,37 @@ def pipeline_rate(records, backbone, batch_size: int, num_workers: int, cache: s
     return len(records) / result.seconds
 
 
+def runtimes(records, args) -> None:
+    from deepclust.features.runtime import forward_for
+
+    for name in args.models:
+        backbone = create_backbone(name, weights="pretrained" if name == "tf_efficientnet_lite0" else "random",
+                                   image_size=args.image_size).eval()
+        transform = backbone.transform()
+        images = torch.stack([transform(load_image(r.path)) for r in records])
+        ort, used = forward_for(backbone, "onnxruntime")
+        with torch.inference_mode():
+            want = backbone(images[:32])
+        got = ort(images[:32])
+        cosine = float(torch.nn.functional.cosine_similarity(want, got, dim=1).min())
+        print(f"{name} at {backbone.image_size} px, {len(records)} images; min cosine onnxruntime/eager {cosine:.7f}")
+        for batch in (1, args.batch_size):
+            n = min(len(images), 32) if batch == 1 else len(images)
+            best = {"torch": 0.0, "onnxruntime": 0.0}
+            for _ in range(args.repeats):  # alternating rounds; the best of each
+                best["torch"] = max(best["torch"], bare_forward_rate(backbone, images[:n], batch))
+                best["onnxruntime"] = max(best["onnxruntime"], bare_forward_rate(ort, images[:n], batch))
+            print(f"  batch {batch:3d}: eager {best['torch']:7.1f} img/s, onnxruntime {best['onnxruntime']:7.1f} img/s"
+                  f"   ratio {best['onnxruntime'] / best['torch']:.1f}")
+        pipe = 0.0
+        for _ in range(args.repeats):
+            result = extract_embeddings(records, backbone, batch_size=args.batch_size, num_workers=0, progress=False,
+                                        runtime="onnxruntime")
+            pipe = max(pipe, len(records) / result.seconds)
+        print(f"  pipeline with onnxruntime (decode to vectors): {pipe:7.1f} img/s, "
+              f"{pipe / best['onnxruntime']:.2f} of its bare forward")
+
+
 def flush_cost(records, backbone, batch_size: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "cache")
@@ -76,9 +114,14 @@ def main(argv=None) -> int:
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of alternating measurements; the best of each is kept")
     parser.add_argument("--flush-cost", action="store_true", help="also measure what writing the cache costs")
+    parser.add_argument("--runtimes", action="store_true", help="compare ONNX Runtime with PyTorch eager instead")
+    parser.add_argument("--models", nargs="+", default=["tf_efficientnet_lite0"], help="with --runtimes")
     args = parser.parse_args(argv)
 
     records = find_images(args.images)[: args.n]
+    if args.runtimes:
+        runtimes(records, args)
+        return 0
     backbone = create_backbone(args.backbone, image_size=args.image_size).eval()
     transform = backbone.transform()
     images = torch.stack([transform(load_image(r.path)) for r in records])

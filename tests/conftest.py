@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The suite embeds with PyTorch unless a test asks for ONNX Runtime (each export takes 10-30 s,
+# and the random-weight test models differ every time), and keeps the user-level cache (the
+# exported models) in a folder of its own, not in the user's.
+os.environ.setdefault("DEEPCLUST_RUNTIME", "torch")
+os.environ["DEEPCLUST_CACHE"] = tempfile.mkdtemp(prefix="deepclust-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPCLUST_SHARED", ROOT.parent / "shared"))

@@ -117,6 +117,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--flip-average", dest="flip_average", action="store_true", help="embed each image as the mean of it "
                    "and its mirror image: twice the embedding time, usually a little better clusters (docs/methods.md)")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], help="what runs the backbone: auto (default: "
+                   "ONNX Runtime on a CPU where installed, several times faster; else PyTorch), onnxruntime, torch")
     p.add_argument("--report", dest="report", action="store_true",
                    help="also write the HTML report (RUN_DIR/report/report.html; see `deepclust report`)")
     p.set_defaults(func=_cmd_cluster)

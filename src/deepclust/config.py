@@ -72,6 +72,9 @@ class ClusterConfig:
     flip_average : bool
         Embed each image as the mean of its features and its mirror image's: twice the
         embedding time, features that do not depend on which way the subject faces.
+    runtime : str
+        What runs the backbone when embedding: ``auto`` (ONNX Runtime on a CPU where it is
+        installed and the backbone exports, else PyTorch), ``onnxruntime`` or ``torch``.
     embeddings : str or None
         An embedding store of ``deepclust embed`` to cluster instead of ``images``
         (k-means or spectral at scale, block by block; see :mod:`deepclust.cluster.at_scale`).
@@ -103,6 +106,7 @@ class ClusterConfig:
     progress: bool = True
     fast_decode: bool = False
     flip_average: bool = False
+    runtime: str = "auto"
     embeddings: str | None = None
     scheduler: str | None = None
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from deepclust.data.folders import ImageRecord, describe_load_error, load_image
 from deepclust.features.backbones import Backbone
 from deepclust.features.cache import EmbeddingStore, record_key
+from deepclust.features.runtime import forward_for
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Embeddings:
         Vectors taken from the cache and vectors computed in this call.
     seconds : float
         Wall time of the extraction.
+    runtime : str or None
+        What ran the forward pass (``torch`` or ``onnxruntime``); None when nothing was computed.
     """
 
     vectors: np.ndarray
@@ -53,6 +56,7 @@ class Embeddings:
     n_reused: int = 0
     n_computed: int = 0
     seconds: float = 0.0
+    runtime: str | None = None
 
     def kept(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
         """The records of the rows of ``vectors`` (the images that could be read)."""
@@ -101,13 +105,15 @@ def _collate(batch):
 
 
 def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: dict, store, batch_size: int, device,
-             num_workers, flush_every: int, flush_seconds: float, progress: bool, fast_decode: bool) -> None:
+             num_workers, flush_every: int, flush_seconds: float, progress: bool, fast_decode: bool,
+             runtime: str = "torch") -> str:
     """Embed ``records[todo]`` into ``vectors`` (failures into ``skipped``), keeping the new
-    vectors in ``store`` as they come (see :func:`extract_embeddings`)."""
+    vectors in ``store`` as they come (see :func:`extract_embeddings`); returns the runtime used."""
     device = torch.device(device)
     if num_workers is None:
         num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
     backbone = backbone.to(device).eval()
+    forward, used = forward_for(backbone, runtime, device)
     loader = DataLoader(
         _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
         batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
@@ -122,7 +128,7 @@ def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: di
                     skipped[todo[pos]] = reason
                     pending.failed[keys[todo[pos]]] = reason
                 if images is not None:
-                    feats = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
+                    feats = forward(images.to(device, non_blocking=True)).float().cpu().numpy()
                     for pos, vec in zip(batch_positions, feats):
                         vectors[todo[pos]] = vec
                         pending.add(keys[todo[pos]], vec)
@@ -132,6 +138,7 @@ def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: di
     finally:
         pending.flush()  # also on Ctrl-C, SIGTERM or an error: keep every vector computed so far
         bar.close()
+    return used
 
 
 def extract_embeddings(
@@ -145,6 +152,7 @@ def extract_embeddings(
     progress: bool = True,
     fast_decode: bool = False,
     flush_seconds: float = 60.0,
+    runtime: str = "torch",
 ) -> Embeddings:
     """Compute (or reuse) one feature vector per image.
 
@@ -175,6 +183,9 @@ def extract_embeddings(
         Decode JPEGs at a reduced size (:func:`decode_size`, PIL's draft mode): several
         times faster for camera photos, embeddings nearly those of a full decode.
         ``store`` must then be made with :func:`embedding_signature` ``(backbone, True)``.
+    runtime : {"torch", "onnxruntime", "auto"}
+        What runs the forward pass (:func:`deepclust.features.runtime.forward_for`); the
+        features agree within about 1e-5, so the cache serves every runtime.
 
     Returns
     -------
@@ -184,14 +195,16 @@ def extract_embeddings(
     keys = [record_key(r) for r in records]
     vectors, skipped, todo = _split_cached(keys, store, backbone.num_features)
     n_reused = len(vectors)
+    used = None
     if todo:
-        _compute(records, keys, todo, backbone, vectors, skipped, store, batch_size, device, num_workers,
-                 flush_every, flush_seconds, progress, fast_decode)
+        used = _compute(records, keys, todo, backbone, vectors, skipped, store, batch_size, device, num_workers,
+                        flush_every, flush_seconds, progress, fast_decode, runtime)
     order = np.array(sorted(vectors), dtype=np.int64)
     dim = backbone.num_features
     stacked = np.stack([vectors[i] for i in order]).astype(np.float32) if len(order) else np.zeros((0, dim), np.float32)
     return Embeddings(vectors=stacked, indices=order, skipped=sorted(skipped.items()), n_reused=n_reused,
-                      n_computed=len(todo) - sum(1 for i in todo if i in skipped), seconds=time.perf_counter() - start)
+                      n_computed=len(todo) - sum(1 for i in todo if i in skipped), seconds=time.perf_counter() - start,
+                      runtime=used)
 
 
 def _split_cached(keys: list[str], store: EmbeddingStore | None, num_features: int
@@ -251,10 +264,12 @@ class _PendingShard:
 
 def embed_records(records: Sequence[ImageRecord], backbone: Backbone, cache: str | os.PathLike | None = None,
                   batch_size: int = 32, device: str | torch.device = "cpu", num_workers: int | None = None,
-                  progress: bool = True, fast_decode: bool = False) -> Embeddings:
+                  progress: bool = True, fast_decode: bool = False, runtime: str = "auto") -> Embeddings:
     """Embed ``records`` with ``backbone``, reusing and filling the cache folder ``cache``
     (a run's ``cache/``; None: no cache). The cache key is :func:`embedding_signature`, the
-    same for every job, so ``predict`` and a rerun of ``cluster`` reuse each other's vectors."""
+    same for every job, so ``predict`` and a rerun of ``cluster`` reuse each other's vectors.
+    ``runtime``: ``auto`` runs the forward pass with ONNX Runtime on a CPU where it can
+    (:mod:`deepclust.features.runtime`)."""
     store = EmbeddingStore(cache, embedding_signature(backbone, fast_decode)) if cache is not None else None
     return extract_embeddings(records, backbone, batch_size=batch_size, device=device, num_workers=num_workers,
-                              store=store, progress=progress, fast_decode=fast_decode)
+                              store=store, progress=progress, fast_decode=fast_decode, runtime=runtime)

@@ -45,6 +45,7 @@ from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
 from deepclust.features.backbones import create_backbone
 from deepclust.features.extract import embed_records
+from deepclust.features.runtime import check_runtime
 from deepclust.features.store import EmbeddingTable, open_store
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.parallel.executors import open_executor
@@ -96,6 +97,7 @@ def record_k_estimate(out: str, estimate) -> None:
 
 def run_cluster(config: ClusterConfig) -> ClusterResult:
     """Run the main job described by ``config``; write and return its results."""
+    check_runtime(config.runtime)
     if config.embeddings:
         if config.images:
             raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
@@ -205,7 +207,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     cache = runs.run_path(config.out, runs.CACHE)
     log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
     emb = embed_records(records, backbone, cache, batch_size=config.batch_size, device=device,
-                        num_workers=config.num_workers, progress=config.progress, fast_decode=config.fast_decode)
+                        num_workers=config.num_workers, progress=config.progress, fast_decode=config.fast_decode,
+                        runtime=config.runtime)
     timings["embed"] = emb.seconds
     kept = emb.kept(records)
     skipped = emb.skipped_paths(records)
@@ -240,6 +243,7 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
         "data_config": {k: v for k, v in backbone.data_config.items()},
         "num_features": backbone.num_features,
         "device": str(device),
+        "runtime": emb.runtime,
         "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
     }
     counts = {"images_found": len(records), "images_clustered": len(kept), "images_skipped": len(skipped),

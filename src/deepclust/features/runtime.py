@@ -1,0 +1,142 @@
+"""How a backbone's forward pass runs when images are embedded: PyTorch, or ONNX Runtime on a CPU.
+
+PyTorch's eager mode runs Lite0 at a small share of what a CPU can do; the same network
+exported to ONNX and run by ONNX Runtime gives the same features (within about 1e-5) several
+times faster (``benchmarks/embed_throughput.py --runtimes``). :func:`forward_for` picks:
+
+- ``torch``: the backbone itself (always on CUDA and MPS, and for training);
+- ``onnxruntime``: the backbone exported once to ONNX (:func:`export_backbone`, the exporter
+  ``deepclust export-onnx`` uses too), kept in the user's cache (``DEEPCLUST_CACHE``, default
+  ``~/.cache/deepclust``) under a hash of the architecture, the weights themselves, the input
+  size, the head and the flip averaging, and run by ONNX Runtime;
+- ``auto`` (the default): ``onnxruntime`` on a CPU where it is installed and the export works,
+  else ``torch``, with one line saying why. The environment variable ``DEEPCLUST_RUNTIME``
+  (``torch`` or ``onnxruntime``) says what ``auto`` means on a machine (the test suite sets
+  ``torch``: each export takes 10-30 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from typing import Callable
+
+import numpy as np
+import torch
+
+from deepclust.errors import DeepclustError
+from deepclust.features.backbones import Backbone
+from deepclust.io import UMASK
+
+log = logging.getLogger("deepclust")
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+OPSET = 18
+
+
+def cache_root() -> str:
+    """The user-level cache folder: ``DEEPCLUST_CACHE``, else ``$XDG_CACHE_HOME/deepclust``,
+    else ``~/.cache/deepclust``."""
+    if os.environ.get("DEEPCLUST_CACHE"):
+        return os.environ["DEEPCLUST_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "deepclust")
+
+
+def model_key(backbone: Backbone) -> str:
+    """A hash of everything the exported model computes from: the signature (architecture,
+    input size, preprocessing, flip averaging) and every weight and buffer, head included.
+    (The signature alone names random weights the same every time.)"""
+    digest = hashlib.sha256(backbone.signature().encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def export_backbone(backbone: Backbone, path: str, opset: int = OPSET) -> None:
+    """Write ``backbone`` (in eval mode) as an ONNX model to ``path``, atomically: input
+    ``images`` (batch, 3, S, S) float32, output ``embeddings``; the batch size is free."""
+    size = backbone.image_size
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp.onnx")
+    os.close(fd)
+    try:
+        chatter = io.StringIO()  # the exporter prints its progress (dozens of lines): shown with --verbose only
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            program = torch.onnx.export(backbone.eval(), (torch.zeros(2, 3, size, size),), input_names=["images"],
+                                        output_names=["embeddings"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                        opset_version=opset, dynamo=True, verbose=False)
+            program.save(tmp)
+        if chatter.getvalue().strip():
+            log.debug("torch.onnx.export said:\n%s", chatter.getvalue().rstrip())
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; the model is meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class OnnxForward:
+    """A backbone's forward pass by ONNX Runtime: called with a float32 CPU tensor of
+    preprocessed images, returns the embeddings as a tensor, like the backbone."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        import onnxruntime  # deferred: an optional dependency (deepclust[onnx])
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()  # as many as PyTorch: no oversubscription
+        options.inter_op_num_threads = 1
+        self.path = path
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"images": np.ascontiguousarray(images.numpy(), dtype=np.float32)})[0]
+        return torch.from_numpy(out)
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise DeepclustError(f"runtime={runtime!r} is not known; choose one of: {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.device = "cpu"
+                ) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """(the forward pass to embed with, the runtime it uses) for ``backbone`` on ``device``."""
+    check_runtime(runtime)
+    if runtime == "auto" and os.environ.get("DEEPCLUST_RUNTIME"):
+        runtime = check_runtime(os.environ["DEEPCLUST_RUNTIME"])
+    device = torch.device(device)
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return backbone, "torch"
+    if device.type != "cpu":
+        raise DeepclustError(f"runtime=onnxruntime runs on a CPU; with --device {device} use --runtime torch "
+                             "(or auto)")
+    try:
+        import onnxruntime  # noqa: F401  deferred: an optional dependency
+    except ImportError:
+        if runtime == "onnxruntime":
+            raise DeepclustError("runtime=onnxruntime needs onnxruntime: pip install onnxruntime onnx onnxscript (or use "
+                                 "--runtime torch)") from None
+        log.info("embedding with PyTorch (install onnxruntime, pip install onnxruntime onnx onnxscript, for a several times "
+                 "faster CPU path)")
+        return backbone, "torch"
+    path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
+    try:
+        if not os.path.isfile(path):
+            log.info("exporting %s to ONNX once, for ONNX Runtime (%s)", backbone.name, path)
+            export_backbone(backbone, path)
+        return OnnxForward(path), "onnxruntime"
+    except Exception as exc:  # noqa: BLE001  any export or load failure: PyTorch still embeds
+        if runtime == "onnxruntime":
+            raise DeepclustError(f"ONNX Runtime cannot run {backbone.name} ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); use --runtime torch") from None
+        log.warning("embedding with PyTorch: %s could not be exported to ONNX (%s)", backbone.name,
+                    type(exc).__name__)
+        return backbone, "torch"

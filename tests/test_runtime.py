@@ -1,0 +1,81 @@
+"""The inference runtime of the embedding path: ONNX Runtime on a CPU, PyTorch otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIVE_SPECIES, MOTHS, needs_moths
+from deepclust import create_backbone
+from deepclust.cli import main
+from deepclust.errors import DeepclustError
+from deepclust.features.runtime import forward_for, model_key
+
+pytest.importorskip("onnxruntime")
+
+
+def test_onnxruntime_embeds_as_pytorch_does_and_the_export_is_cached_under_the_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    backbone = create_backbone("test_efficientnet", weights="random", image_size=32).eval()
+    forward, used = forward_for(backbone, "onnxruntime")
+    assert used == "onnxruntime"
+    x = torch.rand(7, 3, 32, 32)
+    with torch.inference_mode():
+        want = backbone(x)
+    assert forward(x).shape == want.shape and float((forward(x) - want).abs().max()) < 1e-5
+    assert forward(x[:1]).shape == (1, backbone.num_features)  # any batch size
+    files = os.listdir(tmp_path / "onnx")
+    assert files == [f"test_efficientnet-{model_key(backbone)}.onnx"]
+    stamp = os.path.getmtime(tmp_path / "onnx" / files[0])
+    forward_for(backbone, "auto")  # DEEPCLUST_RUNTIME=torch in the suite: auto means torch here
+    monkeypatch.delenv("DEEPCLUST_RUNTIME")
+    assert forward_for(backbone, "auto")[1] == "onnxruntime"
+    assert os.path.getmtime(tmp_path / "onnx" / files[0]) == stamp  # exported once
+    other = create_backbone("test_efficientnet", weights="random", image_size=32)  # other random weights ...
+    assert model_key(other) != model_key(backbone)  # ... another model, though the signature is the same
+    assert other.signature() == backbone.signature()
+    assert forward_for(backbone, "torch") == (backbone, "torch")
+    with pytest.raises(DeepclustError, match="runtime='tensorrt' is not known; choose one of: auto, torch, onnxruntime"):
+        forward_for(backbone, "tensorrt")
+
+
+def test_auto_falls_back_to_pytorch_with_one_line_when_the_export_fails(monkeypatch, tmp_path, caplog):
+    import deepclust.features.runtime as runtime
+
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path))
+    monkeypatch.delenv("DEEPCLUST_RUNTIME")
+
+    def broken(backbone, path, opset=18):
+        raise RuntimeError("dynamic control flow")
+
+    monkeypatch.setattr(runtime, "export_backbone", broken)
+    backbone = create_backbone("test_efficientnet", weights="random", image_size=32)
+    with caplog.at_level("WARNING", logger="deepclust"):
+        assert forward_for(backbone, "auto") == (backbone, "torch")
+    assert "could not be exported to ONNX (RuntimeError)" in caplog.text
+    with pytest.raises(DeepclustError, match="ONNX Runtime cannot run .* dynamic control flow.*--runtime torch"):
+        forward_for(backbone, "onnxruntime")
+
+
+@needs_moths
+def test_cluster_with_onnxruntime_gives_the_metrics_of_pytorch(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DEEPCLUST_RUNTIME")
+    root = tmp_path / "in"
+    root.mkdir()
+    for species in FIVE_SPECIES:
+        os.symlink(MOTHS / "images" / species, root / species, target_is_directory=True)
+    for runtime in ("torch", "auto"):
+        assert main(["-q", "cluster", str(root), "--out", str(tmp_path / runtime), "--labels", "folders",
+                     "--image-size", "96", "--no-progress", "--runtime", runtime]) == 0
+    torch_run = json.loads((tmp_path / "torch" / "summary.json").read_text())
+    ort_run = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert torch_run["resolved"]["runtime"] == "torch" and ort_run["resolved"]["runtime"] == "onnxruntime"
+    a, b = np.load(tmp_path / "torch" / "embeddings.npy"), np.load(tmp_path / "auto" / "embeddings.npy")
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+    assert {k: round(v, 6) for k, v in ort_run["metrics"].items()} == {k: round(v, 6) for k, v in
+                                                                      torch_run["metrics"].items()}

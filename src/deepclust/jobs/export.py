@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -173,6 +171,7 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
     import torch  # deferred, as the backbone below: exporting clusters as folders needs neither
 
     from deepclust.features.backbones import create_backbone  # deferred with torch
+    from deepclust.features.runtime import export_backbone  # deferred with torch
 
     if (run_dir is None) == (backbone is None):
         raise DeepclustError("give a run folder or --backbone NAME, not both or neither")
@@ -183,21 +182,9 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
     model = create_backbone(backbone, weights=weights, image_size=image_size, flip_average=flip).eval()
     size = model.image_size
     out = os.fspath(out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    example = torch.zeros(2, 3, size, size)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=f".{os.path.basename(out)}.",
-                               suffix=".tmp.onnx")
-    os.close(fd)
+    tmp = f"{out}.{os.getpid()}.tmp.onnx"  # checked before it takes the name: a failed check leaves nothing
     try:
-        chatter = io.StringIO()  # the exporter prints its progress (dozens of lines): shown with --verbose only
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["embeddings"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
-                                        dynamo=True, verbose=False)
-            program.save(tmp)
-        if chatter.getvalue().strip():
-            log.debug("torch.onnx.export said:\n%s", chatter.getvalue().rstrip())
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; the model is meant to be shared
+        export_backbone(model, tmp, opset)
         diff = peak = None
         if check:
             try:
@@ -212,8 +199,8 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
                     want = model(batch).numpy()
                 diff, peak = float(np.abs(got - want).max()), float(np.abs(want).max())
                 if diff > atol * max(peak, 1.0):
-                    raise DeepclustError(f"the ONNX model differs from PyTorch by {diff:.2e} (largest output {peak:.2e}); "
-                                         f"above the tolerance {atol:g} x largest output: not written")
+                    raise DeepclustError(f"the ONNX model differs from PyTorch by {diff:.2e} (largest output "
+                                         f"{peak:.2e}); above the tolerance {atol:g} x largest output: not written")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -70,7 +70,7 @@ FEEDBACK_USED = "feedback-used.json"
 HEAD = "head.pt"
 #: Principal directions the whitened head keeps; fewer lose species nobody labelled, more add
 #: directions the few labelled images cannot whiten (measured in docs/review.md).
-PCA_COMPONENTS = 128
+PCA_COMPONENTS = 256
 
 
 @dataclass

@@ -36,6 +36,7 @@ log = logging.getLogger("deepclust")
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 OPSET = 18
+_SESSIONS: dict[str, "OnnxForward"] = {}  # one session per model file in a process (a Dask worker's partitions)
 
 
 def cache_root() -> str:
@@ -129,10 +130,12 @@ def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.d
         return backbone, "torch"
     path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
     try:
-        if not os.path.isfile(path):
-            log.info("exporting %s to ONNX once, for ONNX Runtime (%s)", backbone.name, path)
-            export_backbone(backbone, path)
-        return OnnxForward(path), "onnxruntime"
+        if path not in _SESSIONS:
+            if not os.path.isfile(path):
+                log.info("exporting %s to ONNX once, for ONNX Runtime (%s)", backbone.name, path)
+                export_backbone(backbone, path)
+            _SESSIONS[path] = OnnxForward(path)
+        return _SESSIONS[path], "onnxruntime"
     except Exception as exc:  # noqa: BLE001  any export or load failure: PyTorch still embeds
         if runtime == "onnxruntime":
             raise DeepclustError(f"ONNX Runtime cannot run {backbone.name} ({type(exc).__name__}: "

@@ -15,30 +15,22 @@ clusters.csv's median of it) with the truth:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from deepclust import EmbeddingStore, create_backbone, extract_embeddings, find_images
 from deepclust.cluster.space import centre_margins, make_clusterer, prepare_features
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("DEEPCLUST_SHARED", os.path.join(HERE, "..", "..", "shared"))
+from moths import CACHE, moth_embeddings
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default=os.path.join(HERE, "..", "runs", "benchmark-cache"))
+    parser.add_argument("--cache", default=CACHE)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
-    records = find_images(os.path.join(SHARED, "data", "eu-moths", "images"))
-    backbone = create_backbone("tf_efficientnet_lite0")
-    store = EmbeddingStore(os.path.join(args.cache, "eu-moths"), backbone.signature())
-    emb = extract_embeddings(records, backbone, batch_size=32, store=store, progress=False)
-    y = np.array([records[i].folder for i in emb.indices])
-    X = prepare_features(emb.vectors, True)
+    vectors, y, _ = moth_embeddings(args.cache)
+    X = prepare_features(vectors, True)
     k = len(np.unique(y))
     print(f"{len(y)} images, {k} species; per seed: Spearman(cluster confidence, purity), purity of the most / "
           "least confident half of the images")

@@ -7,36 +7,29 @@ training species labelled, all 200 species clustered; prints the k found against
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
-from deepclust import EmbeddingStore, create_backbone, extract_embeddings, find_images
 from deepclust.cluster.k_estimation import estimate_n_clusters
 from deepclust.cluster.space import prepare_features
 from deepclust.data import load_split
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("DEEPCLUST_SHARED", os.path.join(HERE, "..", "..", "shared"))
+from moths import CACHE, moth_embeddings
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default=os.path.join(HERE, "..", "runs", "benchmark-cache"))
+    parser.add_argument("--cache", default=CACHE)
     parser.add_argument("--k-min", type=int, default=50)
     parser.add_argument("--k-max", type=int, default=400)
     args = parser.parse_args(argv)
-    records = find_images(os.path.join(SHARED, "data", "eu-moths", "images"))
-    backbone = create_backbone("tf_efficientnet_lite0")
-    store = EmbeddingStore(os.path.join(args.cache, "eu-moths"), backbone.signature())
-    emb = extract_embeddings(records, backbone, batch_size=32, store=store, progress=False)
-    y = np.array([records[i].folder for i in emb.indices], dtype=object)
+    vectors, y, _ = moth_embeddings(args.cache)
+    y = y.astype(object)
     train = set(load_split("eu-moths").classes("train"))
     labels = np.array([c if c in train else None for c in y], dtype=object)
     t = time.perf_counter()
-    est = estimate_n_clusters(prepare_features(emb.vectors, True), method="labels", labels=labels, k_min=args.k_min,
+    est = estimate_n_clusters(prepare_features(vectors, True), method="labels", labels=labels, k_min=args.k_min,
                               k_max=args.k_max, random_state=0)
     print(f"{int((labels != None).sum())} images of {len(train)} species labelled, {len(y)} images of "  # noqa: E711
           f"{len(set(y))} species clustered: k = {est.n_clusters} (truth {len(set(y))}), "

@@ -27,39 +27,28 @@ import time
 
 import numpy as np
 
-from deepclust import EmbeddingStore, create_backbone, extract_embeddings, find_images, runs
+from deepclust import runs
 from deepclust.cluster.space import distances_to_centres, make_clusterer, prepare_features
 from deepclust.config import ClusterConfig
-from deepclust.data import load_split
 from deepclust.feedback import Feedback
 from deepclust.jobs.refine import refine_run
 from deepclust.jobs.review import confidence, review_queue
+from moths import CACHE, IMAGES, moth_embeddings
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("DEEPCLUST_SHARED", os.path.join(HERE, "..", "..", "shared"))
-IMAGES = os.path.join(SHARED, "data", "eu-moths", "images")
 
 
 def first_run(folder: str, args) -> tuple[runs.Run, float]:
     """A run folder as `deepclust cluster` writes it, from cached embeddings."""
-    records = find_images(IMAGES)
-    if args.subset:
-        keep = set(load_split("eu-moths").classes(args.subset))
-        records = [r for r in records if r.folder in keep]
-    backbone = create_backbone("tf_efficientnet_lite0", weights=args.weights or "pretrained")
-    name = "eu-moths" if not args.weights else "eu-moths-" + os.path.basename(os.path.dirname(args.weights))
-    store = EmbeddingStore(os.path.join(args.cache, name), backbone.signature())
-    emb = extract_embeddings(records, backbone, batch_size=32, store=store, progress=False)
-    kept = [records[i] for i in emb.indices]
-    y = [r.folder for r in kept]
+    vectors, species, kept = moth_embeddings(args.cache, weights=args.weights, subset=args.subset)
+    y = species.tolist()
     k = len(set(y))
     t = time.perf_counter()
-    X = prepare_features(emb.vectors, True)
+    X = prepare_features(vectors, True)
     clusters = make_clusterer(args.algorithm, k, args.seed).fit_predict(X)
     seconds = time.perf_counter() - t
     config = ClusterConfig(images=IMAGES, out=folder, n_clusters=k, algorithm=args.algorithm, labels="folders",
                            weights=args.weights or "pretrained", seed=args.seed)
-    runs.write_embeddings(folder, emb.vectors)
+    runs.write_embeddings(folder, vectors)
     runs.write_run_files(config, [r.path for r in kept], clusters, distances_to_centres(X, clusters), y,
                          runs.run_metrics(y, clusters))
     runs.RunSummary(command="cluster", config=config.to_dict(), resolved={"normalized": True}, seed=args.seed,
@@ -95,7 +84,7 @@ def oracle(kind: str, budget: float, run: runs.Run, rng: np.random.Generator) ->
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default=os.path.join(HERE, "..", "runs", "benchmark-cache"))
+    parser.add_argument("--cache", default=CACHE)
     parser.add_argument("--subset", help="a subset of the eu-moths split (e.g. test); default: all 200 species")
     parser.add_argument("--weights", help="a backbone checkpoint (e.g. fine-tuned on the training species)")
     parser.add_argument("--algorithm", default="kmeans", help="the first run's clusterer (default kmeans)")

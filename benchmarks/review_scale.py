@@ -3,7 +3,7 @@ action after 100 others (each action replays the log and rewrites feedback.json)
 
     python benchmarks/review_scale.py
 """
-import time, tempfile, numpy as np, json, os
+import time, tempfile, numpy as np, json
 from deepclust import runs
 from deepclust.config import ClusterConfig
 from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features

@@ -17,30 +17,18 @@ Prints ARI AVG (SD) per space and algorithm, and the fit times.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
-from deepclust import EmbeddingStore, create_backbone, extract_embeddings, find_images
 from deepclust.cluster.space import make_clusterer, prepare_features
 from deepclust.data import load_split
 from deepclust.methods.scatter_head import ScatterHead
 from deepclust.metrics import adjusted_rand
+from moths import CACHE, moth_embeddings
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("DEEPCLUST_SHARED", os.path.join(HERE, "..", "..", "shared"))
 NEIGHBOURS = (5, 10, 15, 20, 30)
-
-
-def embed(records, cache: str, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    backbone = create_backbone("tf_efficientnet_lite0")
-    backbone.flip_average = flip
-    # the plain store is shared with benchmarks/clustering.py
-    store = EmbeddingStore(os.path.join(cache, "eu-moths-flip" if flip else "eu-moths"), backbone.signature())
-    emb = extract_embeddings(records, backbone, batch_size=32, store=store, progress=False)
-    return emb.vectors, np.array([records[i].folder for i in emb.indices])
 
 
 def aris(algorithm: str, Z: np.ndarray, y: np.ndarray, seeds: int, **params) -> list[float]:
@@ -50,15 +38,14 @@ def aris(algorithm: str, Z: np.ndarray, y: np.ndarray, seeds: int, **params) -> 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default=os.path.join(HERE, "..", "runs", "benchmark-cache"))
+    parser.add_argument("--cache", default=CACHE)
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args(argv)
-    records = find_images(os.path.join(SHARED, "data", "eu-moths", "images"))
     split = load_split("eu-moths")
     spaces, seconds = {}, {}
     for flip in (False, True):
         t = time.perf_counter()
-        vectors, folders = embed(records, args.cache, flip)
+        vectors, folders, _ = moth_embeddings(args.cache, flip=flip)
         seconds["embed" + (" flip-averaged" if flip else "")] = time.perf_counter() - t
         part = {s: np.isin(folders, split.subsets[s]) for s in ("train", "val", "test")}
         X = {s: prepare_features(vectors[m], True) for s, m in part.items()}

@@ -31,6 +31,16 @@ def launch_chromium(playwright):
         "--disable-sync", "--no-first-run"])
 
 
+def watch_page(page) -> tuple[list, list]:
+    """(errors, requests): the page's console errors and uncaught exceptions, and every URL it
+    asks for, filled in as the page runs."""
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    return errors, requests
+
+
 needs_moths = pytest.mark.skipif(not (MOTHS / "images").is_dir(), reason=f"EU moths not found at {MOTHS}")
 
 #: Five EU-moths test species, clustered by the end-to-end tests.

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import MOTHS, launch_chromium, needs_chromium, needs_moths
+from conftest import MOTHS, launch_chromium, needs_chromium, needs_moths, watch_page
 from deepclust.cli import main
 
 SECTIONS = ("settings", "scores", "map", "sizes", "clusters", "confusion", "skipped")
@@ -59,14 +59,11 @@ def test_the_report_renders_in_headless_chromium_without_errors(moths_test_run, 
     playwright = pytest.importorskip("playwright.sync_api")
     _, out = moths_test_run
     url = (out / "report" / "report.html").resolve().as_uri()
-    errors, requests = [], []
     with playwright.sync_playwright() as p:
         browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
+            errors, requests = watch_page(page)
             page.goto(url, wait_until="load")
             images = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
             headings = page.evaluate("[...document.querySelectorAll('h2')].map(h => h.id)")

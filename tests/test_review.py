@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import launch_chromium, needs_chromium
+from conftest import launch_chromium, needs_chromium, watch_page
 from deepclust import runs
 from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features
 from deepclust.config import ClusterConfig
@@ -151,15 +151,12 @@ def test_the_review_page_in_chromium_merges_splits_names_moves_marks_and_survive
     folder, paths = small_run
     server = ReviewServer(ReviewSession(folder))
     server.start()
-    errors, requests = [], []
     try:
         with playwright.sync_playwright() as p:
             browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.on("request", lambda r: requests.append(r.url))
+                errors, requests = watch_page(page)
                 page.goto(server.url)
                 page.wait_for_selector("#status:has-text('ready')")
                 assert page.locator(".card").count() == K
@@ -178,19 +175,12 @@ def test_the_review_page_in_chromium_merges_splits_names_moves_marks_and_survive
                 page.locator(".card[data-cluster='2'] select.merge-with").select_option("3")
                 page.locator(".card[data-cluster='2'] .do-merge").click()
                 saved(3)
-                page.locator(".card[data-cluster='4'] img[data-image='24']").click()
-                page.locator(".card[data-cluster='4'] img[data-image='25']").click()
-                page.click("#split")
-                saved(4)
-                page.locator(".card[data-cluster='0'] img[data-image='5']").click()
-                page.click("#reject")
-                saved(5)
-                page.locator(".card[data-cluster='4'] img[data-image='29']").click()
-                page.click("#unknown")
-                saved(6)
-                page.locator(".card[data-cluster='4'] img[data-image='28']").click()
-                page.click("#unknown")
-                saved(7)
+                for n, (cluster, images, button) in enumerate([(4, (24, 25), "split"), (0, (5,), "reject"),
+                                                               (4, (29,), "unknown"), (4, (28,), "unknown")], 4):
+                    for i in images:  # select, then act on the selection
+                        page.locator(f".card[data-cluster='{cluster}'] img[data-image='{i}']").click()
+                    page.click(f"#{button}")
+                    saved(n)
                 page.click("#undo")
                 saved(6)
                 shot = tmp_path / "review.png"

@@ -128,8 +128,10 @@ class RunCheckpoint:
             raise DeepclustError(f"'{self.path}' is not a {self.what} checkpoint; {self.fix}")
         if fingerprint is not None and state.get("fingerprint") != fingerprint:
             raise DeepclustError(f"'{self.path}' was trained on other images; {self.fix}")
-        saved = state.get("settings", state.get("config", {}))  # "config": fine-tuning checkpoints written before the shared format
-        changed = sorted(k for k in set(saved) | set(settings) if k not in may_change and saved.get(k) != settings.get(k))
+        # "config": the settings of fine-tuning checkpoints written before this shared format
+        saved = state.get("settings", state.get("config", {}))
+        changed = sorted(k for k in set(saved) | set(settings)
+                         if k not in may_change and saved.get(k) != settings.get(k))
         if changed:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
             raise DeepclustError(f"'{self.path}' was made with other settings ({diff}); resume with the same "

@@ -27,6 +27,8 @@ import numpy as np
 from deepclust.errors import DeepclustError
 from deepclust.io import atomic_write
 
+#: The feedback's file in a run folder (``deepclust review`` writes it, ``refine`` reads it).
+FILE = "feedback.json"
 FORMAT_VERSION = 1
 KEYS = ("version", "labels", "must_link", "cannot_link", "unknown")
 

@@ -88,7 +88,7 @@ class OnnxForward:
     preprocessed images, returns the embeddings as a tensor, like the backbone."""
 
     def __init__(self, path: str, threads: int | None = None):
-        import onnxruntime  # deferred: an optional dependency (deepclust[onnx])
+        import onnxruntime  # deferred: loading it takes time that PyTorch-only work need not spend
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()  # as many as PyTorch: no oversubscription
@@ -120,13 +120,13 @@ def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.d
         raise DeepclustError(f"runtime=onnxruntime runs on a CPU; with --device {device} use --runtime torch "
                              "(or auto)")
     try:
-        import onnxruntime  # noqa: F401  deferred: an optional dependency
+        import onnxruntime  # noqa: F401  deferred, as above; an install may lack it
     except ImportError:
         if runtime == "onnxruntime":
             raise DeepclustError("runtime=onnxruntime needs onnxruntime: pip install onnxruntime onnx onnxscript (or use "
                                  "--runtime torch)") from None
-        log.info("embedding with PyTorch (install onnxruntime, pip install onnxruntime onnx onnxscript, for a several times "
-                 "faster CPU path)")
+        log.info("embedding with PyTorch (pip install onnxruntime onnx onnxscript for a CPU path several times "
+                 "faster)")
         return backbone, "torch"
     path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
     try:

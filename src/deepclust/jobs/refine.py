@@ -56,16 +56,16 @@ from deepclust.data.folders import ImageRecord
 from deepclust.errors import DeepclustError
 from deepclust.features.backbones import LinearHead, create_backbone, save_backbone
 from deepclust.features.extract import embed_records
+from deepclust.feedback import FILE as FEEDBACK_FILE
 from deepclust.feedback import Feedback, Resolved, load_feedback, resolve
 from deepclust.io import check_writable, lock_folder
 from deepclust.methods import create_method
 from deepclust.methods.scatter_head import ScatterHead
-from deepclust.metrics import score_clustering
+from deepclust.metrics import contingency, score_clustering
 from deepclust.validation import check_choice
 
 log = logging.getLogger("deepclust")
 
-FEEDBACK = "feedback.json"
 FEEDBACK_USED = "feedback-used.json"
 HEAD = "head.pt"
 #: Principal directions the whitened head keeps; fewer lose species nobody labelled, more add
@@ -96,7 +96,7 @@ def refine_run(run_dir: str | os.PathLike, out: str | os.PathLike, feedback: str
     if root.paths != parent.paths:
         raise DeepclustError(f"'{run_dir}' no longer matches its root run '{root.folder}' (other images); refine the "
                              "root run instead")
-    feedback_path = os.fspath(feedback) if feedback else runs.run_path(run_dir, FEEDBACK)
+    feedback_path = os.fspath(feedback) if feedback else runs.run_path(run_dir, FEEDBACK_FILE)
     given = load_feedback(feedback_path)
     used = load_feedback(runs.run_path(run_dir, FEEDBACK_USED)).merged(given) if lineage else given
     constraints = resolve(used, parent.paths)
@@ -192,11 +192,8 @@ def _describe(parent: runs.Run, root: runs.Run, constraints: Resolved, clusters:
 
 def _moved(before: np.ndarray, after: np.ndarray) -> int:
     """Images whose cluster changed, once the new clusters are matched one-to-one to the old."""
-    old, old_idx = np.unique(before, return_inverse=True)
-    new, new_idx = np.unique(after, return_inverse=True)
-    table = np.zeros((len(old), len(new)), dtype=np.int64)
-    np.add.at(table, (old_idx, new_idx), 1)
-    rows, cols = linear_sum_assignment(-table)
+    table, _, _ = contingency(before, after)
+    rows, cols = linear_sum_assignment(table, maximize=True)
     return int(len(before) - table[rows, cols].sum())
 
 

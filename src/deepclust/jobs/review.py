@@ -31,14 +31,18 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
-from deepclust.cluster.space import centre_margins, distances_to_centres, prepare_features
+from deepclust.cluster.space import (
+    centre_margins,
+    distances_to_centres,
+    prepare_features,
+)
 from deepclust.errors import DeepclustError
+from deepclust.feedback import FILE as FEEDBACK_FILE
 from deepclust.feedback import Feedback
 
 log = logging.getLogger("deepclust")
 
 ACTIONS_LOG = "review-actions.jsonl"
-FEEDBACK = "feedback.json"
 ACTION_TYPES = ("name", "confirm", "merge", "split", "move", "reject", "unknown", "undo")
 
 
@@ -128,7 +132,7 @@ class ReviewSession:
             self.actions.append(action)
             self._replay()  # the same code path as reopening: what is shown is what is logged
             self._append(action)
-            self.feedback().save(runs.run_path(self.folder, FEEDBACK))
+            self.feedback().save(runs.run_path(self.folder, FEEDBACK_FILE))
             return self.state()
 
     def _append(self, action: dict) -> None:

@@ -21,6 +21,7 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from deepclust.errors import DeepclustError
+from deepclust.feedback import FILE as FEEDBACK_FILE
 from deepclust.jobs.report import dataset_pixels, thumbnail_jpeg
 from deepclust.jobs.review import ReviewSession
 
@@ -128,8 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     def _thumb(self, rest: str) -> None:
-        query = parse_qs(urlsplit(self.path).query)
-        size = int((query.get("s") or ["160"])[0]) if (query.get("s") or ["160"])[0].isdigit() else 0
+        asked = (parse_qs(urlsplit(self.path).query).get("s") or ["160"])[0]
+        size = int(asked) if asked.isdigit() else 0
         if not rest.isdigit() or not 0 <= int(rest) < self.server.session.n or size not in THUMB_SIZES:
             self._send(HTTPStatus.NOT_FOUND, b"no such image in this run\n", "text/plain")
             return
@@ -167,7 +168,7 @@ def serve(run_dir: str | os.PathLike, port: int = 0, open_browser: bool = True) 
     server = ReviewServer(session, port)
     print(f"reviewing {session.n} images in {len(set(session.assign.tolist()))} clusters of {run_dir}")
     print(f"open {server.url}  (only on this computer; Ctrl-C to stop; every action is saved at once to "
-          f"{os.path.join(os.fspath(run_dir), 'feedback.json')})", flush=True)
+          f"{os.path.join(os.fspath(run_dir), FEEDBACK_FILE)})", flush=True)
     if open_browser:
         import webbrowser  # deferred: only when a browser is to be opened
 

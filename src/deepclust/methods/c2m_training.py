@@ -157,6 +157,7 @@ class C2MTraining:
     reuses it instead of training again."""
 
     name = "c2m"
+
     def __init__(self, config: C2MConfig):
         self.config = config
 

@@ -207,7 +207,7 @@ class EndToEndTraining:
                                     for stage, e in self.ensembles_.items()}}
         sizes = np.bincount(self.labels_, minlength=c.n_clusters)
         final_stage = stage_names[-1]
-        summary = runs.RunSummary(
+        return runs.RunSummary(
             command="train", method=self.name, config=c.to_dict(),
             resolved={"n_clusters": c.n_clusters, "n_clusters_from": "--n-clusters", "backbone": c.backbone,
                       "device": c.device, "image_shape": list(data.images.shape[1:]),
@@ -215,7 +215,8 @@ class EndToEndTraining:
                       + (" after refinement" if final_stage == "refined" else ""),
                       "reference_seed": reference["seed"], "normalized": False, **self.resolved()},
             seed=c.seed,
-            counts={"images_found": len(data.images) + len(data.skipped), "images_clustered": len(data.images), "images_skipped": len(data.skipped),
+            counts={"images_found": len(data.images) + len(data.skipped), "images_clustered": len(data.images),
+                    "images_skipped": len(data.skipped),
                     "clusters": int((sizes > 0).sum()), "noise": 0, "cluster_size_min": int(sizes.min()),
                     "cluster_size_max": int(sizes.max()),
                     "classes": len(set(data.labels)) if data.labels is not None else None},
@@ -223,7 +224,6 @@ class EndToEndTraining:
             extra={"runs": [{"seed": r["seed"], "loss": r["loss"], "seconds": r["seconds"], "epochs": len(r["history"]),
                              "train_seconds": round(sum(h["seconds"] for h in r["history"]), 1)} for r in self.runs_],
                    "scores": scores})
-        return summary
 
     def outcome(self) -> list[str]:
         """What ``deepclust train`` prints when the run folder is written (by rank 0)."""

@@ -305,7 +305,6 @@ class MMDC:
     def _build(self, in_chans: int) -> MMDCNet:
         return MMDCNet(build_trunk(self.backbone, in_chans, self.backbone_kwargs), self.n_clusters)
 
-
     def fit(self, images, y=None) -> "MMDC":
         """Train on ``images``: array or tensor of shape (n, C, H, W) or (n, H, W), values
         in [0, 1] or uint8. Resumes from ``checkpoint_dir`` when it holds this run.

@@ -32,6 +32,10 @@ class Agglomerative(BaseClusterer):
         Neighbours per point of the connectivity graph; None uses no graph (n x n).
     random_state : int, numpy Generator or None
         Seeds the approximate neighbour search on large data (the merging is deterministic).
+    memory : joblib.Memory, str or None, default None
+        Where scikit-learn caches the merge tree: with one, refitting the same data at
+        another ``n_clusters`` cuts the cached tree instead of building it again (as
+        :func:`deepclust.selection.sweep` does).
 
     Attributes
     ----------
@@ -39,8 +43,9 @@ class Agglomerative(BaseClusterer):
     n_clusters_ : int
     """
 
-    def __init__(self, n_clusters=8, linkage="ward", n_neighbors=10, random_state=None):
+    def __init__(self, n_clusters=8, linkage="ward", n_neighbors=10, random_state=None, memory=None):
         self.n_clusters = n_clusters
+        self.memory = memory
         self.linkage = linkage
         self.n_neighbors = n_neighbors
         self.random_state = random_state
@@ -68,7 +73,8 @@ class Agglomerative(BaseClusterer):
         with warnings.catch_warnings():
             # a graph of several components is completed by scikit-learn, as we want
             warnings.filterwarnings("ignore", message=".*connected components.*")
-            model = AgglomerativeClustering(n_clusters=k, linkage=self.linkage, connectivity=connectivity).fit(X)
+            model = AgglomerativeClustering(n_clusters=k, linkage=self.linkage, connectivity=connectivity,
+                                            memory=self.memory, compute_full_tree=self.memory is not None).fit(X)
         self.labels_ = model.labels_.astype(np.int64)
         self.n_clusters_ = int(len(np.unique(self.labels_)))
         return self

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: A k scoring within this fraction of the curve's range of the best counts as a near tie.
+NEAR_TIE = 0.05
+
 
 @dataclass
 class KEstimate:
@@ -30,6 +33,23 @@ class KEstimate:
     method: str
     ks: np.ndarray
     scores: np.ndarray
+
+    def near_ties(self, fraction: float = NEAR_TIE) -> list[int]:
+        """The other ks scoring within ``fraction`` of the curve's range of the chosen k's
+        score, best first: the runner-ups a flat curve barely tells apart."""
+        scores = np.asarray(self.scores, dtype=np.float64)
+        finite = np.isfinite(scores)
+        if finite.sum() < 2 or self.n_clusters not in set(np.asarray(self.ks).tolist()):
+            return []
+        chosen = float(scores[list(np.asarray(self.ks)).index(self.n_clusters)])
+        margin = fraction * (scores[finite].max() - scores[finite].min())
+        near = [(s, int(k)) for k, s in zip(self.ks, scores) if np.isfinite(s) and k != self.n_clusters
+                and s >= chosen - margin]
+        return [k for _, k in sorted(near, reverse=True)]
+
+    def weak(self) -> bool:
+        """Whether a near tie lies at least 25% away from the chosen k."""
+        return any(abs(k - self.n_clusters) >= 0.25 * self.n_clusters for k in self.near_ties())
 
     def curve(self) -> list[dict]:
         """``[{"k": k, "score": s}, ...]``, ready for JSON or CSV."""

@@ -134,3 +134,30 @@ def nearest_centres(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
     from deepclust.cluster._lloyd import nearest_centers  # deferred with torch
 
     return nearest_centers(torch.from_numpy(np.asarray(X)), torch.from_numpy(np.asarray(centres))).numpy()
+
+
+def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance from each query to its nearest member (exact, faiss); with
+    ``self_index`` the queries are members ``members[self_index]`` and skip themselves."""
+    import faiss
+
+    index = faiss.IndexFlatL2(members.shape[1])
+    index.add(np.ascontiguousarray(members, dtype=np.float32))
+    k = 1 if self_index is None else min(2, len(members))
+    d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    if self_index is None:
+        return np.sqrt(np.maximum(d2[:, 0], 0))
+    other = np.where(idx[:, 0] == self_index, 1, 0)  # a duplicate of the query may come first: both are 0 away
+    return np.sqrt(np.maximum(d2[np.arange(len(d2)), np.minimum(other, k - 1)], 0))
+
+
+def isolated_images(X: np.ndarray, fence: float = 1.5) -> np.ndarray:
+    """Which rows of ``X`` are far from every other, shape (n,) bool: those whose distance to
+    their nearest other row lies above the upper Tukey fence, ``Q3 + fence * (Q3 - Q1)``, of
+    that distance over all rows (the run's own distances set the threshold, as ``predict``'s
+    far flag; the fence, not a quantile, so that a collection without outliers loses none)."""
+    if len(X) < 4:
+        return np.zeros(len(X), dtype=bool)
+    nearest = nearest_member_distance(X, X, self_index=np.arange(len(X)))
+    q1, q3 = np.quantile(nearest, [0.25, 0.75])
+    return nearest > q3 + fence * (q3 - q1)

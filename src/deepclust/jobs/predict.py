@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from deepclust import runs
-from deepclust.cluster.space import cluster_centres, nearest_centres, prepare_features
+from deepclust.cluster.space import cluster_centres, nearest_centres, nearest_member_distance, prepare_features
 from deepclust.config import END_TO_END, build_config
 from deepclust.data import find_images
 from deepclust.data.datasets import load_pixels
@@ -85,21 +85,6 @@ class ClusterModel:
             top = counts == counts.max()
             out[i] = values[top][np.argmin(first[top])]  # a tie goes to the cluster of the nearer image
         return out
-
-
-def nearest_member_distance(members: np.ndarray, queries: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
-    """Euclidean distance from each query to its nearest member (exact, faiss); with
-    ``self_index`` the queries are members ``members[self_index]`` and skip themselves."""
-    import faiss
-
-    index = faiss.IndexFlatL2(members.shape[1])
-    index.add(np.ascontiguousarray(members, dtype=np.float32))
-    k = 1 if self_index is None else min(2, len(members))
-    d2, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    if self_index is None:
-        return np.sqrt(np.maximum(d2[:, 0], 0))
-    other = np.where(idx[:, 0] == self_index, 1, 0)  # a duplicate of the query may come first: both are 0 away
-    return np.sqrt(np.maximum(d2[np.arange(len(d2)), np.minimum(other, k - 1)], 0))
 
 
 def cluster_model(run: runs.Run, far_quantile: float = 0.95, sample: int = 2000, seed: int = 0) -> ClusterModel:

@@ -100,8 +100,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--algorithm", metavar="NAME", help=f"clustering algorithm: {_algorithm_names()} (default kmeans)")
     p.add_argument("--param", metavar="KEY=VALUE", dest="cluster_params", action="append", type=_param,
                    help="a further parameter of the algorithm, e.g. eps=0.3 for dbscan (repeatable)")
-    p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: eigengap, silhouette or c2m "
-                   "(default: eigengap for spectral, silhouette otherwise)")
+    p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: generalization, stability, eigengap, "
+                   "silhouette or c2m (default: eigengap for spectral, silhouette otherwise; see docs/selection.md)")
     p.add_argument("--k-min", metavar="K", type=_positive_int, help="with --n-clusters auto: smallest k tried (default 2)")
     p.add_argument("--k-max", metavar="K", type=_positive_int, help="with --n-clusters auto: largest k tried (default 50)")
     p.add_argument("--k-metric", metavar="FILE", help="with --k-method c2m: a learned metric (metric.pt of "
@@ -117,6 +117,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--flip-average", dest="flip_average", action="store_true", help="embed each image as the mean of it "
                    "and its mirror image: twice the embedding time, usually a little better clusters (docs/methods.md)")
+    p.add_argument("--unknown", dest="unknown", action="store_true", help="put images far from every other into "
+                   "cluster -1, unknown, instead of forcing them into a cluster (docs/usage.md)")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], help="what runs the backbone: auto (default: "
                    "ONNX Runtime on a CPU where installed, several times faster; else PyTorch), onnxruntime, torch")
     p.add_argument("--report", dest="report", action="store_true",
@@ -137,7 +139,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     counts, resolved = result.summary["counts"], result.summary["resolved"]
     print(f"clustered {len(result.paths)} images into {counts['clusters']} clusters"
           + (f" ({resolved['n_clusters_from']})" if resolved["k_estimate"] else "")
-          + (f", {counts['noise']} as noise" if counts["noise"] else "")
+          + (f", {counts['unknown']} as unknown (cluster -1)" if counts.get("unknown")
+             else f", {counts['noise']} as noise" if counts["noise"] else "")
           + (f", skipped {len(result.skipped)}" if result.skipped else ""))
     if result.metrics:
         print("  ".join(f"{k} {result.metrics[k]:.3f}" for k in ("CA", "ACC", "NMI", "AMI", "ARI")))
@@ -405,6 +408,68 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_select_parser(subparsers) -> None:
+    from deepclust.config import DEFAULT_BACKBONE
+
+    p = subparsers.add_parser(
+        "select",
+        help="choose k, the algorithm and the backbone without labels",
+        description="Cluster the images of IMAGES_DIR (or the embeddings of a finished RUN_DIR) with every "
+        "algorithm at every k (and every backbone), score each clustering by criteria that need no labels "
+        "(generalization, stability, silhouette, eigengap; c2m with --metric), and write selection.csv, "
+        "selection.png and selection.json to --out. Prints the choice of --criterion, says when it is weak, "
+        "and the `deepclust cluster` command that makes it. See docs/selection.md.",
+    )
+    p.add_argument("source", metavar="IMAGES_DIR|RUN_DIR", help="image folder, or a run folder of `deepclust cluster`")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the tables, the plot and the embedding cache")
+    p.add_argument("--k", metavar="MIN:MAX[:STEP]|K,K,...", default="2:30",
+                   help="candidate numbers of clusters (default 2:30; a range over 50 wide steps by 10)")
+    p.add_argument("--algorithm", metavar="NAME", nargs="+", default=["kmeans"],
+                   help="algorithms to compare (default kmeans): kmeans, spectral, agglomerative, gmm")
+    p.add_argument("--backbone", metavar="NAME", nargs="+", help=f"backbones to compare (default {DEFAULT_BACKBONE})")
+    p.add_argument("--criterion", default="generalization", choices=["generalization", "stability", "silhouette",
+                   "eigengap", "c2m"], help="the criterion whose choice is printed (default generalization)")
+    p.add_argument("--metric", metavar="FILE", help="a learned C2M metric (metric.pt): adds the c2m criterion")
+    p.add_argument("--weights", metavar="PATH", default="pretrained", help="pretrained (default), random, or a checkpoint")
+    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], default="auto", help="what runs the backbone")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="random seed of the clusterings (default 0)")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false", help="score raw, not L2-normalised, embeddings")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.set_defaults(func=_cmd_select)
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from deepclust.config import DEFAULT_BACKBONE
+    from deepclust.jobs.select import CSV, PLOT, SelectOptions, run_select
+    from deepclust.selection import parse_ks
+
+    options = SelectOptions(source=args.source, out=args.out, ks=parse_ks(args.k), algorithms=args.algorithm,
+                            backbones=args.backbone or [], criterion=args.criterion, metric=args.metric,
+                            weights=args.weights, image_size=args.image_size, batch_size=args.batch_size,
+                            device=args.device, runtime=args.runtime, seed=args.seed, normalize=args.normalize,
+                            progress=args.progress)
+    if not options.backbones and not os.path.isfile(os.path.join(args.source, "summary.json")):
+        options.backbones = [DEFAULT_BACKBONE]
+    _, choice = run_select(options)
+    chosen = choice["chosen"]
+    print(f"scored {choice['candidates']} candidates on {choice['images']} images in {choice['seconds']['score']:.0f} s")
+    for criterion, pick in choice["criteria"].items():
+        print(f"  {criterion:<15} k = {pick['k']:<4} {pick['algorithm']:<14} {pick['backbone']}"
+              + ("  (weak)" if pick["weak"] else ""))
+    print(f"chosen by {choice['criterion']}: k = {chosen['k']}, {chosen['algorithm']}"
+          + (f", {chosen['backbone']}" if chosen["backbone"] else ""))
+    if chosen["weak"]:
+        others = ", ".join(f"k = {r['k']} {r['algorithm']}" for r in chosen["runner_ups"])
+        print(f"  the choice is weak: {others} score nearly as high; look at {PLOT}")
+    if choice["command"]:
+        print(f"  make it with: {choice['command']}")
+    print(f"tables in {os.path.join(args.out, CSV)}")
+    return 0
+
+
 def _add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
@@ -557,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_parser(subparsers)
     _add_embed_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    _add_select_parser(subparsers)
     _add_train_parser(subparsers)
     _add_experiment_parser(subparsers)
     _add_report_parser(subparsers)

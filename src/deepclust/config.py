@@ -43,8 +43,9 @@ class ClusterConfig:
         Further parameters of the algorithm, e.g. ``{"eps": 0.3}`` for dbscan or
         ``{"n_neighbors": 15}`` for spectral.
     k_method : str or None
-        ``eigengap``, ``silhouette`` or ``c2m`` (needs ``k_metric``); None: the algorithm's own choice (eigengap for
-        spectral, silhouette for the others).
+        ``generalization``, ``stability`` (:mod:`deepclust.selection`: the clusterings of ``algorithm``
+        scored), ``eigengap``, ``silhouette`` or ``c2m`` (needs ``k_metric``); None: the algorithm's own choice
+        (eigengap for spectral, silhouette for the others).
     k_min, k_max : int
         Range searched by ``n_clusters="auto"``.
     k_metric : str or None
@@ -72,6 +73,10 @@ class ClusterConfig:
     flip_average : bool
         Embed each image as the mean of its features and its mirror image's: twice the
         embedding time, features that do not depend on which way the subject faces.
+    unknown : bool
+        Put the images far from every other (:func:`deepclust.cluster.space.isolated_images`:
+        the nearest other image beyond the upper Tukey fence of the run's own nearest-image
+        distances) into cluster -1, "unknown", instead of forcing them into a cluster.
     runtime : str
         What runs the backbone when embedding: ``auto`` (ONNX Runtime on a CPU where it is
         installed and the backbone exports, else PyTorch), ``onnxruntime`` or ``torch``.
@@ -106,6 +111,7 @@ class ClusterConfig:
     progress: bool = True
     fast_decode: bool = False
     flip_average: bool = False
+    unknown: bool = False
     runtime: str = "auto"
     embeddings: str | None = None
     scheduler: str | None = None

@@ -16,7 +16,9 @@ from deepclust.cluster.spectral import knn_affinity, top_eigenvectors
 from deepclust.errors import DeepclustError
 from deepclust.validation import as_generator, as_seed, check_choice, check_int
 
-K_METHODS = ("eigengap", "silhouette", "c2m", "labels")
+K_METHODS = ("eigengap", "silhouette", "c2m", "labels", "generalization", "stability")
+#: Above this many candidate ks, the label-free selection criteria search a coarse grid first.
+COARSE_ABOVE = 60
 #: Scores within this of the best count as tied (method="labels").
 PLATEAU = 0.01
 
@@ -31,7 +33,7 @@ def _kmeans_ks(k_min: int, k_max: int, n: int, what: str) -> np.ndarray:
 
 def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int | None = None,
                         sample_size: int | None = 5000, n_neighbors: int = 10, random_state=None,
-                        metric=None, labels=None) -> KEstimate:
+                        metric=None, labels=None, algorithm: str = "kmeans", progress=None) -> KEstimate:
     """Estimate the number of clusters of ``X`` (n, d).
 
     Parameters
@@ -60,6 +62,13 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         Generalized Category Discovery), searched on a coarse grid then refined around the
         best (about 2 sqrt(k_max - k_min) clusterings instead of one per k); where several
         neighbouring k score alike (within ``PLATEAU``), the middle one.
+        ``generalization`` and ``stability``: the criteria of :mod:`deepclust.selection`,
+        scoring the clusterings ``algorithm`` makes (every k up to ``COARSE_ABOVE``
+        candidates, else a coarse grid, then every k around its best).
+    algorithm : str
+        generalization and stability only: the clusterer whose clusterings are scored.
+    progress : callable or None
+        generalization and stability only: ``progress(what, done, total)`` per clustering.
     random_state : int, numpy Generator or None
 
     Returns
@@ -85,6 +94,9 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
         ks, scores = eigengap(values, k_min, k_max)
     elif method == "labels":
         ks, scores, chosen = _k_from_labels(X, labels, k_min, k_max, rng)
+    elif method in ("generalization", "stability"):
+        ks, scores = _k_by_selection(X, method, _kmeans_ks(k_min, k_max, n, method), algorithm, metric,
+                                     as_seed(random_state), progress)
     elif method == "c2m":
         from deepclust.cluster.learned import load_metric  # deferred: the learned metric needs torch
 
@@ -105,6 +117,27 @@ def estimate_n_clusters(X, method: str = "eigengap", k_min: int = 2, k_max: int 
     if chosen is None:
         chosen = int(ks[int(np.argmax(scores))])
     return KEstimate(n_clusters=chosen, method=method, ks=ks, scores=scores)
+
+
+def _k_by_selection(X: np.ndarray, criterion: str, ks: np.ndarray, algorithm: str, metric, seed: int,
+                    progress) -> tuple[np.ndarray, np.ndarray]:
+    from deepclust.selection import select  # deferred: the selection scores clusterings of this package
+
+    def scored(candidates) -> dict[int, float]:
+        return {c.k: c.scores[criterion] for c in select(X, candidates, [algorithm], criteria=[criterion], seed=seed,
+                                                          metric=metric, progress=progress).candidates}
+
+    if len(ks) <= COARSE_ABOVE:
+        tried = scored(ks)
+    else:
+        step = max(1, int(np.ceil(len(ks) / (COARSE_ABOVE // 2))))
+        tried = scored(ks[::step])
+        best = max(tried, key=tried.get)
+        around = [k for k in range(best - step + 1, best + step) if int(ks[0]) <= k <= int(ks[-1]) and k not in tried]
+        if around:
+            tried.update(scored(around))
+    found = np.array(sorted(tried))
+    return found, np.array([tried[k] for k in found])
 
 
 def _k_from_labels(X: np.ndarray, labels, k_min: int, k_max: int, rng) -> tuple[np.ndarray, np.ndarray, int]:

@@ -36,6 +36,7 @@ from deepclust.cluster.space import (
     centre_margins,
     check_n_clusters,
     distances_to_centres,
+    isolated_images,
     make_clusterer,
     prepare_features,
 )
@@ -50,6 +51,7 @@ from deepclust.features.store import EmbeddingTable, open_store
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.parallel.executors import open_executor
 from deepclust.runs import cluster_summary, run_metrics, write_run_files
+from deepclust.selection import progress_callback
 from deepclust.validation import check_int
 
 log = logging.getLogger("deepclust")
@@ -79,9 +81,13 @@ def estimate_k(X: np.ndarray, config: ClusterConfig, noun: str = "images"):
     if k_max < config.k_min:
         raise DeepclustError(f"--n-clusters auto needs more {noun} than k_min={config.k_min}; got {len(X)}")
     log.info("estimating the number of clusters (%s, k=%d..%d) from %d %s", method, config.k_min, k_max, len(X), noun)
-    estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
-                                   metric=config.k_metric)
+    with progress_callback(config.progress and method in ("generalization", "stability"), "choosing k") as progress:
+        estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
+                                       metric=config.k_metric, algorithm=config.algorithm, progress=progress)
     log.info("estimated %d clusters", estimate.n_clusters)
+    if estimate.weak():
+        log.warning("the choice of k = %d is weak: %s scores k = %s nearly as high (see %s)", estimate.n_clusters,
+                    method, ", ".join(map(str, estimate.near_ties()[:5])), runs.K_ESTIMATION)
     return estimate
 
 
@@ -101,6 +107,9 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     if config.embeddings:
         if config.images:
             raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
+        if config.unknown:
+            raise DeepclustError("--unknown compares every image with every other, which a store is too large for: "
+                                 "drop --unknown, or cluster IMAGES_DIR")
         if config.flip_average:
             raise DeepclustError("--flip-average changes how images are embedded, and a store holds its vectors "
                                  "already: drop --flip-average, or cluster IMAGES_DIR")
@@ -227,6 +236,12 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     t = time.perf_counter()
     X = prepare_features(emb.vectors, config.normalize)
     clusters, n_clusters, n_clusters_from, k_estimate = _cluster_features(X, config, n_clusters, n_clusters_from)
+    n_unknown = None
+    if config.unknown:
+        far = isolated_images(X)
+        clusters = np.where(far, -1, clusters)
+        n_unknown = int(far.sum())
+        log.info("%d image(s) far from every other put in cluster -1 (unknown)", n_unknown)
     distances = distances_to_centres(X, clusters)
     confidence = centre_margins(X, clusters)
     timings["cluster"] = time.perf_counter() - t
@@ -247,7 +262,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
         "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
     }
     counts = {"images_found": len(records), "images_clustered": len(kept), "images_skipped": len(skipped),
-              "embeddings_reused": emb.n_reused, "embeddings_computed": emb.n_computed, "classes": n_classes}
+              "embeddings_reused": emb.n_reused, "embeddings_computed": emb.n_computed, "classes": n_classes,
+              **({"unknown": n_unknown} if n_unknown is not None else {})}
     summary = cluster_summary(config, resolved, counts, clusters, timings, metrics)
     summary.write(config.out)
     return ClusterResult(paths, clusters, emb.vectors, y_true, skipped, metrics, summary.to_dict())

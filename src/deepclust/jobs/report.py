@@ -44,6 +44,9 @@ class ReportOptions:
         Longest side of a thumbnail in pixels.
     skipped_rows : int
         Skipped files listed in the page (all are in skipped.csv).
+    near_duplicate : float
+        Cosine similarity of the embeddings above which two images count as near duplicates
+        (camera bursts, the same specimen twice); each cluster lists its groups of them.
     seed : int
     """
 
@@ -53,11 +56,14 @@ class ReportOptions:
     max_clusters: int = 60
     thumb_size: int = 96
     skipped_rows: int = 200
+    near_duplicate: float = 0.97
     seed: int = 0
 
     def check(self) -> None:
         for name in ("map_points", "per_cluster", "max_clusters", "thumb_size"):
             check_int(name, getattr(self, name), 1)
+        if not 0 < self.near_duplicate <= 1:
+            raise DeepclustError(f"near_duplicate={self.near_duplicate!r} must be a cosine similarity in (0, 1]")
         if self.map_method not in MAP_METHODS:
             raise DeepclustError(f"map_method={self.map_method!r} is not one of {', '.join(MAP_METHODS)}")
 
@@ -104,6 +110,37 @@ def match_clusters(labels, clusters) -> dict[str, Any]:
     match = {int(ids[r]): classes[c] for r, c in zip(rows, cols)}
     return {"classes": classes, "clusters": [int(ids[r]) for r in order], "table": table[order],
             "match": {int(c): match.get(int(c)) for c in ids}}
+
+
+def near_duplicate_groups(X: np.ndarray, clusters: np.ndarray, threshold: float = 0.97,
+                          neighbours: int = 8) -> dict[int, list[list[int]]]:
+    """Groups of near-duplicate images within each cluster: rows whose embeddings have a
+    cosine similarity of at least ``threshold`` with one of their ``neighbours`` nearest
+    (one exact faiss search over all rows), joined transitively. Returns {cluster: [[rows],
+    ...]}, largest group first; clusters without any are absent."""
+    import faiss
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(X)
+    if n < 2:
+        return {}
+    Z = np.ascontiguousarray(X, dtype=np.float32)
+    Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexFlatIP(Z.shape[1])
+    index.add(Z)
+    sims, idx = index.search(Z, min(neighbours + 1, n))
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    cols, sims = idx.ravel(), sims.ravel()
+    keep = (cols >= 0) & (cols != rows) & (sims >= threshold) & (clusters[rows] == clusters[np.maximum(cols, 0)])
+    graph = coo_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    groups: dict[int, list[list[int]]] = {}
+    ids, counts = np.unique(component, return_counts=True)
+    for c in ids[counts > 1]:
+        members = np.flatnonzero(component == c)
+        groups.setdefault(int(clusters[members[0]]), []).append(members.tolist())
+    return {k: sorted(v, key=len, reverse=True) for k, v in groups.items()}
 
 
 def cluster_montages(clusters: np.ndarray, distances: np.ndarray, per_cluster: int = 8,
@@ -201,6 +238,29 @@ def _colours(values: np.ndarray):
     return [(0.6, 0.6, 0.6, 1.0) if v in (-1, "-1") else cmap(ids[v] % 20) for v in values.tolist()]
 
 
+def _outside_name(run: runs.Run) -> str:
+    """What cluster -1 holds: the images ``--unknown`` set aside, or a density method's noise."""
+    return "unknown" if "unknown" in run.summary.get("counts", {}) else "noise"
+
+
+def _name_groups(ax, xy: np.ndarray, values: np.ndarray, legend: bool, outside: str = "noise", most: int = 60) -> None:
+    """Say which colour is which: a legend for a few groups, else each of the ``most``
+    largest groups' names written at the median of its points."""
+    from matplotlib.lines import Line2D
+
+    groups, sizes = np.unique(np.asarray(values).astype(str), return_counts=True)
+    colour = dict(zip(np.asarray(values).astype(str).tolist(), _colours(np.asarray(values))))
+    if legend:
+        handles = [Line2D([], [], marker="o", linestyle="", color=colour[g], label=outside if g == "-1" else g[:24])
+                   for g in groups]
+        ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+        return
+    for g in groups[np.argsort(-sizes, kind="stable")][:most]:
+        mid = np.median(xy[np.asarray(values).astype(str) == g], axis=0)
+        ax.annotate(outside if g == "-1" else g[:14], mid, fontsize=6, ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.6, "lw": 0})
+
+
 def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montages, matched, pixels) -> dict[str, str]:
     import matplotlib
 
@@ -215,7 +275,8 @@ def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montag
         by.append(("true class", np.asarray(run.labels, dtype=object)[xy_index]))
     for ax, (name, values) in zip(axes[0], by):
         ax.scatter(xy[:, 0], xy[:, 1], c=_colours(values), s=6 if len(xy) > 2000 else 14, linewidths=0)
-        ax.set_title(f"coloured by {name}")
+        _name_groups(ax, xy, values, legend=len(set(values.tolist())) <= 12, outside=_outside_name(run))
+        ax.set_title(f"coloured by {name}" + (" (each labelled at its median)" if len(set(values.tolist())) > 12 else ""))
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{'t-SNE' if options.map_method == 'tsne' else 'PCA'} map of {len(xy)} of {len(run.clusters)} images")
@@ -225,8 +286,14 @@ def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montag
     ids, sizes = np.unique(run.clusters, return_counts=True)
     order = np.argsort(-sizes, kind="stable")
     fig, ax = plt.subplots(figsize=(min(16, 4 + 0.12 * len(ids)), 3.5))
+    outside = _outside_name(run)
     ax.bar(np.arange(len(ids)), sizes[order], color=["0.6" if ids[i] < 0 else "tab:blue" for i in order])
-    ax.set_xlabel("clusters, largest first" + (" (grey: noise)" if (ids < 0).any() else ""))
+    if len(ids) <= 100:
+        ax.set_xticks(np.arange(len(ids)), [outside if ids[i] < 0 else str(ids[i]) for i in order],
+                      rotation=90, fontsize=6 if len(ids) > 30 else 8)
+    ax.set_xlim(-0.6, len(ids) - 0.4)
+    ax.set_xlabel("cluster id, largest first" + (f" (grey: {outside})" if (ids < 0).any() else "")
+                  + ("" if len(ids) <= 100 else f" ({len(ids)} clusters: ids in the table below)"))
     ax.set_ylabel("images")
     files["sizes"] = os.path.join(out, "sizes.png")
     save_figure(fig, files["sizes"])
@@ -235,14 +302,20 @@ def _plots(run: runs.Run, out: str, options: ReportOptions, xy_index, xy, montag
         table = matched["table"]
         share = table / np.maximum(table.sum(1, keepdims=True), 1)
         fig, ax = plt.subplots(figsize=(min(18, 3 + 0.16 * table.shape[1]), min(18, 3 + 0.16 * table.shape[0])))
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        fig.colorbar(shown, ax=ax, label="share of the cluster's images", fraction=0.04)
+        if table.shape[0] * table.shape[1] <= 900:  # counts in the cells while they stay legible
+            for (r, c), count in np.ndenumerate(table):
+                if count:
+                    ax.text(c, r, str(count), ha="center", va="center", fontsize=6,
+                            color="white" if share[r, c] > 0.6 else "black")
         ax.set_xlabel("true class (matched order)")
         ax.set_ylabel("cluster")
         if table.shape[1] <= 60:
             ax.set_xticks(range(table.shape[1]), [str(c)[:18] for c in matched["classes"]], rotation=90, fontsize=6)
         if table.shape[0] <= 60:
             ax.set_yticks(range(table.shape[0]), [str(c) for c in matched["clusters"]], fontsize=6)
-        ax.set_title("share of each cluster's images per class")
+        ax.set_title("images of each cluster per class (colour: share of the cluster)")
         files["confusion"] = os.path.join(out, "confusion.png")
         save_figure(fig, files["confusion"])
 
@@ -259,7 +332,7 @@ def _montage_png(run: runs.Run, montages, options: ReportOptions, path: str, pix
     sheet = Image.new("RGB", (label + size * options.per_cluster, size * max(len(montages), 1)), "white")
     draw = ImageDraw.Draw(sheet)
     for row, m in enumerate(montages):
-        name = "noise" if m["cluster"] < 0 else f"cluster {m['cluster']}"
+        name = _outside_name(run) if m["cluster"] < 0 else f"cluster {m['cluster']}"
         draw.text((4, row * size + size // 2 - 12), f"{name}\n{m['size']} images", fill="black")
         for col, i in enumerate(m["members"]):
             try:
@@ -318,31 +391,99 @@ def _settings_sections(s: dict) -> list[str]:
     return parts
 
 
-def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pixels) -> str:
-    """One cluster of :func:`cluster_montages`: its title, size, matched class and the
-    thumbnails of its most typical images."""
+def _caption_name(run: runs.Run, i: int) -> str:
+    """Row i's image named by its path under the run's image folder (``card2/IMG_0001.JPG``:
+    camera traps repeat file names on every card), else its last two path parts."""
+    path = run.paths[i]
+    root = run.summary.get("config", {}).get("images")
+    if root:
+        try:
+            rel = os.path.relpath(run.resolve(path), run.resolve(root))
+            if not rel.startswith(".."):
+                return rel
+        except ValueError:  # another drive (Windows)
+            pass
+    return os.path.join(*path.replace("\\", "/").split("/")[-2:]) if "/" in path or "\\" in path else path
+
+
+def _link(run: runs.Run, i: int, pixels) -> str | None:
+    """A file:// link to row i's image, or None for images of a benchmark array."""
+    if pixels is not None:
+        return None
+    from pathlib import Path
+
+    return Path(os.path.abspath(run.resolve(run.paths[i]))).as_uri()
+
+
+def _composition(run: runs.Run, cluster: int, matched) -> str:
+    """The cluster's most common true class and its share; the class the matching gave it
+    when that differs (the matching pairs clusters and classes one to one)."""
+    labels = np.asarray(run.labels, dtype=object)[run.clusters == cluster]
+    classes, counts = np.unique(labels.astype(str), return_counts=True)
+    top = int(np.argmax(counts))
+    text = f" · mostly {html.escape(classes[top])} ({counts[top] / len(labels):.0%} of its images)"
+    cls = matched["match"].get(cluster)
+    if cls is not None and str(cls) != classes[top]:
+        share = float(np.mean(labels.astype(str) == str(cls)))
+        text += (f" · matched to class {html.escape(str(cls))} ({share:.0%})" if share > 0
+                 else " · matched to no class that it holds")
+    return text
+
+
+def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pixels,
+                     duplicates: dict[int, list[list[int]]]) -> str:
+    """One cluster of :func:`cluster_montages`: its title, size, confidence, composition,
+    the thumbnails of its most typical images (each linked to its file) and its groups of
+    near-duplicate images."""
     distances = run.distances
-    labels = np.asarray(run.labels, dtype=object) if run.labels is not None else None
-    title = "Noise" if m["cluster"] < 0 else f"Cluster {m['cluster']}"
+    title = _outside_name(run).capitalize() if m["cluster"] < 0 else f"Cluster {m['cluster']}"
     extra = ""
-    if matched is not None and m["cluster"] >= 0:
-        cls = matched["match"].get(m["cluster"])
-        if cls is not None:
-            share = float(np.mean(labels[run.clusters == m["cluster"]] == cls))
-            extra = f" · matched class {html.escape(str(cls))} ({share:.0%} of its images)"
     if run.confidence is not None and m["cluster"] >= 0:
         margins = run.confidence[run.clusters == m["cluster"]]
         if np.isfinite(margins).any():
-            extra = f" · confidence {np.nanmedian(margins):.3f}" + extra
-    figs = []
-    for i in m["members"]:
-        uri = _thumbnail(run, i, options.thumb_size, pixels)
-        caption = html.escape(os.path.basename(run.paths[i])) + (f"<br>d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
-        img = (f"<img src='{uri}' alt='{html.escape(os.path.basename(run.paths[i]))}'>" if uri
-               else "<div class='missing'>unreadable</div>")
-        figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
+            extra += f" · confidence {np.nanmedian(margins):.3f}"
+    if matched is not None and m["cluster"] >= 0:
+        extra += _composition(run, m["cluster"], matched)
+    figs = [_figure(run, i, options, pixels, typical=(k == 0 and m["cluster"] >= 0),
+                    note=(f"d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
+                    + (f" c={run.confidence[i]:.3f}" if run.confidence is not None and np.isfinite(run.confidence[i])
+                       else "")) for k, i in enumerate(m["members"])]
+    groups = duplicates.get(m["cluster"], []) if m["cluster"] >= 0 else []
+    dup = ""
+    if groups:
+        shown = groups[:5]
+        dup = (f"<details class='dups'><summary>{len(groups)} group(s) of near-duplicate images "
+               f"({sum(map(len, groups))} images, cosine &ge; {options.near_duplicate:g})</summary>"
+               + "".join(f"<div class='thumbs'>{''.join(_figure(run, i, options, pixels) for i in g[:8])}</div>"
+                         for g in shown)
+               + (f"<p class='note'>and {len(groups) - len(shown)} more</p>" if len(groups) > len(shown) else "")
+               + "</details>")
     return (f"<div class='cluster' id='cluster-{m['cluster']}'><h3>{title} · {m['size']} images{extra}</h3>"
-            f"<div class='thumbs'>{''.join(figs)}</div></div>")
+            f"<div class='thumbs'>{''.join(figs)}</div>{dup}</div>")
+
+
+def _figure(run: runs.Run, i: int, options: ReportOptions, pixels, typical: bool = False, note: str = "") -> str:
+    """One thumbnail with its caption (its path under the image folder), linked to its file."""
+    uri = _thumbnail(run, i, options.thumb_size, pixels)
+    name = html.escape(_caption_name(run, i))
+    img = f"<img src='{uri}' alt='{name}'>" if uri else "<div class='missing'>unreadable</div>"
+    link = _link(run, i, pixels)
+    if link:
+        img = f"<a href='{html.escape(link)}' title='{name}'>{img}</a>"
+    caption = ("<b>typical</b><br>" if typical else "") + name + (f"<br>{html.escape(note)}" if note else "")
+    return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
+
+
+def _short(path: str) -> str:
+    """A path's last two parts (its folder and file)."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _clusters_table(run_dir) -> dict[str, dict[str, str]]:
+    """clusters.csv by cluster id ({} for runs without one)."""
+    path = runs.run_path(run_dir, runs.CLUSTERS)
+    return {r["cluster"]: r for r in read_csv(path)} if os.path.isfile(path) else {}
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -374,7 +515,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
              f"<style>{CSS}</style></head><body>",
              f"<h1>deepclust report: {html.escape(name)}</h1>",
              f"<p class='note'>{len(run.paths)} images in {len(set(run.clusters[run.clusters >= 0].tolist()))} clusters"
-             + (f", {int((run.clusters < 0).sum())} as noise" if (run.clusters < 0).any() else "")
+             + (f", {int((run.clusters < 0).sum())} as {_outside_name(run)}" if (run.clusters < 0).any() else "")
              + f"; written {datetime.datetime.now().isoformat(timespec='seconds')} from {html.escape(os.path.abspath(run_dir))}</p>",
              "<nav>" + "".join(f"<a href='#{k}'>{v}</a>" for k, v in [
                  ("settings", "Settings"), ("scores", "Scores"), ("map", "Map"), ("sizes", "Sizes"), ("clusters", "Clusters"),
@@ -391,16 +532,23 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     parts.append(f"<h2 id='map'>Map</h2><img class='figure' alt='map of the embeddings' src='{_png_uri(files['map'])}'>")
     ids, sizes = np.unique(run.clusters, return_counts=True)
     order = np.argsort(-sizes, kind="stable")
-    size_rows = [["noise" if ids[i] < 0 else int(ids[i]), int(sizes[i])]
+    per_cluster = _clusters_table(run_dir)
+    size_rows = [[_outside_name(run) if ids[i] < 0 else int(ids[i]), int(sizes[i])]
+                 + ([per_cluster.get(str(ids[i]), {}).get("confidence", ""),
+                     _short(per_cluster.get(str(ids[i]), {}).get("typical", ""))] if per_cluster else [])
                  + ([matched["match"].get(int(ids[i])) or "" if ids[i] >= 0 else ""] if matched else []) for i in order]
     parts.append(f"<h2 id='sizes'>Cluster sizes</h2><img class='figure' alt='cluster sizes' src='{_png_uri(files['sizes'])}'>"
                  "<details><summary>All clusters</summary>"
-                 + _table(["cluster", "images"] + (["matched class"] if matched else []), size_rows) + "</details>")
+                 + _table(["cluster", "images"] + (["confidence", "typical image"] if per_cluster else [])
+                          + (["matched class"] if matched else []), size_rows) + "</details>")
 
     shown = f"the {len(montages)} largest of {len(ids)} clusters" if len(montages) < len(ids) else f"all {len(ids)} clusters"
     parts.append(f"<h2 id='clusters'>Clusters</h2><p class='note'>{shown}; in each, the {options.per_cluster} images "
-                 "nearest its centre, most typical first (d: distance to the centre).</p>")
-    parts += [_cluster_section(run, m, matched, options, pixels) for m in montages]
+                 "nearest its centre, the most typical first (d: distance to the centre; c: confidence, the margin "
+                 "to the nearest other cluster's centre, negative when nearer another). Each thumbnail opens its "
+                 "file. A cluster's confidence is the median of its images'.</p>")
+    duplicates = near_duplicate_groups(run.embeddings, run.clusters, options.near_duplicate)
+    parts += [_cluster_section(run, m, matched, options, pixels, duplicates) for m in montages]
 
     if matched is not None:
         parts.append(f"<h2 id='confusion'>Clusters matched to classes</h2><img class='figure' alt='confusion matrix' "

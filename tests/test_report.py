@@ -51,6 +51,14 @@ def test_the_report_holds_every_section_and_its_figures(moths_test_run):
     assert page.count("<div class='cluster'") == 50  # every cluster (fewer than the 60 shown by default)
     assert "src='http" not in page and "src=\"http" not in page  # self-contained: nothing fetched
     assert 200_000 < (folder / "report.html").stat().st_size < 5_000_000
+    # what a reader needs: how sure each cluster is, its typical image, what it mostly holds,
+    # captions that keep the species folder, thumbnails that open the file
+    assert page.count(" · confidence ") == 50 and page.count("<b>typical</b>") == 50
+    assert page.count(" · mostly ") == 50 and "(0% of its images)" not in page
+    assert page.count("<a href='file://") == page.count("<figure>") > 50  # every thumbnail opens its file
+    captions = [part.split("</figcaption>")[0].replace("<b>typical</b><br>", "").split("<br>")[0]
+                for part in page.split("<figcaption>")[1:]]
+    assert all(c.replace(os.sep, "/").count("/") == 1 for c in captions)  # species/file, not a bare file name
 
 
 @needs_moths
@@ -261,6 +269,21 @@ def test_the_report_of_an_end_to_end_run_on_a_benchmark_array_shows_its_images(t
     page = open(write_report(run, options=ReportOptions(map_method="pca")), encoding="utf-8").read()
     assert page.count("data:image/jpeg") == 20 * 8 and "unreadable" not in page  # thumbnails from the array
     assert "<h2 id='confusion'>" in page
+
+
+def test_near_duplicate_groups_join_bursts_within_a_cluster_and_never_across():
+    from deepclust.jobs.report import near_duplicate_groups
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 32))
+    clusters = np.repeat([0, 1, 2], 20)
+    burst = X[3] + 0.01 * rng.normal(size=(2, 32))  # two more shots of image 3, in its cluster
+    X[[4, 5]] = burst
+    X[25] = X[7] + 0.01 * rng.normal(size=32)  # a near copy of image 7, but in another cluster
+    X[40] = X[41] * 3.0  # the same direction at another length: cosine 1
+    groups = near_duplicate_groups(X, clusters, threshold=0.97)
+    assert groups == {0: [[3, 4, 5]], 2: [[40, 41]]}
+    assert near_duplicate_groups(X, clusters, threshold=1.0 - 1e-9) == {2: [[40, 41]]}
 
 
 def test_the_report_of_a_density_run_shows_noise_last_and_unreadable_images_as_placeholders(tmp_path):

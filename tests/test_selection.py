@@ -3,10 +3,13 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
+
+from conftest import MOTHS, needs_moths
 
 from deepclust.cluster import Agglomerative, estimate_n_clusters
 from deepclust.cluster.k_curve import KEstimate
@@ -175,3 +178,32 @@ def _blob_run(tmp_path):
     runs.write_embeddings(run, X.astype(np.float32))
     runs.write_summary(run, {"config": {"normalize": False}, "resolved": {"backbone": "blobs"}})
     return run
+
+
+@needs_moths
+def test_cluster_unknown_puts_an_image_unlike_any_other_in_cluster_minus_one(tmp_path, capsys):
+    """Five moth species and one image of noise: the noise goes to cluster -1, few moths do."""
+    from PIL import Image
+
+    from deepclust import runs
+    from deepclust.cli import main
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    species = sorted(p.name for p in (MOTHS / "images").iterdir())[:5]
+    for name in species:
+        os.symlink(MOTHS / "images" / name, root / name, target_is_directory=True)
+    (root / "odd").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "odd" / "noise.png")
+    out = tmp_path / "run"
+    assert main(["cluster", str(root), "--out", str(out), "--n-clusters", "5", "--image-size", "96", "--unknown",
+                 "--no-progress"]) == 0
+    assert "as unknown (cluster -1)" in capsys.readouterr().out
+    run = runs.load_run(out)
+    unknown = [p for p, c in zip(run.paths, run.clusters) if c == -1]
+    assert any(p.endswith("noise.png") for p in unknown) and len(unknown) <= 0.15 * len(run.paths)
+    assert run.summary["counts"]["unknown"] == len(unknown)
+    assert main(["cluster", "--embeddings", str(out / "embeddings.npy"), "--out", str(tmp_path / "r2"),
+                 "--unknown"]) == 2
+    assert "--unknown" in capsys.readouterr().err

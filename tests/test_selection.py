@@ -207,3 +207,33 @@ def test_cluster_unknown_puts_an_image_unlike_any_other_in_cluster_minus_one(tmp
     assert main(["cluster", "--embeddings", str(out / "embeddings.npy"), "--out", str(tmp_path / "r2"),
                  "--unknown"]) == 2
     assert "--unknown" in capsys.readouterr().err
+
+
+@needs_moths
+def test_cluster_chooses_k_from_the_images_whose_class_is_known(tmp_path, capsys):
+    """Eight moth species, four of them in a labelled folder: k is chosen by how well the
+    clustering recovers those four (--labelled DIR), and bad sources are refused in one line."""
+    from deepclust import runs
+    from deepclust.cli import main
+
+    root = tmp_path / "photos"
+    (root / "known").mkdir(parents=True)
+    species = sorted(p.name for p in (MOTHS / "images").iterdir())[:8]
+    for i, name in enumerate(species):
+        os.symlink(MOTHS / "images" / name, (root / "known" if i < 4 else root) / name, target_is_directory=True)
+    out = tmp_path / "run"
+    assert main(["cluster", str(root), "--out", str(out), "--n-clusters", "auto", "--labelled", str(root / "known"),
+                 "--k-min", "2", "--k-max", "16", "--image-size", "96", "--no-progress"]) == 0
+    resolved = runs.load_run(out).summary["resolved"]
+    assert resolved["n_clusters_from"] == "estimated (labels)" and 4 <= resolved["n_clusters"] <= 16
+    scores = {p["k"]: p["score"] for p in resolved["k_estimate"]["curve"]}
+    assert scores[resolved["n_clusters"]] > 0.5 and scores[resolved["n_clusters"]] > scores[2]  # the known four, found
+    (tmp_path / "elsewhere").mkdir()
+    for bad, message in ((tmp_path / "elsewhere", "holds none of the images"), ("eu-moths:nosuch", "nosuch"),
+                         ("nowhere", "is not a feedback.json")):
+        assert main(["cluster", str(root), "--out", str(tmp_path / "r2"), "--n-clusters", "auto", "--labelled",
+                     str(bad), "--image-size", "96", "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["cluster", str(root), "--out", str(tmp_path / "r3"), "--n-clusters", "8", "--labelled",
+                 str(root / "known")]) == 2
+    assert "--n-clusters auto" in capsys.readouterr().err

@@ -101,11 +101,15 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--param", metavar="KEY=VALUE", dest="cluster_params", action="append", type=_param,
                    help="a further parameter of the algorithm, e.g. eps=0.3 for dbscan (repeatable)")
     p.add_argument("--k-method", metavar="NAME", help="with --n-clusters auto: generalization, stability, eigengap, "
-                   "silhouette or c2m (default: eigengap for spectral, silhouette otherwise; see docs/selection.md)")
+                   "silhouette, c2m or labels (with --labelled) (default: eigengap for spectral, silhouette otherwise; see docs/selection.md)")
     p.add_argument("--k-min", metavar="K", type=_positive_int, help="with --n-clusters auto: smallest k tried (default 2)")
     p.add_argument("--k-max", metavar="K", type=_positive_int, help="with --n-clusters auto: largest k tried (default 50)")
     p.add_argument("--k-metric", metavar="FILE", help="with --k-method c2m: a learned metric (metric.pt of "
                    "`deepclust train --method c2m`)")
+    p.add_argument("--labelled", metavar="SOURCE", help="with --n-clusters auto: choose k as the one whose clustering "
+                   "best recovers the images whose class you know (--k-method labels): a feedback.json of `deepclust "
+                   "review`, SPLIT:SUBSET (e.g. eu-moths:train: the folders of those classes), or a folder inside "
+                   "IMAGES_DIR sorted into class sub-folders")
     _add_model_options(p, with_defaults=False)
     p.add_argument("--num-workers", metavar="N", type=int, help="image-decoding worker processes (default: 0 on cpu, 4 on gpu)")
     p.add_argument("--device", metavar="DEV", help="cpu (default), cuda, cuda:N, mps")

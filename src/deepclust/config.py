@@ -73,6 +73,11 @@ class ClusterConfig:
     flip_average : bool
         Embed each image as the mean of its features and its mirror image's: twice the
         embedding time, features that do not depend on which way the subject faces.
+    labelled : str or None
+        The images whose class is known, for ``k_method="labels"`` (chosen by default when
+        this is given with ``n_clusters="auto"``): a ``feedback.json`` of ``deepclust
+        review``, ``SPLIT:SUBSET`` (images in the folders of that subset's classes), or a
+        folder inside ``images`` sorted into one sub-folder per class.
     unknown : bool
         Put the images far from every other (:func:`deepclust.cluster.space.isolated_images`:
         the nearest other image beyond the upper Tukey fence of the run's own nearest-image
@@ -112,6 +117,7 @@ class ClusterConfig:
     fast_decode: bool = False
     flip_average: bool = False
     unknown: bool = False
+    labelled: str | None = None
     runtime: str = "auto"
     embeddings: str | None = None
     scheduler: str | None = None

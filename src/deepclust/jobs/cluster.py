@@ -41,9 +41,10 @@ from deepclust.cluster.space import (
     prepare_features,
 )
 from deepclust.config import ClusterConfig
-from deepclust.data import find_images, split_classes
+from deepclust.data import find_images, load_split, split_classes
 from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
+from deepclust.feedback import load_feedback, resolve
 from deepclust.features.backbones import create_backbone
 from deepclust.features.extract import embed_records
 from deepclust.features.runtime import check_runtime
@@ -72,18 +73,61 @@ class ClusterResult:
     summary: dict[str, Any]
 
 
-def estimate_k(X: np.ndarray, config: ClusterConfig, noun: str = "images"):
+def _labelled_source(source: str):
+    """What ``--labelled`` names, read and checked before any embedding: ("feedback",
+    Feedback), ("split", class names) or ("folder", absolute path)."""
+    if source.endswith(".json") or os.path.isfile(source):
+        return "feedback", load_feedback(source)
+    if ":" in source and not os.path.isdir(source):
+        split, subset = source.split(":", 1)
+        return "split", set(load_split(split).classes(subset))
+    if os.path.isdir(source):
+        return "folder", os.path.abspath(source)  # as found, not resolved: class folders may be links
+    raise DeepclustError(f"--labelled '{source}' is not a feedback.json, SPLIT:SUBSET (e.g. eu-moths:train) "
+                         "or a folder of class sub-folders")
+
+
+def labelled_images(config: ClusterConfig, records) -> np.ndarray:
+    """``--labelled``: the known class of each of ``records`` (object array, None where not
+    known), from a ``feedback.json``, ``SPLIT:SUBSET`` or a labelled folder inside the images."""
+    source = config.labelled
+    kind, what = _labelled_source(source)
+    paths = [r.path for r in records]
+    if kind == "feedback":
+        found = resolve(what, paths)
+        names = [name if name is not None else f"group {g}" for g, name in enumerate(found.names)]
+        labels = np.array([names[g] if g >= 0 else None for g in found.group], dtype=object)
+    elif kind == "split":
+        labels = np.array([r.folder if r.folder in what else None for r in records], dtype=object)
+    else:
+        inside = [os.path.abspath(p).startswith(what + os.sep) for p in paths]
+        if not any(inside):
+            raise DeepclustError(f"--labelled '{source}' holds none of the images clustered; put the labelled "
+                                 "class folders inside IMAGES_DIR, so that they are clustered with the rest")
+        labels = np.array([os.path.basename(os.path.dirname(p)) if i else None for p, i in zip(paths, inside)],
+                          dtype=object)
+    known = labels[labels != None]  # noqa: E711 - elementwise
+    if len(set(known.tolist())) < 2:
+        raise DeepclustError(f"--labelled '{source}' labels {len(known)} of the images, in fewer than 2 classes; "
+                             "choosing k from labels needs at least 2 known classes")
+    log.info("%d of %d images labelled (%d classes) by %s", len(known), len(records), len(set(known.tolist())), source)
+    return labels
+
+
+def estimate_k(X: np.ndarray, config: ClusterConfig, noun: str = "images", labels=None):
     """``--n-clusters auto``: the :class:`~deepclust.cluster.KEstimate` of the prepared
     features ``X`` by ``config.k_method`` (else the algorithm's own) over ``k_min`` to
-    ``k_max`` (at most one less than the rows). ``noun`` names the rows in messages."""
-    method = config.k_method or get_clusterer_class(config.algorithm).k_method
+    ``k_max`` (at most one less than the rows). ``noun`` names the rows in messages;
+    ``labels`` are the known classes of ``k_method="labels"`` (:func:`labelled_images`)."""
+    method = config.k_method or ("labels" if labels is not None else get_clusterer_class(config.algorithm).k_method)
     k_max = min(config.k_max, len(X) - 1)
     if k_max < config.k_min:
         raise DeepclustError(f"--n-clusters auto needs more {noun} than k_min={config.k_min}; got {len(X)}")
     log.info("estimating the number of clusters (%s, k=%d..%d) from %d %s", method, config.k_min, k_max, len(X), noun)
     with progress_callback(config.progress and method in ("generalization", "stability"), "choosing k") as progress:
         estimate = estimate_n_clusters(X, method=method, k_min=config.k_min, k_max=k_max, random_state=config.seed,
-                                       metric=config.k_metric, algorithm=config.algorithm, progress=progress)
+                                       metric=config.k_metric, algorithm=config.algorithm, progress=progress,
+                                       labels=labels)
     log.info("estimated %d clusters", estimate.n_clusters)
     if estimate.weak():
         log.warning("the choice of k = %d is weak: %s scores k = %s nearly as high (see %s)", estimate.n_clusters,
@@ -107,6 +151,9 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
     if config.embeddings:
         if config.images:
             raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
+        if config.labelled:
+            raise DeepclustError("--labelled reads image paths and folders, which a store does not keep in that form: "
+                                 "drop --labelled, or cluster IMAGES_DIR")
         if config.unknown:
             raise DeepclustError("--unknown compares every image with every other, which a store is too large for: "
                                  "drop --unknown, or cluster IMAGES_DIR")
@@ -133,6 +180,13 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         raise DeepclustError(f"k_method='{config.k_method}' is not known; use one of: {', '.join(K_METHODS)}")
     if config.k_method == "c2m":
         C2MClusterer(metric=config.k_metric).check_params()  # the metric file exists
+    if config.labelled:
+        if config.n_clusters != "auto":
+            raise DeepclustError("--labelled chooses the number of clusters: add --n-clusters auto")
+        _labelled_source(config.labelled)  # a bad source is refused before the embedding
+    if config.k_method == "labels" and not config.labelled:
+        raise DeepclustError("--k-method labels needs the images whose class you know: add --labelled SOURCE "
+                             "(a feedback.json, SPLIT:SUBSET or a folder of class sub-folders)")
     density = not takes_n_clusters(config.algorithm)
     classes = split_classes(config.split, config.subset)
     requested_k = check_n_clusters(config.n_clusters)
@@ -154,11 +208,11 @@ def _k_resolved(n_clusters: int, n_clusters_from: str, k_estimate) -> dict[str, 
             "k_estimate": k_estimate.to_dict() if k_estimate is not None else None}
 
 
-def _cluster_features(X: np.ndarray, config: ClusterConfig, n_clusters, n_clusters_from: str):
+def _cluster_features(X: np.ndarray, config: ClusterConfig, n_clusters, n_clusters_from: str, known=None):
     """Cluster the prepared features ``X``: k estimated first when ``n_clusters`` is
-    ``"auto"`` (its curve written), found by the algorithm when None. Returns (clusters,
-    n_clusters, where it came from, the k estimate or None)."""
-    k_estimate = estimate_k(X, config, "images") if n_clusters == "auto" else None
+    ``"auto"`` (its curve written; ``known`` classes for ``--labelled``), found by the
+    algorithm when None. Returns (clusters, n_clusters, where it came from, the k estimate or None)."""
+    k_estimate = estimate_k(X, config, "images", known) if n_clusters == "auto" else None
     record_k_estimate(config.out, k_estimate)
     if k_estimate is not None:
         n_clusters = k_estimate.n_clusters
@@ -235,7 +289,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     # cluster
     t = time.perf_counter()
     X = prepare_features(emb.vectors, config.normalize)
-    clusters, n_clusters, n_clusters_from, k_estimate = _cluster_features(X, config, n_clusters, n_clusters_from)
+    known = labelled_images(config, kept) if config.labelled and n_clusters == "auto" else None
+    clusters, n_clusters, n_clusters_from, k_estimate = _cluster_features(X, config, n_clusters, n_clusters_from, known)
     n_unknown = None
     if config.unknown:
         far = isolated_images(X)

@@ -126,11 +126,16 @@ def describe_choice(selection: Selection, options: SelectOptions, embed_seconds:
                             "score": b.scores[criterion], "weak": selection.weak(criterion),
                             "runner_ups": [{"backbone": c.backbone, "algorithm": c.algorithm, "k": c.k}
                                            for c in selection.runner_ups(criterion)[:5]]}
-    command = ["deepclust", "cluster", options.source, "--out", "RUN_DIR", "--algorithm", best.algorithm,
-               "--n-clusters", str(best.k), "--seed", str(options.seed)]
-    if not _is_run(options.source):
-        command += ["--backbone", best.backbone]
+    images, backbone = options.source, best.backbone
+    if _is_run(options.source):  # the run's own images and backbone
+        config = runs.read_summary(options.source).get("config", {})
+        images, backbone = config.get("images"), config.get("backbone")
+    command = None
+    if images:
+        command = " ".join(["deepclust", "cluster", images, "--out", "RUN_DIR", "--algorithm", best.algorithm,
+                            "--n-clusters", str(best.k), "--seed", str(options.seed)]
+                           + (["--backbone", backbone] if backbone else []))
     return {"criterion": options.criterion, "chosen": picks[options.criterion], "criteria": picks,
             "images": n, "candidates": len(selection.candidates), "seconds": {"embed": round(embed_seconds, 2),
                                                                                "score": round(seconds, 2)},
-            "command": " ".join(command) if not _is_run(options.source) else None}
+            "command": command}

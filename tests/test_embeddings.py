@@ -152,3 +152,66 @@ def test_fast_decode_reads_camera_sized_jpegs_smaller_with_nearly_the_same_featu
                    / np.linalg.norm(full.vectors[photo]) / np.linalg.norm(fast.vectors[photo]))
     assert cosine > 0.99
     assert embedding_signature(lite0_small, True) != embedding_signature(lite0_small) == lite0_small.signature()
+
+
+def test_one_shared_cache_serves_every_run_and_deepclust_cache_lists_and_clears_it(tmp_path, monkeypatch, capsys):
+    """Two runs of one folder into two run folders: the second embeds nothing. A run made
+    before the cache was shared (its own cache/) is read too."""
+    import json
+    import shutil
+
+    from deepclust.cli import main
+
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path / "user"))
+    images = _image_folder(tmp_path / "img", 10)
+    tiny = ["--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32", "--no-progress",
+            "--n-clusters", "2", "--runtime", "torch"]
+
+    def counts(run):
+        return json.loads((tmp_path / run / "summary.json").read_text())["counts"]
+
+    assert main(["-q", "cluster", str(images), "--out", str(tmp_path / "a"), *tiny]) == 0
+    assert main(["-q", "cluster", str(images), "--out", str(tmp_path / "b"), "--algorithm", "agglomerative", *tiny]) == 0
+    assert counts("a")["embeddings_computed"] == 10 and counts("b")["embeddings_reused"] == 10
+    assert counts("b")["embeddings_computed"] == 0
+    assert not (tmp_path / "a" / "cache").exists()  # nothing cached inside the run folders
+
+    capsys.readouterr()
+    assert main(["cache"]) == 0
+    listing = capsys.readouterr().out
+    assert str(tmp_path / "user" / "embeddings") in listing and "1 backbone signature(s), 10 vectors" in listing
+    assert "test_efficientnet" in listing
+    assert main(["cache", "--clear-older-than", "1"]) == 0 and "removed 0 backbone" in capsys.readouterr().out
+    # an older run's own cache/ is read when the shared one has nothing
+    user = tmp_path / "user" / "embeddings"
+    shutil.move(str(user), str(tmp_path / "a" / "cache"))
+    assert main(["-q", "cluster", str(images), "--out", str(tmp_path / "a"), *tiny]) == 0
+    assert counts("a")["embeddings_reused"] == 10
+    assert main(["cache", "--clear"]) == 0 and "removed 1 backbone folder(s), 10 vectors" in capsys.readouterr().out
+    assert main(["cache"]) == 0 and "0 backbone signature(s)" in capsys.readouterr().out
+
+
+def test_the_size_limit_removes_the_least_recently_used_backbone_and_writers_never_collide(tmp_path):
+    from deepclust.features.cache import cache_entries, parse_size, prune_cache
+
+    vectors = np.ones((50, 64), np.float32)
+    old, new = EmbeddingStore(tmp_path, "old backbone"), EmbeddingStore(tmp_path, "new backbone")
+    old.add([f"o{i}" for i in range(50)], vectors, {})
+    new.add([f"n{i}" for i in range(50)], vectors, {})
+    twin = EmbeddingStore(tmp_path, "new backbone")  # a second job writing the same signature at once
+    twin.add([f"t{i}" for i in range(50)], vectors, {})
+    assert len(list((tmp_path / os.path.basename(new.folder)).glob("shard-000000-*.npz"))) == 2  # side by side
+    assert len(EmbeddingStore(tmp_path, "new backbone").load()[0]) == 100
+    past = 1_000_000_000
+    for f in os.listdir(old.folder):
+        os.utime(os.path.join(old.folder, f), (past, past))
+    rows = cache_entries(tmp_path)
+    assert [r["signature"] for r in rows] == ["new backbone", "old backbone"] and rows[0]["vectors"] == 100
+    size = {r["signature"]: r["bytes"] for r in rows}
+    assert prune_cache(tmp_path, sum(size.values())) == []  # within the limit: nothing goes
+    removed = prune_cache(tmp_path, size["new backbone"] + 1)
+    assert [r["signature"] for r in removed] == ["old backbone"] and not os.path.exists(old.folder)
+    assert prune_cache(tmp_path, 0, keep=[new.folder]) == [] and os.path.exists(new.folder)
+    assert parse_size("20G") == 20 * 2**30 and parse_size("1.5M") == int(1.5 * 2**20) and parse_size("123") == 123
+    with pytest.raises(Exception, match="20G"):
+        parse_size("lots")

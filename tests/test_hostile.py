@@ -76,7 +76,9 @@ def weights(tmp_path_factory):
 
 
 def _cluster(images, out, weights, *extra):
-    return main(["-q", "cluster", str(images), "--out", str(out), *TINY, "--weights", weights, *map(str, extra)])
+    """Cluster with the run's own embedding cache (``OUT/cache``), so a test sees only its shards."""
+    return main(["-q", "cluster", str(images), "--out", str(out), *TINY, "--weights", weights,
+                 "--cache", str(os.path.join(out, "cache")), *map(str, extra)])
 
 
 @pytest.fixture(scope="module")
@@ -268,13 +270,13 @@ def test_sigterm_saves_the_work_done_and_a_rerun_says_it_resumes(images, weights
     previous = signal.getsignal(signal.SIGTERM)
     try:
         assert main(["cluster", str(images), "--out", str(tmp_path / "run"), *TINY, "--weights", weights,
-                     "--n-clusters", "3", "--batch-size", "4"]) == 143
+                     "--n-clusters", "3", "--batch-size", "4", "--cache", str(tmp_path / "cache")]) == 143
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert "terminated; the work done so far is saved" in capsys.readouterr().err
     monkeypatch.setattr(Backbone, "forward", forward)
     assert main(["cluster", str(images), "--out", str(tmp_path / "run"), *TINY, "--weights", weights,
-                 "--n-clusters", "3", "--batch-size", "4"]) == 0
+                 "--n-clusters", "3", "--batch-size", "4", "--cache", str(tmp_path / "cache")]) == 0
     # the two batches done before the signal were saved; the third was interrupted
     assert "resuming: 8 image(s) taken from the cache" in capsys.readouterr().err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -71,7 +71,8 @@ def test_cluster_with_onnxruntime_gives_the_metrics_of_pytorch(tmp_path, monkeyp
         os.symlink(MOTHS / "images" / species, root / species, target_is_directory=True)
     for runtime in ("torch", "auto"):
         assert main(["-q", "cluster", str(root), "--out", str(tmp_path / runtime), "--labels", "folders",
-                     "--image-size", "96", "--no-progress", "--runtime", runtime]) == 0
+                     "--image-size", "96", "--no-progress", "--runtime", runtime,
+                     "--cache", str(tmp_path / f"cache-{runtime}")]) == 0  # one cache would serve both
     torch_run = json.loads((tmp_path / "torch" / "summary.json").read_text())
     ort_run = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert torch_run["resolved"]["runtime"] == "torch" and ort_run["resolved"]["runtime"] == "onnxruntime"

@@ -121,6 +121,8 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--flip-average", dest="flip_average", action="store_true", help="embed each image as the mean of it "
                    "and its mirror image: twice the embedding time, usually a little better clusters (docs/methods.md)")
+    p.add_argument("--cache", metavar="DIR", help="embedding cache folder (default: the user's shared one, which every "
+                   "run, predict and select reuse; see `deepclust cache`)")
     p.add_argument("--unknown", dest="unknown", action="store_true", help="put images far from every other into "
                    "cluster -1, unknown, instead of forcing them into a cluster (docs/usage.md)")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], help="what runs the backbone: auto (default: "
@@ -425,7 +427,9 @@ def _add_select_parser(subparsers) -> None:
         "and the `deepclust cluster` command that makes it. See docs/selection.md.",
     )
     p.add_argument("source", metavar="IMAGES_DIR|RUN_DIR", help="image folder, or a run folder of `deepclust cluster`")
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for the tables, the plot and the embedding cache")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the tables and the plot")
+    p.add_argument("--cache", metavar="DIR", help="embedding cache folder (default: the user's shared one; see "
+                   "`deepclust cache`)")
     p.add_argument("--k", metavar="MIN:MAX[:STEP]|K,K,...", default="2:30",
                    help="candidate numbers of clusters (default 2:30; a range over 50 wide steps by 10)")
     p.add_argument("--algorithm", metavar="NAME", nargs="+", default=["kmeans"],
@@ -454,7 +458,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
                             backbones=args.backbone or [], criterion=args.criterion, metric=args.metric,
                             weights=args.weights, image_size=args.image_size, batch_size=args.batch_size,
                             device=args.device, runtime=args.runtime, seed=args.seed, normalize=args.normalize,
-                            progress=args.progress)
+                            progress=args.progress, cache=args.cache)
     if not options.backbones and not os.path.isfile(os.path.join(args.source, "summary.json")):
         options.backbones = [DEFAULT_BACKBONE]
     _, choice = run_select(options)
@@ -635,7 +639,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_review_parser(subparsers)
     _add_refine_parser(subparsers)
     _add_export_onnx_parser(subparsers)
+    _add_cache_parser(subparsers)
     return parser
+
+
+def _add_cache_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cache",
+        help="see and clear the embedding cache",
+        description="The embedding cache keeps every image's vector per backbone, so that no run, predict or "
+        "select embeds an image twice. Lists what it holds (one row per backbone signature: vectors, size, last "
+        "used); --clear removes everything, --clear-older-than DAYS what was not used for that long. Its folder "
+        "is DEEPCLUST_CACHE/embeddings (default ~/.cache/deepclust/embeddings) and its size limit "
+        "DEEPCLUST_CACHE_LIMIT (default 20G: the least recently used backbones go first).",
+    )
+    p.add_argument("--cache", metavar="DIR", help="the cache folder (default: the user's shared one)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--clear", action="store_true", help="remove every cached vector")
+    group.add_argument("--clear-older-than", metavar="DAYS", type=float, help="remove backbones unused for DAYS days")
+    p.set_defaults(func=_cmd_cache)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from deepclust.features.cache import cache_entries, cache_limit, clear_cache, embedding_cache
+
+    root = embedding_cache(args.cache)
+    if args.clear or args.clear_older_than is not None:
+        removed = clear_cache(root, args.clear_older_than)
+        freed = sum(r["bytes"] for r in removed) / 2**20
+        print(f"removed {len(removed)} backbone folder(s), {sum(r['vectors'] for r in removed)} vectors, "
+              f"{freed:.1f} MiB from {root}")
+        return 0
+    rows = cache_entries(root)
+    total = sum(r["bytes"] for r in rows)
+    print(f"embedding cache {root}: {len(rows)} backbone signature(s), {sum(r['vectors'] for r in rows)} vectors, "
+          f"{total / 2**20:.1f} MiB of {cache_limit() / 2**30:.0f} GiB")
+    for r in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"]))
+        print(f"  {r['vectors']:>9} vectors {r['bytes'] / 2**20:>9.1f} MiB  used {used}  {r['signature'][:90]}")
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

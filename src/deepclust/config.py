@@ -73,6 +73,10 @@ class ClusterConfig:
     flip_average : bool
         Embed each image as the mean of its features and its mirror image's: twice the
         embedding time, features that do not depend on which way the subject faces.
+    cache : str or None
+        The embedding cache folder (``--cache DIR``); None: the user's shared one
+        (:func:`deepclust.features.cache.embedding_cache`), which every run, ``predict``
+        and ``select`` read and fill, so no image is embedded twice with one backbone.
     labelled : str or None
         The images whose class is known, for ``k_method="labels"`` (chosen by default when
         this is given with ``n_clusters="auto"``): a ``feedback.json`` of ``deepclust
@@ -118,6 +122,7 @@ class ClusterConfig:
     flip_average: bool = False
     unknown: bool = False
     labelled: str | None = None
+    cache: str | None = None
     runtime: str = "auto"
     embeddings: str | None = None
     scheduler: str | None = None

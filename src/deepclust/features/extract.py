@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from deepclust.data.folders import ImageRecord, describe_load_error, load_image
 from deepclust.features.backbones import Backbone
-from deepclust.features.cache import EmbeddingStore, record_key
+from deepclust.features.cache import EmbeddingStore, cache_limit, prune_cache, record_key
 from deepclust.features.runtime import forward_for
 
 
@@ -264,12 +264,22 @@ class _PendingShard:
 
 def embed_records(records: Sequence[ImageRecord], backbone: Backbone, cache: str | os.PathLike | None = None,
                   batch_size: int = 32, device: str | torch.device = "cpu", num_workers: int | None = None,
-                  progress: bool = True, fast_decode: bool = False, runtime: str = "auto") -> Embeddings:
+                  progress: bool = True, fast_decode: bool = False, runtime: str = "auto",
+                  also: Sequence[str | os.PathLike] = ()) -> Embeddings:
     """Embed ``records`` with ``backbone``, reusing and filling the cache folder ``cache``
-    (a run's ``cache/``; None: no cache). The cache key is :func:`embedding_signature`, the
-    same for every job, so ``predict`` and a rerun of ``cluster`` reuse each other's vectors.
-    ``runtime``: ``auto`` runs the forward pass with ONNX Runtime on a CPU where it can
-    (:mod:`deepclust.features.runtime`)."""
-    store = EmbeddingStore(cache, embedding_signature(backbone, fast_decode)) if cache is not None else None
-    return extract_embeddings(records, backbone, batch_size=batch_size, device=device, num_workers=num_workers,
-                              store=store, progress=progress, fast_decode=fast_decode, runtime=runtime)
+    (:func:`~deepclust.features.cache.embedding_cache`: the user's shared cache, or
+    ``--cache DIR``; None: no cache) and reading the older caches ``also`` (a run's own
+    ``cache/`` from before the cache was shared). The cache key is
+    :func:`embedding_signature`, the same for every job, so every run, ``predict`` and
+    ``select`` reuse each other's vectors; above the size limit the least recently used
+    signatures are removed. ``runtime``: ``auto`` runs the forward pass with ONNX Runtime
+    on a CPU where it can (:mod:`deepclust.features.runtime`)."""
+    store = EmbeddingStore(cache, embedding_signature(backbone, fast_decode), also) if cache is not None else None
+    emb = extract_embeddings(records, backbone, batch_size=batch_size, device=device, num_workers=num_workers,
+                             store=store, progress=progress, fast_decode=fast_decode, runtime=runtime)
+    if store is not None:
+        removed = prune_cache(store.root, cache_limit(), keep=[store.folder])
+        if removed:
+            logging.getLogger("deepclust").info("embedding cache over its limit (DEEPCLUST_CACHE_LIMIT): removed %d "
+                                                "least recently used backbone folder(s)", len(removed))
+    return emb

@@ -30,6 +30,7 @@ import torch
 
 from deepclust.errors import DeepclustError
 from deepclust.features.backbones import Backbone
+from deepclust.features.cache import cache_root
 from deepclust.io import UMASK
 
 log = logging.getLogger("deepclust")
@@ -37,15 +38,6 @@ log = logging.getLogger("deepclust")
 RUNTIMES = ("auto", "torch", "onnxruntime")
 OPSET = 18
 _SESSIONS: dict[str, "OnnxForward"] = {}  # one session per model file in a process (a Dask worker's partitions)
-
-
-def cache_root() -> str:
-    """The user-level cache folder: ``DEEPCLUST_CACHE``, else ``$XDG_CACHE_HOME/deepclust``,
-    else ``~/.cache/deepclust``."""
-    if os.environ.get("DEEPCLUST_CACHE"):
-        return os.environ["DEEPCLUST_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "deepclust")
 
 
 def model_key(backbone: Backbone) -> str:

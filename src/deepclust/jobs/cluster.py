@@ -46,6 +46,7 @@ from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
 from deepclust.feedback import load_feedback, resolve
 from deepclust.features.backbones import create_backbone
+from deepclust.features.cache import embedding_cache
 from deepclust.features.extract import embed_records
 from deepclust.features.runtime import check_runtime
 from deepclust.features.store import EmbeddingTable, open_store
@@ -267,11 +268,11 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
                                flip_average=config.flip_average)
     timings["load_backbone"] = time.perf_counter() - t
     runs.retire_outputs(config.out)
-    cache = runs.run_path(config.out, runs.CACHE)
+    cache = embedding_cache(config.cache)
     log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
     emb = embed_records(records, backbone, cache, batch_size=config.batch_size, device=device,
                         num_workers=config.num_workers, progress=config.progress, fast_decode=config.fast_decode,
-                        runtime=config.runtime)
+                        runtime=config.runtime, also=[runs.run_path(config.out, runs.CACHE)])  # a run from before
     timings["embed"] = emb.seconds
     kept = emb.kept(records)
     skipped = emb.skipped_paths(records)

@@ -33,6 +33,7 @@ from deepclust.data import find_images
 from deepclust.data.datasets import load_pixels
 from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
+from deepclust.features.cache import embedding_cache
 from deepclust.features.backbones import create_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, write_csv, write_json
@@ -184,8 +185,9 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
                              f"used ({resolved.get('backbone')}, {resolved.get('weights')}); was the checkpoint "
                              "changed or moved? Cluster again, or restore it")
     fast = bool(config.get("fast_decode", False))  # decode as the run did
-    emb = embed_records(records, backbone, runs.run_path(run.folder, runs.CACHE), batch_size=batch_size,
-                        device=resolve_device(device), num_workers=num_workers, progress=progress, fast_decode=fast)
+    emb = embed_records(records, backbone, embedding_cache(config.get("cache")), batch_size=batch_size,
+                        device=resolve_device(device), num_workers=num_workers, progress=progress, fast_decode=fast,
+                        also=[runs.run_path(run.folder, runs.CACHE)])  # a run from before the cache was shared
     return ([r.path for r in emb.kept(records)], emb.vectors, len(records), emb.skipped_paths(records),
             {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds)
 

@@ -54,6 +54,7 @@ from deepclust.cluster.spectral import spectral_embedding
 from deepclust.config import ClusterConfig, TrainConfig, build_config
 from deepclust.data.folders import ImageRecord
 from deepclust.errors import DeepclustError
+from deepclust.features.cache import embedding_cache
 from deepclust.features.backbones import LinearHead, create_backbone, save_backbone
 from deepclust.features.extract import embed_records
 from deepclust.feedback import FILE as FEEDBACK_FILE
@@ -289,8 +290,8 @@ def _finetune(root: runs.Run, constraints: Resolved, out: str, seed: int, progre
         except OSError:
             raise DeepclustError(f"the run's image '{p}' is gone; refine without --finetune, or restore it") from None
         records.append(ImageRecord(path=path, relpath=p, folder="", size=stat.st_size, mtime_ns=stat.st_mtime_ns))
-    emb = embed_records(records, backbone, os.path.join(folder, "cache"), batch_size=int(config.get("batch_size", 32)),
-                        device=config.get("device", "cpu"), progress=progress)
+    emb = embed_records(records, backbone, embedding_cache(config.get("cache")), batch_size=int(config.get("batch_size", 32)),
+                        device=config.get("device", "cpu"), progress=progress, also=[os.path.join(folder, "cache")])
     if emb.skipped:
         raise DeepclustError(f"{len(emb.skipped)} of the run's images can no longer be read (e.g. "
                              f"'{emb.skipped[0][0]}'); refine without --finetune, or restore them")

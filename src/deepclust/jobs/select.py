@@ -17,6 +17,7 @@ from deepclust.data import find_images
 from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
 from deepclust.features.backbones import create_backbone
+from deepclust.features.cache import embedding_cache
 from deepclust.features.extract import embed_records
 from deepclust.features.runtime import check_runtime
 from deepclust.io import write_json, check_writable, lock_folder
@@ -46,6 +47,7 @@ class SelectOptions:
     seed: int = 0
     normalize: bool = True
     progress: bool = True
+    cache: str | None = None
 
 
 def _is_run(folder: str) -> bool:
@@ -54,7 +56,7 @@ def _is_run(folder: str) -> bool:
 
 def _spaces(options: SelectOptions) -> list[tuple[str, np.ndarray]]:
     """(backbone name, prepared features) for each backbone: a run's own embeddings, or the
-    images embedded through the cache in ``OUT/cache`` (the same cache as ``cluster``)."""
+    images embedded through the shared embedding cache (the one ``cluster`` fills)."""
     if _is_run(options.source):
         run = runs.load_run(options.source)
         name = run.summary.get("resolved", {}).get("backbone", "run")
@@ -71,7 +73,7 @@ def _spaces(options: SelectOptions) -> list[tuple[str, np.ndarray]]:
     for name in options.backbones:
         backbone = create_backbone(name, weights=options.weights, image_size=options.image_size)
         log.info("embedding %d images with %s", len(records), backbone.name)
-        emb = embed_records(records, backbone, runs.run_path(options.out, runs.CACHE), batch_size=options.batch_size,
+        emb = embed_records(records, backbone, embedding_cache(options.cache), batch_size=options.batch_size,
                             device=device, progress=options.progress, runtime=options.runtime)
         if not len(emb.vectors):
             raise DeepclustError(f"none of the {len(records)} images in '{options.source}' could be read")

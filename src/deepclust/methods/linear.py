@@ -23,6 +23,7 @@ from deepclust.data import find_images, load_split
 from deepclust.devices import resolve_device
 from deepclust.errors import DeepclustError
 from deepclust.features.backbones import Backbone, LinearHead, create_backbone, save_backbone
+from deepclust.features.cache import embedding_cache
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, lock_folder, write_csv, write_json
 from deepclust.methods.finetune.base import FineTuning, validation_scores
@@ -61,7 +62,7 @@ class LinearHeadTraining:
     def _embed(self, backbone: Backbone, subset: str) -> tuple[np.ndarray, np.ndarray]:
         c = self.config
         records = find_images(c.images, classes=load_split(c.split).classes(subset), exclude=[c.out])
-        emb = embed_records(records, backbone, os.path.join(c.out, "cache"), batch_size=c.batch_size,
+        emb = embed_records(records, backbone, embedding_cache(), batch_size=c.batch_size,
                             device=resolve_device(c.device), num_workers=c.num_workers, progress=c.progress)
         if emb.skipped:
             log.warning("skipped %d unreadable image(s) of the %s classes", len(emb.skipped), subset)

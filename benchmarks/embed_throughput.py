@@ -60,34 +60,40 @@ def pipeline_rate(records, backbone, batch_size: int, num_workers: int, cache: s
 
 
 def runtimes(records, args) -> None:
+    """Each CPU runtime installed (ONNX Runtime, OpenVINO) against PyTorch eager, alternating."""
+    import importlib.util
+
     from deepclust.features.runtime import forward_for
 
+    engines = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e)]
     for name in args.models:
         backbone = create_backbone(name, weights="pretrained" if name == "tf_efficientnet_lite0" else "random",
                                    image_size=args.image_size).eval()
         transform = backbone.transform()
         images = torch.stack([transform(load_image(r.path)) for r in records])
-        ort, used = forward_for(backbone, "onnxruntime")
+        forwards = {"torch": backbone, **{e: forward_for(backbone, e)[0] for e in engines}}
         with torch.inference_mode():
             want = backbone(images[:32])
-        got = ort(images[:32])
-        cosine = float(torch.nn.functional.cosine_similarity(want, got, dim=1).min())
-        print(f"{name} at {backbone.image_size} px, {len(records)} images; min cosine onnxruntime/eager {cosine:.7f}")
+        cosines = {e: float(torch.nn.functional.cosine_similarity(want, forwards[e](images[:32]), dim=1).min())
+                   for e in engines}
+        print(f"{name} at {backbone.image_size} px, {len(records)} images; min cosine to eager: "
+              + ", ".join(f"{e} {c:.7f}" for e, c in cosines.items()))
+        best = {}
         for batch in (1, args.batch_size):
             n = min(len(images), 32) if batch == 1 else len(images)
-            best = {"torch": 0.0, "onnxruntime": 0.0}
+            best = {e: 0.0 for e in forwards}
             for _ in range(args.repeats):  # alternating rounds; the best of each
-                best["torch"] = max(best["torch"], bare_forward_rate(backbone, images[:n], batch))
-                best["onnxruntime"] = max(best["onnxruntime"], bare_forward_rate(ort, images[:n], batch))
-            print(f"  batch {batch:3d}: eager {best['torch']:7.1f} img/s, onnxruntime {best['onnxruntime']:7.1f} img/s"
-                  f"   ratio {best['onnxruntime'] / best['torch']:.1f}")
-        pipe = 0.0
-        for _ in range(args.repeats):
-            result = extract_embeddings(records, backbone, batch_size=args.batch_size, num_workers=0, progress=False,
-                                        runtime="onnxruntime")
-            pipe = max(pipe, len(records) / result.seconds)
-        print(f"  pipeline with onnxruntime (decode to vectors): {pipe:7.1f} img/s, "
-              f"{pipe / best['onnxruntime']:.2f} of its bare forward")
+                for e, forward in forwards.items():
+                    best[e] = max(best[e], bare_forward_rate(forward, images[:n], batch))
+            print(f"  batch {batch:3d}: " + ", ".join(f"{e} {r:7.1f} img/s ({r / best['torch']:.1f}x)"
+                                                   for e, r in best.items()))
+        for e in engines:
+            pipe = 0.0
+            for _ in range(args.repeats):
+                result = extract_embeddings(records, backbone, batch_size=args.batch_size, num_workers=0,
+                                            progress=False, runtime=e)
+                pipe = max(pipe, len(records) / result.seconds)
+            print(f"  pipeline with {e} (decode to vectors): {pipe:7.1f} img/s, {pipe / best[e]:.2f} of its bare forward")
 
 
 def flush_cost(records, backbone, batch_size: int, repeats: int) -> None:
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of alternating measurements; the best of each is kept")
     parser.add_argument("--flush-cost", action="store_true", help="also measure what writing the cache costs")
-    parser.add_argument("--runtimes", action="store_true", help="compare ONNX Runtime with PyTorch eager instead")
+    parser.add_argument("--runtimes", action="store_true", help="compare ONNX Runtime and OpenVINO (where installed) with PyTorch eager instead")
     parser.add_argument("--models", nargs="+", default=["tf_efficientnet_lite0"], help="with --runtimes")
     args = parser.parse_args(argv)
 

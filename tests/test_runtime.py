@@ -40,7 +40,7 @@ def test_onnxruntime_embeds_as_pytorch_does_and_the_export_is_cached_under_the_w
     assert model_key(other) != model_key(backbone)  # ... another model, though the signature is the same
     assert other.signature() == backbone.signature()
     assert forward_for(backbone, "torch") == (backbone, "torch")
-    with pytest.raises(DeepclustError, match="runtime='tensorrt' is not known; choose one of: auto, torch, onnxruntime"):
+    with pytest.raises(DeepclustError, match="runtime='tensorrt' is not known; choose one of: auto, torch, onnxruntime, openvino"):
         forward_for(backbone, "tensorrt")
 
 
@@ -58,8 +58,47 @@ def test_auto_falls_back_to_pytorch_with_one_line_when_the_export_fails(monkeypa
     with caplog.at_level("WARNING", logger="deepclust"):
         assert forward_for(backbone, "auto") == (backbone, "torch")
     assert "could not be exported to ONNX (RuntimeError)" in caplog.text
-    with pytest.raises(DeepclustError, match="ONNX Runtime cannot run .* dynamic control flow.*--runtime torch"):
+    with pytest.raises(DeepclustError, match="onnxruntime cannot run .* dynamic control flow.*--runtime torch"):
         forward_for(backbone, "onnxruntime")
+
+
+def test_openvino_embeds_as_pytorch_does_from_the_same_export(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    backbone = create_backbone("test_efficientnet", weights="random", image_size=32).eval()
+    forward, used = forward_for(backbone, "openvino")
+    x = torch.rand(5, 3, 32, 32)
+    with torch.inference_mode():
+        want = backbone(x)
+    assert used == "openvino" and float((forward(x) - want).abs().max()) < 1e-5  # fp32: no reduced precision
+    assert forward(x[:1]).shape == (1, backbone.num_features)
+    assert forward_for(backbone, "onnxruntime")[1] == "onnxruntime"
+    assert len(os.listdir(tmp_path / "onnx")) == 1  # one export serves both runtimes
+
+
+def test_a_runtime_that_is_not_installed_says_how_to_install_it(monkeypatch, tmp_path, caplog):
+    import importlib
+
+    import deepclust.features.runtime as runtime
+
+    real = importlib.import_module
+
+    def missing(name, *args):
+        if name in ("openvino", "onnxruntime"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(runtime.importlib, "import_module", missing)
+    monkeypatch.delenv("DEEPCLUST_RUNTIME")
+    backbone = create_backbone("test_efficientnet", weights="random", image_size=32)
+    with pytest.raises(DeepclustError, match=r"runtime=openvino needs openvino: pip install 'deepclust\[openvino\]'"):
+        forward_for(backbone, "openvino")
+    with pytest.raises(DeepclustError, match="runtime=onnxruntime needs onnxruntime: pip install onnxruntime"):
+        forward_for(backbone, "onnxruntime")
+    with caplog.at_level("INFO", logger="deepclust"):
+        assert forward_for(backbone, "auto") == (backbone, "torch")
+    assert "embedding with PyTorch (pip install onnxruntime" in caplog.text
 
 
 @needs_moths

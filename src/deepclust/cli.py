@@ -125,8 +125,9 @@ def _add_cluster_parser(subparsers) -> None:
                    "run, predict and select reuse; see `deepclust cache`)")
     p.add_argument("--unknown", dest="unknown", action="store_true", help="put images far from every other into "
                    "cluster -1, unknown, instead of forcing them into a cluster (docs/usage.md)")
-    p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], help="what runs the backbone: auto (default: "
-                   "ONNX Runtime on a CPU where installed, several times faster; else PyTorch), onnxruntime, torch")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "torch"], help="what runs the backbone: auto (default: "
+                   "ONNX Runtime on a CPU where installed, several times faster; else PyTorch), onnxruntime, openvino "
+                   "(pip install 'deepclust[openvino]'), torch")
     p.add_argument("--report", dest="report", action="store_true",
                    help="also write the HTML report (RUN_DIR/report/report.html; see `deepclust report`)")
     p.set_defaults(func=_cmd_cluster)
@@ -442,7 +443,8 @@ def _add_select_parser(subparsers) -> None:
     p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
     p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
-    p.add_argument("--runtime", choices=["auto", "onnxruntime", "torch"], default="auto", help="what runs the backbone")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "torch"], default="auto",
+                   help="what runs the backbone (as for cluster)")
     p.add_argument("--seed", metavar="N", type=int, default=0, help="random seed of the clusterings (default 0)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="score raw, not L2-normalised, embeddings")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")

@@ -1,4 +1,5 @@
-"""How a backbone's forward pass runs when images are embedded: PyTorch, or ONNX Runtime on a CPU.
+"""How a backbone's forward pass runs when images are embedded: PyTorch, or ONNX Runtime or
+OpenVINO on a CPU.
 
 PyTorch's eager mode runs Lite0 at a small share of what a CPU can do; the same network
 exported to ONNX and run by ONNX Runtime gives the same features (within about 1e-5) several
@@ -9,6 +10,9 @@ times faster (``benchmarks/embed_throughput.py --runtimes``). :func:`forward_for
   ``deepclust export-onnx`` uses too), kept in the user's cache (``DEEPCLUST_CACHE``, default
   ``~/.cache/deepclust``) under a hash of the architecture, the weights themselves, the input
   size, the head and the flip averaging, and run by ONNX Runtime;
+- ``openvino``: the same exported model run by OpenVINO (``pip install 'deepclust[openvino]'``),
+  compiled for the CPU at fp32 (its precision hint set to f32: the features equal PyTorch's
+  within about 1e-5, as ONNX Runtime's);
 - ``auto`` (the default): ``onnxruntime`` on a CPU where it is installed and the export works,
   else ``torch``, with one line saying why. The environment variable ``DEEPCLUST_RUNTIME``
   (``torch`` or ``onnxruntime``) says what ``auto`` means on a machine (the test suite sets
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import logging
 import os
@@ -35,9 +40,11 @@ from deepclust.io import UMASK
 
 log = logging.getLogger("deepclust")
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+INSTALL = {"onnxruntime": "pip install onnxruntime onnx onnxscript", "openvino": "pip install 'deepclust[openvino]' "
+           "(openvino, onnx, onnxscript)"}
 OPSET = 18
-_SESSIONS: dict[str, "OnnxForward"] = {}  # one session per model file in a process (a Dask worker's partitions)
+_SESSIONS: dict[tuple[str, str], Callable] = {}  # one session per model file in a process (a Dask worker's partitions)
 
 
 def model_key(backbone: Backbone) -> str:
@@ -93,6 +100,25 @@ class OnnxForward:
         return torch.from_numpy(out)
 
 
+class OpenVinoForward:
+    """A backbone's forward pass by OpenVINO on the CPU, from the same ONNX file, compiled at
+    fp32 (``INFERENCE_PRECISION_HINT`` f32: no silent reduced precision) with as many threads
+    as PyTorch."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        import openvino  # deferred: an optional dependency
+
+        core = openvino.Core()
+        self.path = path
+        self.model = core.compile_model(core.read_model(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "PERFORMANCE_HINT": "LATENCY"})
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(np.ascontiguousarray(images.numpy(), dtype=np.float32))[0]
+        return torch.from_numpy(np.asarray(out))
+
+
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
         raise DeepclustError(f"runtime={runtime!r} is not known; choose one of: {', '.join(RUNTIMES)}")
@@ -109,28 +135,27 @@ def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.d
     if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
         return backbone, "torch"
     if device.type != "cpu":
-        raise DeepclustError(f"runtime=onnxruntime runs on a CPU; with --device {device} use --runtime torch "
+        raise DeepclustError(f"runtime={runtime} runs on a CPU; with --device {device} use --runtime torch "
                              "(or auto)")
+    engine = "openvino" if runtime == "openvino" else "onnxruntime"
     try:
-        import onnxruntime  # noqa: F401  deferred, as above; an install may lack it
+        importlib.import_module(engine)  # deferred, as above; an install may lack it
     except ImportError:
-        if runtime == "onnxruntime":
-            raise DeepclustError("runtime=onnxruntime needs onnxruntime: pip install onnxruntime onnx onnxscript (or use "
-                                 "--runtime torch)") from None
-        log.info("embedding with PyTorch (pip install onnxruntime onnx onnxscript for a CPU path several times "
-                 "faster)")
+        if runtime != "auto":
+            raise DeepclustError(f"runtime={runtime} needs {engine}: {INSTALL[engine]} (or use --runtime torch)") from None
+        log.info("embedding with PyTorch (%s for a CPU path several times faster)", INSTALL[engine])
         return backbone, "torch"
     path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
     try:
-        if path not in _SESSIONS:
+        if (engine, path) not in _SESSIONS:
             if not os.path.isfile(path):
-                log.info("exporting %s to ONNX once, for ONNX Runtime (%s)", backbone.name, path)
+                log.info("exporting %s to ONNX once, for %s (%s)", backbone.name, engine, path)
                 export_backbone(backbone, path)
-            _SESSIONS[path] = OnnxForward(path)
-        return _SESSIONS[path], "onnxruntime"
+            _SESSIONS[engine, path] = (OpenVinoForward if engine == "openvino" else OnnxForward)(path)
+        return _SESSIONS[engine, path], engine
     except Exception as exc:  # noqa: BLE001  any export or load failure: PyTorch still embeds
-        if runtime == "onnxruntime":
-            raise DeepclustError(f"ONNX Runtime cannot run {backbone.name} ({type(exc).__name__}: "
+        if runtime != "auto":
+            raise DeepclustError(f"{engine} cannot run {backbone.name} ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); use --runtime torch") from None
         log.warning("embedding with PyTorch: %s could not be exported to ONNX (%s)", backbone.name,
                     type(exc).__name__)

@@ -119,3 +119,46 @@ def test_cluster_with_onnxruntime_gives_the_metrics_of_pytorch(tmp_path, monkeyp
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
     assert {k: round(v, 6) for k, v in ort_run["metrics"].items()} == {k: round(v, 6) for k, v in
                                                                       torch_run["metrics"].items()}
+
+
+def test_reduced_precision_only_on_request_int8_calibrated_once_and_keyed_apart(monkeypatch, tmp_path):
+    from deepclust.features.extract import embedding_signature
+
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    backbone = create_backbone("test_efficientnet", weights="random", image_size=32).eval()
+    calls = []
+
+    def calibration():
+        calls.append(1)
+        return torch.rand(16, 3, 32, 32).numpy()
+
+    forward, used = forward_for(backbone, "auto", precision="int8", calibration=calibration)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.inference_mode():
+        want = backbone(x)
+    got = forward(x)
+    assert used == "onnxruntime int8" and got.shape == want.shape and calls == [1]
+    cosine = torch.nn.functional.cosine_similarity(want, got, dim=1)
+    assert float(cosine.min()) > 0.8 and float((got - want).abs().max()) > 1e-5  # close, but not fp32
+    int8 = [f for f in os.listdir(tmp_path / "onnx") if f.endswith("-int8.onnx")]
+    assert len(int8) == 1
+    import deepclust.features.runtime as runtime
+
+    runtime._SESSIONS.clear()  # a new process: the int8 file is reused, not calibrated again
+    forward_for(backbone, "auto", precision="int8", calibration=calibration)
+    assert calls == [1]
+    assert embedding_signature(backbone, precision="int8") != embedding_signature(backbone)
+    assert embedding_signature(backbone, precision="fp32") == embedding_signature(backbone)
+    with pytest.raises(DeepclustError, match="--precision int8 runs with onnxruntime on a CPU"):
+        forward_for(backbone, "torch", precision="int8")
+    with pytest.raises(DeepclustError, match="precision='fp16' is not known"):
+        forward_for(backbone, "auto", precision="fp16")
+    if pytest.importorskip("openvino"):
+        import openvino
+
+        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            assert forward_for(backbone, "auto", precision="bf16")[1] == "openvino bf16"
+        else:  # this machine's AVX2 CPU: refused in one line, not emulated slowly
+            with pytest.raises(DeepclustError, match="needs a CPU with bf16 instructions"):
+                forward_for(backbone, "auto", precision="bf16")

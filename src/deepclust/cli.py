@@ -128,6 +128,9 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "torch"], help="what runs the backbone: auto (default: "
                    "ONNX Runtime on a CPU where installed, several times faster; else PyTorch), onnxruntime, openvino "
                    "(pip install 'deepclust[openvino]'), torch")
+    p.add_argument("--precision", choices=["fp32", "int8", "bf16"], help="fp32 (default: features as PyTorch's); "
+                   "int8: ONNX Runtime with a statically quantized model, faster, slightly different features; bf16: "
+                   "OpenVINO on CPUs with bf16 instructions (docs/scale.md: what each costs)")
     p.add_argument("--report", dest="report", action="store_true",
                    help="also write the HTML report (RUN_DIR/report/report.html; see `deepclust report`)")
     p.set_defaults(func=_cmd_cluster)

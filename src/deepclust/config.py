@@ -73,6 +73,10 @@ class ClusterConfig:
     flip_average : bool
         Embed each image as the mean of its features and its mirror image's: twice the
         embedding time, features that do not depend on which way the subject faces.
+    precision : str
+        ``fp32`` (default), or on request ``int8`` (ONNX Runtime, statically quantized) or
+        ``bf16`` (OpenVINO, CPUs with bf16 instructions): faster, slightly different vectors
+        (:mod:`deepclust.features.runtime`; their cost in ARI is in docs/scale.md).
     cache : str or None
         The embedding cache folder (``--cache DIR``); None: the user's shared one
         (:func:`deepclust.features.cache.embedding_cache`), which every run, ``predict``
@@ -123,6 +127,7 @@ class ClusterConfig:
     unknown: bool = False
     labelled: str | None = None
     cache: str | None = None
+    precision: str = "fp32"
     runtime: str = "auto"
     embeddings: str | None = None
     scheduler: str | None = None

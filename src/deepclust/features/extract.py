@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deepclust.data.folders import ImageRecord, describe_load_error, load_image
+from deepclust.errors import DeepclustError
 from deepclust.features.backbones import Backbone
 from deepclust.features.cache import EmbeddingStore, cache_limit, prune_cache, record_key
-from deepclust.features.runtime import forward_for
+from deepclust.features.runtime import CALIBRATION_IMAGES, forward_for
 
 
 @dataclass
@@ -74,9 +75,31 @@ def decode_size(backbone: Backbone) -> int:
     return int(2 * round(backbone.image_size / crop))
 
 
-def embedding_signature(backbone: Backbone, fast_decode: bool = False) -> str:
-    """What the vectors of an image depend on: the backbone and how images are decoded."""
-    return backbone.signature() + (f"|draft{decode_size(backbone)}" if fast_decode else "")
+def embedding_signature(backbone: Backbone, fast_decode: bool = False, precision: str = "fp32") -> str:
+    """What the vectors of an image depend on: the backbone, how images are decoded, and the
+    precision of the forward pass where it is not fp32."""
+    return (backbone.signature() + (f"|draft{decode_size(backbone)}" if fast_decode else "")
+            + (f"|{precision}" if precision != "fp32" else ""))
+
+
+def _calibration_images(records, backbone: Backbone, n: int = CALIBRATION_IMAGES):
+    """A function giving the first ``n`` readable images of ``records``, preprocessed: what
+    an int8 model is calibrated on (called only when one is made)."""
+
+    def images() -> np.ndarray:
+        transform, out = backbone.transform(), []
+        for record in records:
+            try:
+                out.append(transform(load_image(record.path)).numpy())
+            except Exception:  # noqa: BLE001 - an unreadable file is skipped here as in the embedding
+                continue
+            if len(out) == n:
+                break
+        if not out:
+            raise DeepclustError("no readable image to calibrate the int8 model on")
+        return np.stack(out)
+
+    return images
 
 
 class _ImageFiles(Dataset):
@@ -106,14 +129,14 @@ def _collate(batch):
 
 def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: dict, store, batch_size: int, device,
              num_workers, flush_every: int, flush_seconds: float, progress: bool, fast_decode: bool,
-             runtime: str = "torch") -> str:
+             runtime: str = "torch", precision: str = "fp32") -> str:
     """Embed ``records[todo]`` into ``vectors`` (failures into ``skipped``), keeping the new
     vectors in ``store`` as they come (see :func:`extract_embeddings`); returns the runtime used."""
     device = torch.device(device)
     if num_workers is None:
         num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
     backbone = backbone.to(device).eval()
-    forward, used = forward_for(backbone, runtime, device)
+    forward, used = forward_for(backbone, runtime, device, precision, _calibration_images(records, backbone))
     loader = DataLoader(
         _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
         batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
@@ -153,6 +176,7 @@ def extract_embeddings(
     fast_decode: bool = False,
     flush_seconds: float = 60.0,
     runtime: str = "torch",
+    precision: str = "fp32",
 ) -> Embeddings:
     """Compute (or reuse) one feature vector per image.
 
@@ -186,6 +210,9 @@ def extract_embeddings(
     runtime : {"torch", "onnxruntime", "auto"}
         What runs the forward pass (:func:`deepclust.features.runtime.forward_for`); the
         features agree within about 1e-5, so the cache serves every runtime.
+    precision : {"fp32", "int8", "bf16"}
+        Reduced precision only on request (:mod:`deepclust.features.runtime`); ``store``
+        must then be made with :func:`embedding_signature` ``(backbone, fast_decode, precision)``.
 
     Returns
     -------
@@ -198,7 +225,7 @@ def extract_embeddings(
     used = None
     if todo:
         used = _compute(records, keys, todo, backbone, vectors, skipped, store, batch_size, device, num_workers,
-                        flush_every, flush_seconds, progress, fast_decode, runtime)
+                        flush_every, flush_seconds, progress, fast_decode, runtime, precision)
     order = np.array(sorted(vectors), dtype=np.int64)
     dim = backbone.num_features
     stacked = np.stack([vectors[i] for i in order]).astype(np.float32) if len(order) else np.zeros((0, dim), np.float32)
@@ -265,7 +292,7 @@ class _PendingShard:
 def embed_records(records: Sequence[ImageRecord], backbone: Backbone, cache: str | os.PathLike | None = None,
                   batch_size: int = 32, device: str | torch.device = "cpu", num_workers: int | None = None,
                   progress: bool = True, fast_decode: bool = False, runtime: str = "auto",
-                  also: Sequence[str | os.PathLike] = ()) -> Embeddings:
+                  also: Sequence[str | os.PathLike] = (), precision: str = "fp32") -> Embeddings:
     """Embed ``records`` with ``backbone``, reusing and filling the cache folder ``cache``
     (:func:`~deepclust.features.cache.embedding_cache`: the user's shared cache, or
     ``--cache DIR``; None: no cache) and reading the older caches ``also`` (a run's own
@@ -274,9 +301,11 @@ def embed_records(records: Sequence[ImageRecord], backbone: Backbone, cache: str
     ``select`` reuse each other's vectors; above the size limit the least recently used
     signatures are removed. ``runtime``: ``auto`` runs the forward pass with ONNX Runtime
     on a CPU where it can (:mod:`deepclust.features.runtime`)."""
-    store = EmbeddingStore(cache, embedding_signature(backbone, fast_decode), also) if cache is not None else None
+    store = (EmbeddingStore(cache, embedding_signature(backbone, fast_decode, precision), also)
+             if cache is not None else None)
     emb = extract_embeddings(records, backbone, batch_size=batch_size, device=device, num_workers=num_workers,
-                             store=store, progress=progress, fast_decode=fast_decode, runtime=runtime)
+                             store=store, progress=progress, fast_decode=fast_decode, runtime=runtime,
+                             precision=precision)
     if store is not None:
         removed = prune_cache(store.root, cache_limit(), keep=[store.folder])
         if removed:

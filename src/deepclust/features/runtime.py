@@ -13,6 +13,12 @@ times faster (``benchmarks/embed_throughput.py --runtimes``). :func:`forward_for
 - ``openvino``: the same exported model run by OpenVINO (``pip install 'deepclust[openvino]'``),
   compiled for the CPU at fp32 (its precision hint set to f32: the features equal PyTorch's
   within about 1e-5, as ONNX Runtime's);
+- reduced precision only when asked (``precision``, ``--precision``): ``int8`` quantizes the
+  export statically with ONNX Runtime (QDQ, weights per channel, activations calibrated on the
+  first 64 images of the first job that asks, then kept beside the fp32 file and reused, so
+  every later job embeds with the same model) and runs it with ONNX Runtime; ``bf16`` runs the
+  export with OpenVINO at its bf16 precision hint, on CPUs with bf16 instructions only. The
+  cache signature of the vectors names the precision, so vectors of several precisions never mix;
 - ``auto`` (the default): ``onnxruntime`` on a CPU where it is installed and the export works,
   else ``torch``, with one line saying why. The environment variable ``DEEPCLUST_RUNTIME``
   (``torch`` or ``onnxruntime``) says what ``auto`` means on a machine (the test suite sets
@@ -41,6 +47,8 @@ from deepclust.io import UMASK
 log = logging.getLogger("deepclust")
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+CALIBRATION_IMAGES = 64
 INSTALL = {"onnxruntime": "pip install onnxruntime onnx onnxscript", "openvino": "pip install 'deepclust[openvino]' "
            "(openvino, onnx, onnxscript)"}
 OPSET = 18
@@ -105,18 +113,60 @@ class OpenVinoForward:
     fp32 (``INFERENCE_PRECISION_HINT`` f32: no silent reduced precision) with as many threads
     as PyTorch."""
 
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, precision: str = "f32"):
         import openvino  # deferred: an optional dependency
 
         core = openvino.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise DeepclustError("--precision bf16 needs a CPU with bf16 instructions (AVX-512 BF16 or AMX); this "
+                                 f"one offers {', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}: "
+                                 "use --precision fp32 or int8")
         self.path = path
         self.model = core.compile_model(core.read_model(path), "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
             "PERFORMANCE_HINT": "LATENCY"})
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(np.ascontiguousarray(images.numpy(), dtype=np.float32))[0]
         return torch.from_numpy(np.asarray(out))
+
+
+def quantize_int8(path: str, calibration: Callable[[], np.ndarray]) -> str:
+    """The int8 model of the fp32 export ``path`` (ONNX Runtime static quantization, QDQ,
+    per-channel int8 weights, uint8 activations calibrated on the images ``calibration()``
+    returns), written once beside it as ``*-int8.onnx`` and reused."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = path[: -len(".onnx")] + "-int8.onnx"
+    if os.path.isfile(out):
+        return out
+    images = np.ascontiguousarray(calibration(), dtype=np.float32)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": images[i:i + 8]} for i in range(0, len(images), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    folder = os.path.dirname(out)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".quantize-") as tmp:
+        chatter = io.StringIO()
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            quant_pre_process(path, os.path.join(tmp, "pre.onnx"))
+            quantize_static(os.path.join(tmp, "pre.onnx"), os.path.join(tmp, "int8.onnx"), Batches(),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+        os.chmod(os.path.join(tmp, "int8.onnx"), 0o666 & ~UMASK)
+        os.replace(os.path.join(tmp, "int8.onnx"), out)
+    return out
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise DeepclustError(f"precision={precision!r} is not known; choose one of: {', '.join(PRECISIONS)}")
+    return precision
 
 
 def check_runtime(runtime: str) -> str:
@@ -125,10 +175,15 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
-def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.device = "cpu"
+def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.device = "cpu",
+                precision: str = "fp32", calibration: Callable[[], np.ndarray] | None = None
                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """(the forward pass to embed with, the runtime it uses) for ``backbone`` on ``device``."""
+    """(the forward pass to embed with, the runtime it uses) for ``backbone`` on ``device``.
+    ``precision`` other than fp32 (module docstring) needs a CPU; ``calibration()`` gives the
+    preprocessed images an int8 model is calibrated on, the first time one is made."""
     check_runtime(runtime)
+    if check_precision(precision) != "fp32":
+        return _reduced(backbone, runtime, torch.device(device), precision, calibration)
     if runtime == "auto" and os.environ.get("DEEPCLUST_RUNTIME"):
         runtime = check_runtime(os.environ["DEEPCLUST_RUNTIME"])
     device = torch.device(device)
@@ -160,3 +215,30 @@ def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.d
         log.warning("embedding with PyTorch: %s could not be exported to ONNX (%s)", backbone.name,
                     type(exc).__name__)
         return backbone, "torch"
+
+
+def _reduced(backbone: Backbone, runtime: str, device: torch.device, precision: str, calibration):
+    """The forward pass at ``precision`` bf16 or int8 (see the module docstring)."""
+    engine = "openvino" if precision == "bf16" else "onnxruntime"
+    if device.type != "cpu" or runtime not in ("auto", engine):
+        raise DeepclustError(f"--precision {precision} runs with {engine} on a CPU; use --runtime auto (or {engine}) "
+                             "and --device cpu, or --precision fp32")
+    try:
+        importlib.import_module(engine)
+    except ImportError:
+        raise DeepclustError(f"--precision {precision} needs {engine}: {INSTALL[engine]}") from None
+    path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
+    key = (f"{engine}-{precision}", path)
+    if key not in _SESSIONS:
+        if not os.path.isfile(path):
+            log.info("exporting %s to ONNX once (%s)", backbone.name, path)
+            export_backbone(backbone, path)
+        if precision == "int8":
+            if not os.path.isfile(path[: -len(".onnx")] + "-int8.onnx"):
+                if calibration is None:
+                    raise DeepclustError("an int8 model is calibrated on images; none were given")
+                log.info("quantizing %s to int8 once, calibrated on %d images", backbone.name, CALIBRATION_IMAGES)
+            _SESSIONS[key] = OnnxForward(quantize_int8(path, calibration))
+        else:
+            _SESSIONS[key] = OpenVinoForward(path, precision="bf16")
+    return _SESSIONS[key], f"{engine} {precision}"

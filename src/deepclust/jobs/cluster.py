@@ -48,7 +48,7 @@ from deepclust.feedback import load_feedback, resolve
 from deepclust.features.backbones import create_backbone
 from deepclust.features.cache import embedding_cache
 from deepclust.features.extract import embed_records
-from deepclust.features.runtime import check_runtime
+from deepclust.features.runtime import check_precision, check_runtime
 from deepclust.features.store import EmbeddingTable, open_store
 from deepclust.io import check_writable, lock_folder, write_csv
 from deepclust.parallel.executors import open_executor
@@ -149,6 +149,7 @@ def record_k_estimate(out: str, estimate) -> None:
 def run_cluster(config: ClusterConfig) -> ClusterResult:
     """Run the main job described by ``config``; write and return its results."""
     check_runtime(config.runtime)
+    check_precision(config.precision)
     if config.embeddings:
         if config.images:
             raise DeepclustError("give IMAGES_DIR or --embeddings STORE, not both")
@@ -272,7 +273,8 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
     emb = embed_records(records, backbone, cache, batch_size=config.batch_size, device=device,
                         num_workers=config.num_workers, progress=config.progress, fast_decode=config.fast_decode,
-                        runtime=config.runtime, also=[runs.run_path(config.out, runs.CACHE)])  # a run from before
+                        runtime=config.runtime, also=[runs.run_path(config.out, runs.CACHE)],  # a run from before
+                        precision=config.precision)
     timings["embed"] = emb.seconds
     kept = emb.kept(records)
     skipped = emb.skipped_paths(records)

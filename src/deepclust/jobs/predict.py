@@ -187,7 +187,8 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
     fast = bool(config.get("fast_decode", False))  # decode as the run did
     emb = embed_records(records, backbone, embedding_cache(config.get("cache")), batch_size=batch_size,
                         device=resolve_device(device), num_workers=num_workers, progress=progress, fast_decode=fast,
-                        also=[runs.run_path(run.folder, runs.CACHE)])  # a run from before the cache was shared
+                        also=[runs.run_path(run.folder, runs.CACHE)],  # a run from before the cache was shared
+                        precision=config.get("precision", "fp32"))  # embed as the run did
     return ([r.path for r in emb.kept(records)], emb.vectors, len(records), emb.skipped_paths(records),
             {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds)
 

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         print(f"{precision}: embedding {min(seconds[precision]):.1f} s, {min(seconds['fp32']) / min(seconds[precision]):.2f}x "
               f"fp32; cosine to fp32 min {cosine.min():.4f} mean {cosine.mean():.4f}; k-means ARI to fp32's clustering "
               + " ".join(f"{a:.3f}" for a in to_fp32) + "; to species " + " ".join(f"{a:.4f}" for a in to_species)
-              + f" (fp32: " + " ".join(f"{adjusted_rand_score(y, fp32[s]):.4f}" for s in range(3)) + ")")
+              + " (fp32: " + " ".join(f"{adjusted_rand_score(y, fp32[s]):.4f}" for s in range(3)) + ")")
     return 0
 
 

@@ -215,3 +215,32 @@ def test_the_size_limit_removes_the_least_recently_used_backbone_and_writers_nev
     assert parse_size("20G") == 20 * 2**30 and parse_size("1.5M") == int(1.5 * 2**20) and parse_size("123") == 123
     with pytest.raises(Exception, match="20G"):
         parse_size("lots")
+
+
+def test_decode_workers_by_default_none_on_small_cpus_and_more_on_large_ones():
+    from deepclust.features.extract import default_workers
+
+    cpu = torch.device("cpu")
+    assert [default_workers(cpu, n) for n in (1, 2, 4, 8, 16, 64)] == [0, 0, 0, 2, 4, 8]
+    assert default_workers(torch.device("cuda"), 2) == 2 and default_workers(torch.device("cuda"), 32) == 4
+
+
+def test_jpegs_are_draft_decoded_by_default_and_a_full_decode_is_keyed_apart(tmp_path, monkeypatch):
+    import json
+
+    from deepclust.cli import main
+
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path / "user"))
+    rng = np.random.default_rng(0)
+    for i in range(6):  # camera-sized JPEGs: the draft decode reads them at 1/8
+        (tmp_path / "img" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(tmp_path / "img" / f"c{i % 2}" / f"{i}.jpg")
+    tiny = ["--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32", "--no-progress",
+            "--n-clusters", "2", "--runtime", "torch"]
+    assert main(["-q", "cluster", str(tmp_path / "img"), "--out", str(tmp_path / "a"), *tiny]) == 0
+    assert main(["-q", "cluster", str(tmp_path / "img"), "--out", str(tmp_path / "b"), "--no-fast-decode", *tiny]) == 0
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
+    assert a["config"]["fast_decode"] is True and b["config"]["fast_decode"] is False
+    assert b["counts"]["embeddings_computed"] == 6  # the full decode's vectors are not the draft's
+    va, vb = np.load(tmp_path / "a" / "embeddings.npy"), np.load(tmp_path / "b" / "embeddings.npy")
+    assert not np.array_equal(va, vb)

@@ -162,3 +162,31 @@ def test_reduced_precision_only_on_request_int8_calibrated_once_and_keyed_apart(
         else:  # this machine's AVX2 CPU: refused in one line, not emulated slowly
             with pytest.raises(DeepclustError, match="needs a CPU with bf16 instructions"):
                 forward_for(backbone, "auto", precision="bf16")
+
+
+def test_a_fine_tuned_checkpoint_with_its_head_embeds_alike_in_every_runtime(monkeypatch, tmp_path):
+    """A checkpoint as training writes it (changed weights and a linear head) loaded by
+    --weights: ONNX Runtime and OpenVINO give PyTorch's features, and new weights re-export."""
+    from deepclust.features.backbones import Backbone, LinearHead, save_backbone
+
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path / "user"))
+    torch.manual_seed(1)
+    tuned = create_backbone("test_efficientnet", weights="random", image_size=32)
+    rng = np.random.default_rng(0)
+    head = LinearHead(rng.normal(size=tuned.num_features) * 0.01, rng.normal(size=(tuned.num_features, 3)))
+    tuned = Backbone(tuned.name, tuned.model, tuned.data_config, tuned.weights, head=head)
+    save_backbone(tuned, tmp_path / "best.pt")
+    loaded = create_backbone("test_efficientnet", weights=str(tmp_path / "best.pt"), image_size=32).eval()
+    assert loaded.num_features == 3
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        want = loaded(x)
+    engines = ["onnxruntime"] + (["openvino"] if __import__("importlib").util.find_spec("openvino") else [])
+    for engine in engines:
+        forward, used = forward_for(loaded, engine)
+        assert used == engine and float((forward(x) - want).abs().max()) < 1e-4 * float(want.abs().max()), engine
+    with torch.no_grad():  # the user trains on: other weights, another export
+        next(loaded.model.parameters()).add_(0.1)
+    assert len(os.listdir(tmp_path / "user" / "onnx")) == 1
+    forward_for(loaded, "onnxruntime")
+    assert len(os.listdir(tmp_path / "user" / "onnx")) == 2

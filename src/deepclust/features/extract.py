@@ -68,6 +68,18 @@ class Embeddings:
         return [(records[i].path, reason) for i, reason in self.skipped]
 
 
+def default_workers(device: torch.device, cpus: int | None = None) -> int:
+    """Decode worker processes beside the forward pass, by default. On a CPU of up to 4
+    cores none: they would take the cores the forward pass uses (on 2 cores, 0 workers ran
+    Lite0 with ONNX Runtime at 116 img/s, 1 and 2 workers at 96-97; docs/scale.md). Above,
+    one per 4 cores, at most 8: one process decodes a 224-px pipeline's images at about 150
+    a second, which the forward pass outruns on 8 or more cores. On a GPU, min(4, cores)."""
+    cpus = cpus or os.cpu_count() or 1
+    if torch.device(device).type != "cpu":
+        return min(4, cpus)
+    return 0 if cpus <= 4 else min(8, cpus // 4)
+
+
 def decode_size(backbone: Backbone) -> int:
     """The size a JPEG is decoded at with ``fast_decode``: twice the side the model's
     preprocessing resizes to, so the resize still has every pixel it uses."""
@@ -134,7 +146,7 @@ def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: di
     vectors in ``store`` as they come (see :func:`extract_embeddings`); returns the runtime used."""
     device = torch.device(device)
     if num_workers is None:
-        num_workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+        num_workers = default_workers(device)
     backbone = backbone.to(device).eval()
     forward, used = forward_for(backbone, runtime, device, precision, _calibration_images(records, backbone))
     loader = DataLoader(
@@ -190,8 +202,8 @@ def extract_embeddings(
     device : str or torch.device
     num_workers : int, optional
         DataLoader worker processes that decode images beside the forward pass;
-        ``None``: none on a CPU device (they would compete with the forward pass for
-        the same cores: measured in ``benchmarks/embed_throughput.py``), else ``min(4, cpus)``.
+        ``None``: :func:`default_workers` (none on a CPU of up to 4 cores, where they would
+        compete with the forward pass for the same cores; more on larger CPUs and GPUs).
     store : EmbeddingStore, optional
         Cache to read from and to write new vectors to.
     flush_every : int

@@ -244,3 +244,33 @@ def test_jpegs_are_draft_decoded_by_default_and_a_full_decode_is_keyed_apart(tmp
     assert b["counts"]["embeddings_computed"] == 6  # the full decode's vectors are not the draft's
     va, vb = np.load(tmp_path / "a" / "embeddings.npy"), np.load(tmp_path / "b" / "embeddings.npy")
     assert not np.array_equal(va, vb)
+
+
+def test_prefetched_batches_keep_their_order_raise_the_readers_error_and_stop_early():
+    from deepclust.features.extract import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in prefetched(broken()):
+            got.append(item)
+    assert got == [1]
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for item in prefetched(counting(), depth=2):
+        if item == 3:
+            break  # the consumer stops (Ctrl-C, an error): the reader stops soon after
+    import time
+
+    time.sleep(0.5)
+    assert len(produced) < 10

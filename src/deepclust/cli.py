@@ -81,6 +81,13 @@ def _add_model_options(p, with_defaults: bool) -> None:
                    "(the features of a full decode, for comparison with other tools)", **default(True))
 
 
+def _add_embedding_run_options(p) -> None:
+    """--batch-size, --device, --no-progress of the commands that embed images for a run (predict, select)."""
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
 def _add_cluster_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "cluster",
@@ -338,9 +345,7 @@ def _add_predict_parser(subparsers) -> None:
     p.add_argument("--labels", choices=["folders"], help="folders: record each image's parent folder as its class")
     p.add_argument("--assign", choices=["centre", "neighbours"], default="centre",
                    help="nearest cluster centre (default), or the cluster of most of the 5 nearest clustered images")
-    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    _add_embedding_run_options(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -448,13 +453,11 @@ def _add_select_parser(subparsers) -> None:
     p.add_argument("--metric", metavar="FILE", help="a learned C2M metric (metric.pt): adds the c2m criterion")
     p.add_argument("--weights", metavar="PATH", default="pretrained", help="pretrained (default), random, or a checkpoint")
     p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)")
-    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda, cuda:N, mps")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "torch"], default="auto",
                    help="what runs the backbone (as for cluster)")
     p.add_argument("--seed", metavar="N", type=int, default=0, help="random seed of the clusterings (default 0)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="score raw, not L2-normalised, embeddings")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    _add_embedding_run_options(p)
     p.set_defaults(func=_cmd_select)
 
 

@@ -178,9 +178,11 @@ class EmbeddingStore:
         self.touch()
 
 
-def cache_entries(root: str | os.PathLike) -> list[dict]:
+def cache_entries(root: str | os.PathLike, count: bool = True) -> list[dict]:
     """One row per signature folder of the cache ``root``: ``folder``, ``signature``,
-    ``vectors``, ``bytes`` and ``last_used`` (seconds since the epoch), most recent first."""
+    ``vectors`` (None without ``count``: counting opens every shard, so the size limit, which
+    runs after every embedding, leaves it out), ``bytes`` and ``last_used`` (seconds since the epoch),
+    most recent first."""
     rows = []
     for folder in glob.glob(os.path.join(glob.escape(os.fspath(root)), "*", "")):
         folder = folder.rstrip(os.sep)
@@ -190,8 +192,8 @@ def cache_entries(root: str | os.PathLike) -> list[dict]:
         except OSError:
             continue  # not a signature's folder
         files = [os.path.join(folder, f) for f in os.listdir(folder)]
-        vectors = 0
-        for shard in (f for f in files if _SHARD.search(f)):
+        vectors = 0 if count else None
+        for shard in (f for f in files if count and _SHARD.search(f)):
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     vectors += len(data["keys"])
@@ -206,13 +208,13 @@ def cache_entries(root: str | os.PathLike) -> list[dict]:
 def prune_cache(root: str | os.PathLike, limit: int, keep: Sequence[str] = ()) -> list[dict]:
     """Remove the least recently used signature folders of ``root`` until it holds at most
     ``limit`` bytes, never one of ``keep``; returns the removed rows."""
-    rows = cache_entries(root)
+    rows = cache_entries(root, count=False)
     total = sum(r["bytes"] for r in rows)
-    removed = []
+    removed, kept = [], {os.path.abspath(k) for k in keep}
     for row in reversed(rows):  # least recent first
         if total <= limit:
             break
-        if os.path.abspath(row["folder"]) in {os.path.abspath(k) for k in keep}:
+        if os.path.abspath(row["folder"]) in kept:
             continue
         shutil.rmtree(row["folder"], ignore_errors=True)
         total -= row["bytes"]

@@ -94,17 +94,17 @@ def embedding_signature(backbone: Backbone, fast_decode: bool = False, precision
             + (f"|{precision}" if precision != "fp32" else ""))
 
 
-def _calibration_images(records, backbone: Backbone, n: int = CALIBRATION_IMAGES):
-    """A function giving the first ``n`` readable images of ``records``, preprocessed: what
-    an int8 model is calibrated on (called only when one is made)."""
+def _calibration_images(records, backbone: Backbone, draft_size: int | None, n: int = CALIBRATION_IMAGES):
+    """A function giving the first ``n`` readable images of ``records``, decoded and
+    preprocessed as the embedding does: what an int8 model is calibrated on (called only
+    when one is made)."""
 
     def images() -> np.ndarray:
-        transform, out = backbone.transform(), []
-        for record in records:
-            try:
-                out.append(transform(load_image(record.path)).numpy())
-            except Exception:  # noqa: BLE001 - an unreadable file is skipped here as in the embedding
-                continue
+        files, out = _ImageFiles([r.path for r in records], backbone.transform(), draft_size), []
+        for i in range(len(files)):
+            _, image, _ = files[i]  # an unreadable file comes back as None, as in the embedding
+            if image is not None:
+                out.append(image.numpy())
             if len(out) == n:
                 break
         if not out:
@@ -188,9 +188,10 @@ def _compute(records, keys, todo, backbone: Backbone, vectors: dict, skipped: di
     if num_workers is None:
         num_workers = default_workers(device)
     backbone = backbone.to(device).eval()
-    forward, used = forward_for(backbone, runtime, device, precision, _calibration_images(records, backbone))
+    draft = decode_size(backbone) if fast_decode else None
+    forward, used = forward_for(backbone, runtime, device, precision, _calibration_images(records, backbone, draft))
     loader = DataLoader(
-        _ImageFiles([records[i].path for i in todo], backbone.transform(), decode_size(backbone) if fast_decode else None),
+        _ImageFiles([records[i].path for i in todo], backbone.transform(), draft),
         batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )

@@ -131,7 +131,19 @@ class OpenVinoForward:
         return torch.from_numpy(np.asarray(out))
 
 
-def quantize_int8(path: str, calibration: Callable[[], np.ndarray]) -> str:
+def onnx_path(backbone: Backbone) -> str:
+    """Where the ONNX export of ``backbone`` is kept: the user's cache, under its name and
+    :func:`model_key` (the weights themselves)."""
+    return os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
+
+
+def _export_once(backbone: Backbone, path: str, purpose: str) -> None:
+    if not os.path.isfile(path):
+        log.info("exporting %s to ONNX once, for %s (%s)", backbone.name, purpose, path)
+        export_backbone(backbone, path)
+
+
+def quantize_int8(path: str, calibration: Callable[[], np.ndarray] | None) -> str:
     """The int8 model of the fp32 export ``path`` (ONNX Runtime static quantization, QDQ,
     per-channel int8 weights, uint8 activations calibrated on the images ``calibration()``
     returns), written once beside it as ``*-int8.onnx`` and reused."""
@@ -141,7 +153,10 @@ def quantize_int8(path: str, calibration: Callable[[], np.ndarray]) -> str:
     out = path[: -len(".onnx")] + "-int8.onnx"
     if os.path.isfile(out):
         return out
+    if calibration is None:
+        raise DeepclustError("an int8 model is calibrated on images; none were given")
     images = np.ascontiguousarray(calibration(), dtype=np.float32)
+    log.info("quantizing %s to int8 once, calibrated on %d images", os.path.basename(path), len(images))
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -200,12 +215,10 @@ def forward_for(backbone: Backbone, runtime: str = "auto", device: str | torch.d
             raise DeepclustError(f"runtime={runtime} needs {engine}: {INSTALL[engine]} (or use --runtime torch)") from None
         log.info("embedding with PyTorch (%s for a CPU path several times faster)", INSTALL[engine])
         return backbone, "torch"
-    path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
+    path = onnx_path(backbone)
     try:
         if (engine, path) not in _SESSIONS:
-            if not os.path.isfile(path):
-                log.info("exporting %s to ONNX once, for %s (%s)", backbone.name, engine, path)
-                export_backbone(backbone, path)
+            _export_once(backbone, path, engine)
             _SESSIONS[engine, path] = (OpenVinoForward if engine == "openvino" else OnnxForward)(path)
         return _SESSIONS[engine, path], engine
     except Exception as exc:  # noqa: BLE001  any export or load failure: PyTorch still embeds
@@ -227,17 +240,11 @@ def _reduced(backbone: Backbone, runtime: str, device: torch.device, precision: 
         importlib.import_module(engine)
     except ImportError:
         raise DeepclustError(f"--precision {precision} needs {engine}: {INSTALL[engine]}") from None
-    path = os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
+    path = onnx_path(backbone)
     key = (f"{engine}-{precision}", path)
     if key not in _SESSIONS:
-        if not os.path.isfile(path):
-            log.info("exporting %s to ONNX once (%s)", backbone.name, path)
-            export_backbone(backbone, path)
+        _export_once(backbone, path, f"{engine} {precision}")
         if precision == "int8":
-            if not os.path.isfile(path[: -len(".onnx")] + "-int8.onnx"):
-                if calibration is None:
-                    raise DeepclustError("an int8 model is calibrated on images; none were given")
-                log.info("quantizing %s to int8 once, calibrated on %d images", backbone.name, CALIBRATION_IMAGES)
             _SESSIONS[key] = OnnxForward(quantize_int8(path, calibration))
         else:
             _SESSIONS[key] = OpenVinoForward(path, precision="bf16")

@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from deepclust.cluster.k_curve import NEAR_TIE, eigengap
+from deepclust.cluster.k_curve import eigengap, far_apart, near_tie
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster import takes_n_clusters
 from deepclust.cluster.space import cluster_centres, make_clusterer
@@ -258,17 +258,15 @@ class Selection:
         """Candidates other than the best within ``NEAR_TIE`` of its score (as a fraction of
         the spread of all scores), best first: the choices the criterion barely tells apart."""
         best = self.best(criterion)
-        values = np.array([c.scores[criterion] for c in self.candidates if np.isfinite(c.scores.get(criterion, np.nan))])
-        margin = NEAR_TIE * (values.max() - values.min())
-        near = [c for c in self.candidates if c is not best and np.isfinite(c.scores.get(criterion, np.nan))
-                and c.scores[criterion] >= best.scores[criterion] - margin]
-        return sorted(near, key=lambda c: -c.scores[criterion])
+        near = near_tie([c.scores.get(criterion, np.nan) for c in self.candidates], best.scores[criterion])
+        return sorted((c for c, tie in zip(self.candidates, near) if tie and c is not best),
+                      key=lambda c: -c.scores[criterion])
 
     def weak(self, criterion: str = "generalization") -> bool:
-        """Whether the choice is weak: a near tie at a k at least 25% away from the chosen one,
-        or with another algorithm or backbone."""
+        """Whether the choice is weak: a near tie at a k at least ``WEAK_DISTANCE`` (25%)
+        away from the chosen one, or with another algorithm or backbone."""
         best = self.best(criterion)
-        return any(abs(c.k - best.k) >= 0.25 * best.k or c.algorithm != best.algorithm or c.backbone != best.backbone
+        return any(far_apart(c.k, best.k) or c.algorithm != best.algorithm or c.backbone != best.backbone
                    for c in self.runner_ups(criterion))
 
     def rows(self) -> list[dict]:

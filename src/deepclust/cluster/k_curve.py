@@ -12,6 +12,24 @@ import numpy as np
 
 #: A k scoring within this fraction of the curve's range of the best counts as a near tie.
 NEAR_TIE = 0.05
+#: A near tie this far from the chosen k (as a fraction of it) makes the choice weak.
+WEAK_DISTANCE = 0.25
+
+
+def near_tie(scores, chosen: float, fraction: float = NEAR_TIE) -> np.ndarray:
+    """Which ``scores`` are finite and at least ``chosen`` minus ``fraction`` of the range
+    of the finite scores: the ones a criterion barely tells apart from ``chosen``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return finite
+    margin = fraction * (scores[finite].max() - scores[finite].min())
+    return finite & (np.where(finite, scores, -np.inf) >= chosen - margin)
+
+
+def far_apart(k: int, chosen: int) -> bool:
+    """Whether a near tie at ``k`` lies far enough from the ``chosen`` k to make it weak."""
+    return abs(k - chosen) >= WEAK_DISTANCE * chosen
 
 
 @dataclass
@@ -37,19 +55,16 @@ class KEstimate:
     def near_ties(self, fraction: float = NEAR_TIE) -> list[int]:
         """The other ks scoring within ``fraction`` of the curve's range of the chosen k's
         score, best first: the runner-ups a flat curve barely tells apart."""
-        scores = np.asarray(self.scores, dtype=np.float64)
-        finite = np.isfinite(scores)
-        if finite.sum() < 2 or self.n_clusters not in set(np.asarray(self.ks).tolist()):
+        scores, ks = np.asarray(self.scores, dtype=np.float64), np.asarray(self.ks).tolist()
+        if np.isfinite(scores).sum() < 2 or self.n_clusters not in ks:
             return []
-        chosen = float(scores[list(np.asarray(self.ks)).index(self.n_clusters)])
-        margin = fraction * (scores[finite].max() - scores[finite].min())
-        near = [(s, int(k)) for k, s in zip(self.ks, scores) if np.isfinite(s) and k != self.n_clusters
-                and s >= chosen - margin]
-        return [k for _, k in sorted(near, reverse=True)]
+        near = near_tie(scores, scores[ks.index(self.n_clusters)], fraction)
+        return [k for _, k in sorted(((s, int(k)) for k, s, tie in zip(ks, scores, near) if tie and k != self.n_clusters),
+                                     reverse=True)]
 
     def weak(self) -> bool:
-        """Whether a near tie lies at least 25% away from the chosen k."""
-        return any(abs(k - self.n_clusters) >= 0.25 * self.n_clusters for k in self.near_ties())
+        """Whether a near tie lies at least ``WEAK_DISTANCE`` (25%) away from the chosen k."""
+        return any(far_apart(k, self.n_clusters) for k in self.near_ties())
 
     def curve(self) -> list[dict]:
         """``[{"k": k, "score": s}, ...]``, ready for JSON or CSV."""

@@ -291,7 +291,7 @@ def _finetune(root: runs.Run, constraints: Resolved, out: str, seed: int, progre
             raise DeepclustError(f"the run's image '{p}' is gone; refine without --finetune, or restore it") from None
         records.append(ImageRecord(path=path, relpath=p, folder="", size=stat.st_size, mtime_ns=stat.st_mtime_ns))
     emb = embed_records(records, backbone, embedding_cache(config.get("cache")), batch_size=int(config.get("batch_size", 32)),
-                        device=config.get("device", "cpu"), progress=progress, also=[os.path.join(folder, "cache")],
+                        device=config.get("device", "cpu"), progress=progress, also=[runs.run_path(folder, runs.CACHE)],
                         precision=config.get("precision", "fp32"))
     if emb.skipped:
         raise DeepclustError(f"{len(emb.skipped)} of the run's images can no longer be read (e.g. "

@@ -403,7 +403,7 @@ def _caption_name(run: runs.Run, i: int) -> str:
                 return rel
         except ValueError:  # another drive (Windows)
             pass
-    return os.path.join(*path.replace("\\", "/").split("/")[-2:]) if "/" in path or "\\" in path else path
+    return _short(path)
 
 
 def _link(run: runs.Run, i: int, pixels) -> str | None:

@@ -49,7 +49,7 @@ import numpy as np
 from deepclust.cluster.k_curve import eigengap, far_apart, near_tie
 from deepclust.cluster.kmeans import KMeans
 from deepclust.cluster import takes_n_clusters
-from deepclust.cluster.space import cluster_centres, make_clusterer
+from deepclust.cluster.space import cluster_centres, make_clusterer, nearest_centres
 from deepclust.cluster.spectral import knn_affinity, top_eigenvectors
 from deepclust.errors import DeepclustError
 from deepclust.io import save_figure, write_csv
@@ -169,9 +169,8 @@ def transfer_agreement(X, first: np.ndarray, second: np.ndarray, rows_first: np.
     from sklearn.metrics import adjusted_rand_score
 
     _, centres = cluster_centres(X[rows_first], first)
-    Y = X[rows_second].astype(np.float64)
-    nearest = ((Y ** 2).sum(1)[:, None] - 2 * Y @ centres.T + (centres ** 2).sum(1)[None]).argmin(1)
-    return float(adjusted_rand_score(second, nearest))
+    Y = np.ascontiguousarray(X[rows_second])
+    return float(adjusted_rand_score(second, nearest_centres(Y, centres.astype(Y.dtype))))
 
 
 # --- sweeps: every k of one algorithm, sharing what can be shared ---------------------------

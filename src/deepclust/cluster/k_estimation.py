@@ -127,17 +127,21 @@ def _k_by_selection(X: np.ndarray, criterion: str, ks: np.ndarray, algorithm: st
         return {c.k: c.scores[criterion] for c in select(X, candidates, [algorithm], criteria=[criterion], seed=seed,
                                                           metric=metric, progress=progress).candidates}
 
-    if len(ks) <= COARSE_ABOVE:
-        tried = scored(ks)
-    else:
-        step = max(1, int(np.ceil(len(ks) / (COARSE_ABOVE // 2))))
-        tried = scored(ks[::step])
-        best = max(tried, key=tried.get)
-        around = [k for k in range(best - step + 1, best + step) if int(ks[0]) <= k <= int(ks[-1]) and k not in tried]
-        if around:
-            tried.update(scored(around))
+    step = 1 if len(ks) <= COARSE_ABOVE else int(np.ceil(len(ks) / (COARSE_ABOVE // 2)))
+    tried = _coarse_to_fine(ks, step, scored)
     found = np.array(sorted(tried))
     return found, np.array([tried[k] for k in found])
+
+
+def _coarse_to_fine(ks: np.ndarray, step: int, scored) -> dict[int, float]:
+    """Score every ``step``-th of the consecutive ``ks``, then every k within a step of the
+    best; ``scored(list of k)`` returns {k: score}. Returns every k tried with its score."""
+    tried = dict(scored([int(k) for k in ks[::step]]))
+    best = max(tried, key=tried.get)
+    around = [k for k in range(best - step + 1, best + step) if int(ks[0]) <= k <= int(ks[-1]) and k not in tried]
+    if around:
+        tried.update(scored(around))
+    return tried
 
 
 def _k_from_labels(X: np.ndarray, labels, k_min: int, k_max: int, rng) -> tuple[np.ndarray, np.ndarray, int]:
@@ -149,21 +153,12 @@ def _k_from_labels(X: np.ndarray, labels, k_min: int, k_max: int, rng) -> tuple[
     known = np.array([v is not None and not (isinstance(v, (int, np.integer)) and v == -1) for v in labels])
     if len(set(labels[known].tolist())) < 2:
         raise DeepclustError("method='labels' needs labelled rows of at least 2 classes")
-    tried: dict[int, float] = {}
-
-    def score(k: int) -> float:
-        if k not in tried:
-            found = KMeans(n_clusters=int(k), n_init=3, random_state=rng).fit_predict(X)
-            tried[k] = matched_accuracy(labels[known].astype(str), found[known])
-        return tried[k]
+    def scored(many: list[int]) -> dict[int, float]:
+        return {k: matched_accuracy(labels[known].astype(str),
+                                    KMeans(n_clusters=k, n_init=3, random_state=rng).fit_predict(X)[known]) for k in many}
 
     ks = _kmeans_ks(k_min, k_max, len(X), "labels")
-    step = max(1, int(np.sqrt(len(ks))))
-    for k in ks[::step]:
-        score(int(k))
-    best = max(tried, key=tried.get)
-    for k in range(max(int(ks[0]), best - step + 1), min(int(ks[-1]), best + step - 1) + 1):
-        score(k)
+    tried = _coarse_to_fine(ks, max(1, int(np.sqrt(len(ks)))), scored)
     found_ks = np.array(sorted(tried))
     scores = np.array([tried[k] for k in found_ks])
     # k-means may merge or split unlabelled classes without touching the labelled ones, so the

@@ -97,3 +97,13 @@ def moth_split(tmp_path_factory):
     split = root / "split.json"
     split.write_text(json.dumps({"name": "moths8", "subsets": {k: list(v) for k, v in SPLIT_SPECIES.items()}}))
     return images, split
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``network`` download real models: skipped unless DEEPCLUST_NETWORK_TESTS=1."""
+    if os.environ.get("DEEPCLUST_NETWORK_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="downloads from the hub; set DEEPCLUST_NETWORK_TESTS=1 where a network exists")
+    for item in items:
+        if "network" in item.keywords:
+            item.add_marker(skip)

@@ -7,7 +7,6 @@ from PIL import Image
 
 from conftest import CIFAR_RESNET, MOTHS, needs_moths
 from deepclust.features.backbones import (
-    PAPER_BACKBONES,
     create_backbone,
     resolve_backbone_name,
     save_backbone,
@@ -52,14 +51,15 @@ def test_offline_weights_classify_a_real_photo_as_imagenet_would(lite0_small):
 @pytest.mark.parametrize(
     "paper_name, timm_name, num_features",
     [
-        ("ResNet50v2", "resnetv2_50", 2048),
-        ("EfficientNet-B3", "efficientnet_b3", 1536),
-        ("ConvNeXt-B", "convnext_base", 1024),
-        ("ViT-B/16", "vit_base_patch16_224", 768),
+        ("ResNet50v2", "resnetv2_50.a1h_in1k", 2048),
+        ("EfficientNet-B3", "efficientnet_b3.ra2_in1k", 1536),
+        ("ConvNeXt-B", "convnext_base.fb_in22k_ft_in1k", 1024),
+        ("ViT-B/16", "vit_base_patch16_224.augreg2_in21k_ft_in1k", 768),
     ],
 )
 def test_the_papers_backbones_are_selectable_by_name(paper_name, timm_name, num_features):
-    assert PAPER_BACKBONES[paper_name.lower()] == timm_name
+    """The paper's names lead to timm's ImageNet weights by their real pretrained tags."""
+    assert resolve_backbone_name(paper_name) == timm_name
     for name in (paper_name, timm_name):
         backbone = create_backbone(name, weights="random", image_size=64)
         assert backbone.name == timm_name and backbone.num_features == num_features
@@ -69,7 +69,7 @@ def test_the_papers_backbones_are_selectable_by_name(paper_name, timm_name, num_
 
 
 def test_unknown_backbone_names_close_matches():
-    with pytest.raises(DeepclustError, match="unknown backbone 'convnext_bse'; did you mean: .*convnext_base"):
+    with pytest.raises(DeepclustError, match="unknown backbone 'convnext_bse'; did you mean: .*convnext"):
         resolve_backbone_name("convnext_bse")
     assert resolve_backbone_name("resnet50.a1_in1k") == "resnet50.a1_in1k"
 

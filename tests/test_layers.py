@@ -19,7 +19,7 @@ LAYERS = {
     "deepclust.scale": 9, "deepclust.distributed": 9,  # names the README showed before: re-exports only
     "deepclust.jobs": 8, "deepclust.experiments": 8,
     "deepclust.methods": 7,
-    "deepclust.cluster": 6, "deepclust.runs": 6, "deepclust.feedback": 6, "deepclust.selection": 6,
+    "deepclust.cluster": 6, "deepclust.runs": 6, "deepclust.feedback": 6, "deepclust.selection": 6, "deepclust.naming": 6,
     "deepclust.features": 5,
     "deepclust.data": 4,
     "deepclust.parallel": 3,

@@ -66,12 +66,16 @@ def _add_model_options(p, with_defaults: bool) -> None:
     def default(value):
         return {"default": value} if with_defaults else {}
 
-    p.add_argument("--backbone", metavar="NAME", help=f"timm model name (default {DEFAULT_BACKBONE})",
+    p.add_argument("--backbone", metavar="NAME", help=f"a short name of `deepclust backbones` (dinov2-s, bioclip, "
+                   f"...), a timm or open_clip name, or hf-hub:ORG/REPO (default {DEFAULT_BACKBONE})",
                    **default(DEFAULT_BACKBONE))
-    p.add_argument("--weights", metavar="PATH", help="pretrained (default), random, or a checkpoint / state-dict file",
-                   **default("pretrained"))
-    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the model's)",
-                   **default(None))
+    p.add_argument("--weights", metavar="PATH", help="pretrained (default: the model's folder in DEEPCLUST_MODELS "
+                   "when set, else downloaded), random, a downloaded model folder (`deepclust fetch-model`), or a "
+                   "checkpoint / state-dict file", **default("pretrained"))
+    p.add_argument("--image-size", metavar="N", type=_positive_int, help="input side in pixels (default: the short "
+                   "name's, else the model's)", **default(None))
+    p.add_argument("--pooling", choices=["cls", "mean"], help="a ViT's class token or the mean of its patch tokens "
+                   "(default: the model's own)", **default(None))
     p.add_argument("--batch-size", metavar="N", type=_positive_int, help="images per forward pass (default 32)",
                    **default(32))
     p.add_argument("--fast-decode", dest="fast_decode", action="store_true", help="decode large JPEGs directly at "
@@ -142,6 +146,9 @@ def _add_cluster_parser(subparsers) -> None:
     p.add_argument("--precision", choices=["fp32", "int8", "bf16"], help="fp32 (default: features as PyTorch's); "
                    "int8: ONNX Runtime with a statically quantized model, faster, slightly different features; bf16: "
                    "OpenVINO on CPUs with bf16 instructions (docs/scale.md: what each costs)")
+    p.add_argument("--names", metavar="FILE", help="candidate names, one per line (e.g. a species checklist): name "
+                   "each cluster by zero-shot matching with a CLIP-family backbone (bioclip, clip-b16, ...); "
+                   "the top 3 go to clusters.csv and the report")
     p.add_argument("--report", dest="report", action="store_true",
                    help="also write the HTML report (RUN_DIR/report/report.html; see `deepclust report`)")
     p.set_defaults(func=_cmd_cluster)
@@ -207,7 +214,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     with open_executor(args.scheduler) as executor:
         table = embed_images(args.images, args.out, args.backbone, args.weights, args.image_size, executor,
                              args.partition_size, args.batch_size, args.device, classes, args.progress,
-                             args.fast_decode)
+                             args.fast_decode, args.pooling)
     print(f"embedded {int(table.valid.sum())} images ({table.n_features} features)"
           + (f", skipped {len(table.skipped)}" if table.skipped else "") + f" into {table.folder}")
     return 0
@@ -345,6 +352,8 @@ def _add_predict_parser(subparsers) -> None:
     p.add_argument("--labels", choices=["folders"], help="folders: record each image's parent folder as its class")
     p.add_argument("--assign", choices=["centre", "neighbours"], default="centre",
                    help="nearest cluster centre (default), or the cluster of most of the 5 nearest clustered images")
+    p.add_argument("--names", metavar="FILE", help="candidate names, one per line: each image's 3 most likely names "
+                   "(CLIP-family backbones; default: the file the run was named with, if any)")
     _add_embedding_run_options(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -353,7 +362,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from deepclust.jobs.predict import predict_images
 
     result = predict_images(args.run, args.images, args.out, args.far_quantile, args.labels, args.assign,
-                            args.batch_size, args.device, progress=args.progress)
+                            args.batch_size, args.device, progress=args.progress, names=args.names)
     counts = result.summary["counts"]
     print(f"assigned {counts['images_predicted']} images to {counts['clusters_used']} clusters; "
           f"{counts['far']} far from every cluster (possibly new classes)"
@@ -652,7 +661,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_refine_parser(subparsers)
     _add_export_onnx_parser(subparsers)
     _add_cache_parser(subparsers)
+    _add_backbones_parser(subparsers)
+    _add_fetch_model_parser(subparsers)
     return parser
+
+
+def _add_backbones_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "backbones",
+        help="list the backbones to choose from",
+        description="The short names --backbone takes, with their source (timm or open_clip, and the id the weights "
+        "come from), feature size, input size, images per second on a CPU relative to lite0 (the default; "
+        "benchmarks/backbone_speed.py), whether they name clusters (--names), and their licence. --backbone also "
+        "takes any timm or open_clip name and hf-hub:ORG/REPO ids. README: which to choose for what.",
+    )
+    p.set_defaults(func=_cmd_backbones)
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from deepclust.jobs.models import format_backbones
+
+    print(format_backbones())
+    return 0
+
+
+def _add_fetch_model_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fetch-model",
+        help="download a backbone into a models folder, for machines with no network",
+        description="Download NAME (a short name of `deepclust backbones`, a timm or open_clip name with its "
+        "pretrained tag, or hf-hub:ORG/REPO) from the Hugging Face hub into DIR/NAME: only the files its library "
+        "reads, then load it once to check it. On a machine without network, copy DIR there and set "
+        "DEEPCLUST_MODELS=DIR (or pass --weights DIR/NAME).",
+    )
+    p.add_argument("name", metavar="NAME", help="the backbone, as --backbone takes it")
+    p.add_argument("--to", metavar="DIR", required=True, help="the models folder to write into")
+    p.add_argument("--no-check", dest="check", action="store_false", help="do not load the model after downloading")
+    p.set_defaults(func=_cmd_fetch_model)
+
+
+def _cmd_fetch_model(args: argparse.Namespace) -> int:
+    from deepclust.jobs.models import fetch_model
+
+    folder = fetch_model(args.name, args.to, check=args.check)
+    print(f"{args.name} in {folder}; use it offline with DEEPCLUST_MODELS={args.to} (or --weights {folder})")
+    return 0
 
 
 def _add_cache_parser(subparsers) -> None:

@@ -50,8 +50,15 @@ class ClusterConfig:
         Range searched by ``n_clusters="auto"``.
     k_metric : str or None
         With ``k_method="c2m"``: the learned metric file (``deepclust train --method c2m``).
-    backbone, weights, image_size
-        See :func:`deepclust.features.backbones.create_backbone`.
+    backbone, weights, image_size, pooling
+        See :func:`deepclust.features.backbones.create_backbone`: ``backbone`` is a short name
+        (``deepclust backbones``), a timm or open_clip name or a ``hf-hub:`` id; ``weights``
+        also a downloaded model folder (``deepclust fetch-model``); ``pooling`` ``cls`` or
+        ``mean`` for ViTs.
+    names : str or None
+        A file of candidate names, one per line (e.g. a species checklist): each cluster gets
+        its three most likely names by zero-shot matching with the backbone's text tower
+        (CLIP-family backbones only; :mod:`deepclust.naming`).
     batch_size, num_workers, device
         Embedding extraction settings. ``num_workers=None`` decodes images in the main
         process on a CPU device (workers only compete with the forward pass for the same
@@ -114,6 +121,8 @@ class ClusterConfig:
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"
     image_size: int | None = None
+    pooling: str | None = None
+    names: str | None = None
     batch_size: int = 32
     num_workers: int | None = None
     device: str = "cpu"

@@ -79,6 +79,16 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def read_json(path: str | os.PathLike, fix: str = "run the command that made the run again") -> Any:
+    """A JSON file deepclust wrote or reads (a run's, a model folder's config); a damaged
+    one is one clear error naming it and ``fix``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise DeepclustError(f"'{path}' is damaged (not valid JSON: {str(exc).splitlines()[0]}); {fix}") from None
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

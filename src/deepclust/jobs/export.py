@@ -148,14 +148,16 @@ class OnnxExport:
     max_abs_output: float | None
 
 
-def _backbone_of_run(run_dir: str) -> tuple[str, str, int | None, bool]:
+def _backbone_of_run(run_dir: str) -> tuple[str, str, int | None, bool, str | None]:
     run = runs.load_run(run_dir)
     config = run.summary.get("config", {})
-    name = run.summary.get("resolved", {}).get("backbone") or config.get("backbone")
+    # the name as given first: a short name finds its folder in DEEPCLUST_MODELS
+    name = config.get("backbone") or run.summary.get("resolved", {}).get("backbone")
     if not name or "weights" not in config:
         raise DeepclustError(f"'{run_dir}' does not record an image backbone (an end-to-end method's run?); "
                              "pass --backbone NAME [--weights PATH] instead")
-    return name, run.backbone_weights(), config.get("image_size"), bool(config.get("flip_average", False))
+    return (name, run.backbone_weights(), config.get("image_size"), bool(config.get("flip_average", False)),
+            config.get("pooling"))
 
 
 def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: str | None = None,
@@ -175,11 +177,11 @@ def export_onnx(out: str | os.PathLike, run_dir: str | None = None, backbone: st
 
     if (run_dir is None) == (backbone is None):
         raise DeepclustError("give a run folder or --backbone NAME, not both or neither")
-    flip = False
+    flip, pooling = False, None
     if run_dir is not None:
-        backbone, weights, size, flip = _backbone_of_run(run_dir)
+        backbone, weights, size, flip, pooling = _backbone_of_run(run_dir)
         image_size = image_size or size
-    model = create_backbone(backbone, weights=weights, image_size=image_size, flip_average=flip).eval()
+    model = create_backbone(backbone, weights=weights, image_size=image_size, flip_average=flip, pooling=pooling).eval()
     size = model.image_size
     out = os.fspath(out)
     tmp = f"{out}.{os.getpid()}.tmp.onnx"  # checked before it takes the name: a failed check leaves nothing

@@ -38,6 +38,7 @@ from deepclust.features.backbones import create_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, write_csv, write_json
 from deepclust.methods import config_class, create_method
+from deepclust.naming import TOP, check_naming, encode_names, rank_images, templates_of
 
 log = logging.getLogger("deepclust")
 
@@ -120,7 +121,8 @@ class Prediction:
 
 def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
                    far_quantile: float = 0.95, labels: str | None = None, assign: str = "centre", batch_size: int = 32,
-                   device: str = "cpu", num_workers: int | None = None, progress: bool = True) -> Prediction:
+                   device: str = "cpu", num_workers: int | None = None, progress: bool = True,
+                   names: str | None = None) -> Prediction:
     """Embed the images under ``images`` as the run did and assign each to the nearest
     cluster of ``run_dir``; write ``out`` (default ``RUN_DIR/predict``):
     predictions.csv (path, cluster, distance to its centre, distance to the nearest
@@ -129,7 +131,11 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
     A run of ``deepclust cluster`` embeds them with its backbone. A run of an end-to-end
     method (``deepclust train --method mmdc|imc_swav``) passes them, resized as its
     training images were, through the network of its reference seed (restored from
-    ``RUN_DIR/seedN/last.pt``; the training images must still be where they were)."""
+    ``RUN_DIR/seedN/last.pt``; the training images must still be where they were).
+
+    ``names``: a file of candidate names (default: the one the run was named with, ``cluster
+    --names``, when it is still there): each image's three most likely names and its
+    cluster's most likely name go to predictions.csv (CLIP-family backbones)."""
     t0 = time.perf_counter()
     run = runs.load_run(run_dir)
     if labels not in (None, "folders"):
@@ -143,10 +149,15 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
                              + "; predict needs a run of `deepclust cluster` or of an end-to-end method "
                              f"({', '.join(END_TO_END)})")
     model = cluster_model(run, far_quantile)
+    names = _names_file(run, names)
+    if names and command != "cluster":
+        raise DeepclustError(f"--names needs a run of `deepclust cluster` with a CLIP-family backbone; '{run_dir}' is "
+                             f"an end-to-end {run.summary.get('method')} run: drop --names")
     out = os.fspath(out) if out is not None else runs.run_path(run_dir, "predict")
     check_writable(out)  # e.g. a colleague's read-only run folder: found before the embedding
     embed = _embed_with_backbone if command == "cluster" else _embed_with_network
-    paths, vectors, found, skipped, names, seconds = embed(run, images, out, batch_size, device, num_workers, progress)
+    paths, vectors, found, skipped, info, seconds, ranked = embed(run, images, out, batch_size, device, num_workers,
+                                                                  progress, names)
     os.makedirs(out, exist_ok=True)
     runs.write_skipped(out, skipped)
     if skipped:
@@ -155,45 +166,69 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
         raise DeepclustError(f"none of the {found} images under '{images}' could be read; see {runs.SKIPPED}")
     clusters, distances, nearest, far = model.assign(vectors, assign)
     y = [os.path.basename(os.path.dirname(p)) for p in paths] if labels == "folders" else None
+    named = []
+    if ranked is not None:
+        own = {c: runs.cluster_names(row) for c, row in runs.read_clusters(run.folder).items()}
+        named = [[(own.get(str(int(c))) or [("",)])[0][0]] + [v for n, s in ranked[i] for v in (n, f"{s:.4f}")]
+                 for i, c in enumerate(clusters)]
     write_csv(os.path.join(out, PREDICTIONS), ["path", "cluster", "distance", "nearest_image_distance", "far"]
-              + (["label"] if y else []),
-              [[p, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else [])
+              + (["label"] if y else [])
+              + (["cluster_name"] + [f"{w}_{k}" for k in range(1, TOP + 1) for w in ("name", "score")] if named else []),
+              [[p, int(c), f"{d:.6f}", f"{m:.6f}", int(f)] + ([y[i]] if y else []) + (named[i] if named else [])
                for i, (p, c, d, m, f) in enumerate(zip(paths, clusters, distances, nearest, far))])
     summary = {"command": "predict", "run": os.path.abspath(run_dir), "run_id": run.summary.get("run_id"),
                "images": os.fspath(images),
                "assign": assign, "far_quantile": far_quantile, "far_threshold": model.threshold, "working_directory": os.getcwd(),
                "counts": {"images_found": found, "images_predicted": len(paths), "images_skipped": len(skipped),
                           "far": int(far.sum()), "clusters_used": int(len(np.unique(clusters)))},
-               **names,
+               **info, **({"names": os.path.abspath(names)} if ranked is not None else {}),
                "timings_seconds": {"embed": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)},
                "versions": runs.versions()}
     write_json(os.path.join(out, "summary.json"), summary)
     return Prediction(paths, clusters, distances, nearest, far, y, skipped, summary)
 
 
-def _embed_with_backbone(run, images, out, batch_size, device, num_workers, progress):
+def _names_file(run: runs.Run, names: str | None) -> str | None:
+    """``--names``, else the file the run was named with when it is still there."""
+    if names is not None:
+        return names
+    recorded = ((run.summary.get("resolved") or {}).get("names") or {}).get("file")
+    if recorded and not os.path.isfile(recorded):
+        log.warning("the run was named from %s, which is gone; predicting without names (pass --names FILE)", recorded)
+        return None
+    return recorded
+
+
+def _embed_with_backbone(run, images, out, batch_size, device, num_workers, progress, names=None):
     """The features of a run of ``deepclust cluster``: its backbone, weights and preprocessing."""
 
     config, resolved = run.summary["config"], run.summary["resolved"]
     records = find_images(images, exclude=[out, run.folder])
     log.info("predicting %d images into the clusters of '%s'", len(records), run.folder)
     backbone = create_backbone(config["backbone"], weights=run.backbone_weights(), image_size=config.get("image_size"),
-                               flip_average=bool(config.get("flip_average", False)))  # embed as the run did
+                               flip_average=bool(config.get("flip_average", False)),
+                               pooling=config.get("pooling"))  # embed as the run did
     if backbone.name != resolved.get("backbone") or backbone.weights != resolved.get("weights") or (
             "data_config" in resolved and list(backbone.data_config["input_size"]) != list(resolved["data_config"]["input_size"])):
         raise DeepclustError(f"the backbone loaded now ({backbone.name}, {backbone.weights}) is not the one the run "
                              f"used ({resolved.get('backbone')}, {resolved.get('weights')}); was the checkpoint "
                              "changed or moved? Cluster again, or restore it")
+    candidates = check_naming(backbone, names) if names else None  # before the embedding
     fast = bool(config.get("fast_decode", False))  # decode as the run did
     emb = embed_records(records, backbone, embedding_cache(config.get("cache")), batch_size=batch_size,
                         device=resolve_device(device), num_workers=num_workers, progress=progress, fast_decode=fast,
                         also=[runs.run_path(run.folder, runs.CACHE)],  # a run from before the cache was shared
                         precision=config.get("precision", "fp32"))  # embed as the run did
+    ranked = None
+    if candidates is not None and len(emb.vectors):
+        templates = templates_of(backbone, config["backbone"])
+        ranked = rank_images(emb.vectors, encode_names(backbone, candidates, templates, progress), candidates,
+                             scale=backbone.model.logit_scale())
     return ([r.path for r in emb.kept(records)], emb.vectors, len(records), emb.skipped_paths(records),
-            {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds)
+            {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds, ranked)
 
 
-def _embed_with_network(run, images, out, batch_size, device, num_workers, progress):
+def _embed_with_network(run, images, out, batch_size, device, num_workers, progress, names=None):
     """The outputs of an end-to-end run's network (its reference seed) for new images."""
 
     method = run.summary["method"]
@@ -209,4 +244,4 @@ def _embed_with_network(run, images, out, batch_size, device, num_workers, progr
     new = load_pixels(os.fspath(images), None, config.image_size, config.channels, None, progress)
     vectors = estimator.transform(new.images) if len(new.images) else np.zeros((0, 1), np.float32)
     return (list(new.paths), vectors, len(new.paths) + len(new.skipped), list(new.skipped),
-            {"method": method, "reference_seed": seed}, time.perf_counter() - t)
+            {"method": method, "reference_seed": seed}, time.perf_counter() - t, None)

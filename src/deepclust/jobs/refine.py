@@ -218,12 +218,13 @@ def _save_head(root: runs.Run, head: ScatterHead, out: str, weights: str | None 
         return None
     flip = bool(config.get("flip_average", False))
     backbone = create_backbone(config["backbone"], weights=weights or root.backbone_weights(),
-                               image_size=config.get("image_size"), flip_average=flip)
+                               image_size=config.get("image_size"), flip_average=flip, pooling=config.get("pooling"))
     backbone.head = LinearHead(torch.as_tensor(head.mean_, dtype=torch.float32),
                                torch.as_tensor(head.components_, dtype=torch.float32))
     path = os.path.abspath(runs.run_path(out, HEAD))
     save_backbone(backbone, path, config={"refined_from": os.path.abspath(root.folder)}, method="refine")
-    saved = create_backbone(config["backbone"], weights=path, image_size=config.get("image_size"), flip_average=flip)
+    saved = create_backbone(config["backbone"], weights=path, image_size=config.get("image_size"), flip_average=flip,
+                            pooling=config.get("pooling"))
     saved.weights_file = path  # as the config names it; saved.weights adds the file's hash, as every run records
     return saved
 

@@ -366,7 +366,7 @@ th{background:#f4f4f4} img.figure{max-width:100%;height:auto}
 figure{margin:0;width:110px;font-size:.7em;text-align:center;overflow:hidden;word-break:break-all}
 figure img{display:block;margin:0 auto;max-width:104px;max-height:104px}
 .missing{width:96px;height:96px;background:#eee;display:flex;align-items:center;justify-content:center;margin:0 auto}
-nav a{margin-right:1em} .note{color:#666;font-size:.9em}
+nav a{margin-right:1em} .note{color:#666;font-size:.9em} .names{margin:.2em 0;font-style:italic}
 """
 
 
@@ -430,11 +430,16 @@ def _composition(run: runs.Run, cluster: int, matched) -> str:
     return text
 
 
+def _names_text(row: dict) -> str:
+    """A clusters.csv row's names (``--names``) as 'A (0.62, 80% of images); B ...' ('' without)."""
+    return "; ".join(f"{n} ({score:.2f}, {share:.0%} of images)" for n, score, share in runs.cluster_names(row))
+
+
 def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pixels,
-                     duplicates: dict[int, list[list[int]]]) -> str:
-    """One cluster of :func:`cluster_montages`: its title, size, confidence, composition,
-    the thumbnails of its most typical images (each linked to its file) and its groups of
-    near-duplicate images."""
+                     duplicates: dict[int, list[list[int]]], per_cluster: dict | None = None) -> str:
+    """One cluster of :func:`cluster_montages`: its title, size, confidence, likely names
+    (``--names``), composition, the thumbnails of its most typical images (each linked to its
+    file) and its groups of near-duplicate images."""
     distances = run.distances
     title = _outside_name(run).capitalize() if m["cluster"] < 0 else f"Cluster {m['cluster']}"
     extra = ""
@@ -444,6 +449,8 @@ def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pi
             extra += f" · confidence {np.nanmedian(margins):.3f}"
     if matched is not None and m["cluster"] >= 0:
         extra += _composition(run, m["cluster"], matched)
+    names = _names_text((per_cluster or {}).get(str(m["cluster"]), {})) if m["cluster"] >= 0 else ""
+    named = f"<p class='names'>likely names: {html.escape(names)}</p>" if names else ""
     figs = [_figure(run, i, options, pixels, typical=(k == 0 and m["cluster"] >= 0),
                     note=(f"d={distances[i]:.3f}" if np.isfinite(distances[i]) else "")
                     + (f" c={run.confidence[i]:.3f}" if run.confidence is not None and np.isfinite(run.confidence[i])
@@ -458,7 +465,7 @@ def _cluster_section(run: runs.Run, m: dict, matched, options: ReportOptions, pi
                          for g in shown)
                + (f"<p class='note'>and {len(groups) - len(shown)} more</p>" if len(groups) > len(shown) else "")
                + "</details>")
-    return (f"<div class='cluster' id='cluster-{m['cluster']}'><h3>{title} · {m['size']} images{extra}</h3>"
+    return (f"<div class='cluster' id='cluster-{m['cluster']}'><h3>{title} · {m['size']} images{extra}</h3>{named}"
             f"<div class='thumbs'>{''.join(figs)}</div>{dup}</div>")
 
 
@@ -478,12 +485,6 @@ def _short(path: str) -> str:
     """A path's last two parts (its folder and file)."""
     parts = path.replace("\\", "/").split("/")
     return "/".join(parts[-2:])
-
-
-def _clusters_table(run_dir) -> dict[str, dict[str, str]]:
-    """clusters.csv by cluster id ({} for runs without one)."""
-    path = runs.run_path(run_dir, runs.CLUSTERS)
-    return {r["cluster"]: r for r in read_csv(path)} if os.path.isfile(path) else {}
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -532,15 +533,17 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     parts.append(f"<h2 id='map'>Map</h2><img class='figure' alt='map of the embeddings' src='{_png_uri(files['map'])}'>")
     ids, sizes = np.unique(run.clusters, return_counts=True)
     order = np.argsort(-sizes, kind="stable")
-    per_cluster = _clusters_table(run_dir)
+    per_cluster = runs.read_clusters(run_dir)
+    named = any(r.get("name_1") for r in per_cluster.values())
     size_rows = [[_outside_name(run) if ids[i] < 0 else int(ids[i]), int(sizes[i])]
                  + ([per_cluster.get(str(ids[i]), {}).get("confidence", ""),
                      _short(per_cluster.get(str(ids[i]), {}).get("typical", ""))] if per_cluster else [])
+                 + ([_names_text(per_cluster.get(str(ids[i]), {}))] if named else [])
                  + ([matched["match"].get(int(ids[i])) or "" if ids[i] >= 0 else ""] if matched else []) for i in order]
     parts.append(f"<h2 id='sizes'>Cluster sizes</h2><img class='figure' alt='cluster sizes' src='{_png_uri(files['sizes'])}'>"
                  "<details><summary>All clusters</summary>"
                  + _table(["cluster", "images"] + (["confidence", "typical image"] if per_cluster else [])
-                          + (["matched class"] if matched else []), size_rows) + "</details>")
+                          + (["likely names (score, share of images)"] if named else []) + (["matched class"] if matched else []), size_rows) + "</details>")
 
     shown = f"the {len(montages)} largest of {len(ids)} clusters" if len(montages) < len(ids) else f"all {len(ids)} clusters"
     parts.append(f"<h2 id='clusters'>Clusters</h2><p class='note'>{shown}; in each, the {options.per_cluster} images "
@@ -548,7 +551,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                  "to the nearest other cluster's centre, negative when nearer another). Each thumbnail opens its "
                  "file. A cluster's confidence is the median of its images'.</p>")
     duplicates = near_duplicate_groups(run.embeddings, run.clusters, options.near_duplicate)
-    parts += [_cluster_section(run, m, matched, options, pixels, duplicates) for m in montages]
+    if named:
+        parts.append("<p class='note'>Likely names: the candidates of --names most like the cluster by the backbone's "
+                     "text tower; score: the softmax over all candidates of the cluster mean's similarity, share: the "
+                     "cluster's images whose own best candidate it is (docs/backbones.md).</p>")
+    parts += [_cluster_section(run, m, matched, options, pixels, duplicates, per_cluster) for m in montages]
 
     if matched is not None:
         parts.append(f"<h2 id='confusion'>Clusters matched to classes</h2><img class='figure' alt='confusion matrix' "

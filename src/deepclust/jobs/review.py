@@ -83,6 +83,8 @@ class ReviewSession:
         self.run = runs.load_run(self.folder)
         self.n = len(self.run.paths)
         self.margin, self.distance = confidence(self.run)
+        # the names `cluster --names` suggests for the run's own clusters: (name, score, share), best first
+        self.suggested = {int(c): runs.cluster_names(row) for c, row in runs.read_clusters(self.folder).items()}
         self._lock = threading.RLock()  # the server's threads share the session
         self.actions: list[dict] = self._read_log()
         self._replay()
@@ -255,6 +257,7 @@ class ReviewSession:
             clusters.append({"id": int(c), "name": self.names.get(c, ""), "size": int(len(members)),
                              "confirmed": c in self.confirmed, "reviewed": c in self.reviewed,
                              "confidence": round(float(np.mean(self.margin[members])), 4) if len(members) else 0.0,
+                             "suggested": [[n, round(s, 3), round(f, 3)] for n, s, f in self.suggested.get(int(c), [])],
                              "images": members.tolist()})
         clusters.sort(key=lambda k: (k["reviewed"], k["confidence"]))
         open_images = [i for i in review_queue(self.run.clusters, self.margin).tolist()

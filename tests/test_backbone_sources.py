@@ -148,7 +148,7 @@ def test_stage_splitting_opens_a_vits_blocks_and_refuses_an_open_clip_tower(mode
     assert not any(p.requires_grad for p in vit.model.blocks[0].parameters())
     assert all(p.requires_grad for p in vit.model.blocks[1].parameters())
     clip = create_backbone(weights=str(models_dir / "bioclip"))
-    with pytest.raises(DeepclustError, match="has 0 stages"):
+    with pytest.raises(DeepclustError, match="has no stages deepclust can split .*use null to train all of it"):
         freeze_stages(clip.model, 1)
 
 
@@ -165,8 +165,13 @@ def test_a_folder_that_is_not_a_model_is_one_clear_error(tmp_path):
         create_backbone(weights=str(tmp_path / "odd"))
 
 
-def test_deepclust_models_finds_a_short_names_folder_and_says_how_to_fetch_a_missing_one(models_dir, monkeypatch):
+def test_deepclust_models_finds_a_short_names_folder_and_says_how_to_fetch_a_missing_one(models_dir, monkeypatch,
+                                                                                        caplog):
     monkeypatch.setenv("DEEPCLUST_MODELS", str(models_dir))
+    assert create_backbone("bioclip").names_clusters
+    assert "holds another model" not in caplog.text
+    create_backbone("dinov2-s", weights=str(models_dir / "bioclip"))
+    assert "holds another model than 'dinov2-s'" in caplog.text
     backbone = create_backbone("dinov2-s")
     assert backbone.weights.startswith(f"dir:{models_dir / 'dinov2-s'}") and backbone.image_size == 224
     with pytest.raises(DeepclustError, match=rf"looked for {models_dir}/dinov2-b/config.json .*"

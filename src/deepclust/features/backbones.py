@@ -201,7 +201,7 @@ def create_backbone(
     if weights == "pretrained" and source.model_id != DEFAULT_BACKBONE:
         weights = models_folder(name) or weights  # DEEPCLUST_MODELS: the downloaded folder, no network
     entry = source.entry
-    if entry is not None and os.path.isdir(weights) and _folder_arch(weights) != entry.arch:
+    if entry is not None and os.path.isdir(weights) and not _folder_holds(weights, entry):
         if source.model_id != DEFAULT_BACKBONE:
             log.warning("--weights %s holds another model than '%s'; the folder's model is used", weights, name)
         entry = None  # the folder's model, with its own input size and pooling
@@ -335,6 +335,13 @@ def _from_folder(folder: str, image_size, pooling):
     _apply_pooling(model, arch, pooling)
     tag = model.pretrained_cfg.get("tag")
     return f"{arch}.{tag}" if tag else arch, model, text
+
+
+def _folder_holds(folder: str, entry) -> bool:
+    """Whether a model folder holds the catalog ``entry``'s model (its library; for timm, its
+    architecture: an open_clip config names none deepclust could compare)."""
+    kind = folder_kind(folder)
+    return kind == entry.library and (kind != "timm" or _folder_arch(folder) == entry.arch)
 
 
 def _folder_arch(folder: str) -> str | None:

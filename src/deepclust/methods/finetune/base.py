@@ -98,6 +98,10 @@ def freeze_stages(model: nn.Module, trainable_stages: int | None, name: str = ""
     layers, stages = feature_layers(model)
     if trainable_stages is None:
         return layers, 0
+    if not stages:
+        raise DeepclustError(
+            f"trainable_stages={trainable_stages}: {name or type(model).__name__} has no stages deepclust can split "
+            "(e.g. an open_clip image tower); use null to train all of it, or a timm backbone")
     if trainable_stages > len(stages):
         raise DeepclustError(
             f"trainable_stages={trainable_stages} but {name or type(model).__name__} has {len(stages)} stages; "

@@ -168,9 +168,12 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, rng: np.random.Generator,
 def _cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 sum of the rows of each cluster (k, d) and their counts (k,)."""
     sums = torch.zeros((k, X.shape[1]), dtype=torch.float64, device=X.device)
+    part = torch.zeros((k, X.shape[1]), dtype=X.dtype, device=X.device)
     for start in range(0, X.shape[0], CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, X.shape[0])
-        sums.index_add_(0, labels[start:stop], X[start:stop].double())
+        # a chunk summed in the data's precision (no float64 copy of it), the chunks in float64
+        part.zero_().index_add_(0, labels[start:stop], X[start:stop])
+        sums += part.double()
     counts = torch.bincount(labels, minlength=k).double()
     return sums, counts
 

@@ -283,6 +283,21 @@ def test_approximate_knn_graph_finds_most_true_neighbours():
     assert np.mean(y[idx] == y[:, None]) > 0.99
 
 
+def test_approximate_knn_graph_in_query_blocks_finds_the_same_neighbours(monkeypatch):
+    """Big cells are searched in blocks of queries (bounded memory) with the same result."""
+    import deepclust.cluster.neighbors as neighbors_module  # deferred: the module whose limit is lowered
+
+    X, _ = make_blobs(n_samples=3000, centers=10, n_features=16, cluster_std=1.0, random_state=1)
+    whole = knn_graph(X, 5, method="approximate", random_state=0)
+    monkeypatch.setattr(neighbors_module, "MAX_PRODUCT", 700)  # a handful of queries per block
+    blocked = knn_graph(X, 5, method="approximate", random_state=0)
+    assert np.allclose(whole[1], blocked[1], atol=1e-3)  # the same distances, up to float rounding
+    same = [set(a) == set(b) or np.allclose(sorted(da), sorted(db), atol=1e-3)  # a near tie may swap
+            for a, b, da, db in zip(whole[0], blocked[0], whole[1], blocked[1])]
+    assert all(same)
+    assert (blocked[0] != np.arange(3000)[:, None]).all()
+
+
 def test_chebyshev_eigensolver_agrees_with_dense_and_finds_repeated_eigenvalues():
     # 5 disconnected blobs: eigenvalue 1 five times, which ARPACK's Lanczos misses
     X, _ = make_blobs(n_samples=2500, centers=5, n_features=8, cluster_std=0.3, center_box=(-50, 50), random_state=0)

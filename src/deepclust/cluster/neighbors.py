@@ -33,6 +33,8 @@ from deepclust.validation import as_generator
 #: Largest n for which ``method="auto"`` computes exact neighbours.
 EXACT_MAX_SAMPLES = 12_000
 _BLOCK = 2048
+#: Largest query x candidate product of the approximate search (float32 entries: 64 MiB).
+MAX_PRODUCT = 2**24
 
 
 def knn_graph(X, n_neighbors: int, method: str = "auto", pca_dim: int = 128, n_probe: int = 8,
@@ -147,19 +149,24 @@ def _cell_knn(X: torch.Tensor, n_neighbors: int, pca_dim: int, n_probe: int, rng
         candidates = torch.cat([torch.arange(int(bounds[p]), int(bounds[p + 1])) for p in probes[c].tolist()])
         if len(candidates) <= n_neighbors:  # tiny cells: widen to everything
             candidates = torch.arange(n)
-        Q = Zs[lo:hi]
         C = Zs[candidates]
-        D = squared_distances(Q, C)
-        # the query itself sits among the candidates of its own cell
-        own = torch.nonzero((candidates >= lo) & (candidates < hi))[:, 0]
-        D[candidates[own] - lo, own] = math.inf
-        d, j = D.topk(min(n_neighbors, len(candidates) - 1), dim=1, largest=False)
-        if j.shape[1] < n_neighbors:
-            pad = n_neighbors - j.shape[1]
-            j = torch.cat([j, j[:, :1].expand(-1, pad)], 1)
-            d = torch.cat([d, d[:, :1].expand(-1, pad)], 1)
-        indices[order[lo:hi]] = order[candidates[j]]
-        distances[order[lo:hi]] = d.sqrt_()
+        c_sq = row_norms_sq(C)
+        own = torch.nonzero((candidates >= lo) & (candidates < hi))[:, 0]  # the queries sit among them
+        # queries in blocks: a dense region makes big cells with big neighbours, and one
+        # cell x candidates product would then take gigabytes
+        step = max(1, MAX_PRODUCT // len(candidates))
+        for q_lo in range(lo, hi, step):
+            q_hi = min(q_lo + step, hi)
+            D = squared_distances(Zs[q_lo:q_hi], C, c_sq=c_sq)
+            mine = own[(candidates[own] >= q_lo) & (candidates[own] < q_hi)]
+            D[candidates[mine] - q_lo, mine] = math.inf
+            d, j = D.topk(min(n_neighbors, len(candidates) - 1), dim=1, largest=False)
+            if j.shape[1] < n_neighbors:
+                pad = n_neighbors - j.shape[1]
+                j = torch.cat([j, j[:, :1].expand(-1, pad)], 1)
+                d = torch.cat([d, d[:, :1].expand(-1, pad)], 1)
+            indices[order[q_lo:q_hi]] = order[candidates[j]]
+            distances[order[q_lo:q_hi]] = d.sqrt_()
     return indices, distances
 
 

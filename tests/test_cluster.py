@@ -218,9 +218,9 @@ def test_kmeans_presolve_on_a_subsample_still_converges_on_all_points():
     assert np.allclose(means, km.cluster_centers_, atol=1e-5)
 
 
-def test_kmeans_default_restarts_on_small_data_and_seeds_once_with_a_presolve_on_large_data(monkeypatch):
-    """n_init="auto": ten seedings below 20,000 rows, one above; large data also gets the
-    first solve on 256 rows per centre (counted through the Lloyd calls)."""
+def test_kmeans_default_restarts_on_small_data_and_seeds_once_on_large_data(monkeypatch):
+    """n_init="auto": ten seedings below 20,000 rows, one above (counted through the Lloyd
+    calls); a first solve on a subsample only when asked for."""
     import deepclust.cluster.kmeans as kmeans_module  # deferred: the module whose lloyd is counted
 
     calls = []
@@ -233,12 +233,15 @@ def test_kmeans_default_restarts_on_small_data_and_seeds_once_with_a_presolve_on
     monkeypatch.setattr(kmeans_module, "lloyd", counting)
     X, _ = _blobs(n=3000, k=8, seed=6, std=2.0)
     KMeans(8, random_state=0).fit(X)
-    assert calls == [3000] * 10  # ten restarts, no presolve (256 x 8 is over half the rows)
+    assert calls == [3000] * 10  # ten restarts
     calls.clear()
     big, _ = _blobs(n=24_000, k=4, seed=6, std=2.0)
     km = KMeans(4, random_state=0).fit(big)
-    assert calls == [1024, 24_000]  # one seeding: a first solve on 256 x 4 rows, then all rows
+    assert calls == [24_000]  # one seeding
     assert np.array_equal(km.predict(big), km.labels_)
+    calls.clear()
+    KMeans(4, max_points_per_centroid=256, random_state=0).fit(big)
+    assert calls == [1024, 24_000]  # a first solve on 256 x 4 rows, then all rows
     with pytest.raises(DeepclustError, match="n_init"):
         KMeans(4, n_init="some").fit(X)
 

@@ -140,3 +140,10 @@ def name_clusters(backbone, image_embeddings: np.ndarray, clusters: np.ndarray, 
     """Each cluster's three most likely names (:func:`rank_names`) with ``backbone``'s text tower."""
     text = encode_names(backbone, names, templates, progress)
     return rank_names(image_embeddings, clusters, text, names, scale=backbone.model.logit_scale())
+
+
+def name_images(backbone, image_embeddings: np.ndarray, names: Sequence[str], templates: Sequence[str],
+                progress: bool = False) -> list[list[tuple[str, float]]]:
+    """Each image's three most likely names (:func:`rank_images`) with ``backbone``'s text tower."""
+    text = encode_names(backbone, names, templates, progress)
+    return rank_images(image_embeddings, text, names, scale=backbone.model.logit_scale())

@@ -37,6 +37,7 @@ from deepclust.errors import DeepclustError
 from deepclust.features.store import open_store
 from deepclust.io import read_csv, read_json, write_csv, write_json, write_npy
 from deepclust.metrics import score_clustering
+from deepclust.naming import TOP as NAME_COLUMNS  # the names per cluster in clusters.csv
 from deepclust.version import __version__
 
 log = logging.getLogger("deepclust")
@@ -84,9 +85,6 @@ def write_assignments(
     write_csv(run_path(run_dir, ASSIGNMENTS), header, rows)
     if confidence is not None:
         write_clusters(run_dir, paths, clusters, distances, confidence, names)
-
-
-NAME_COLUMNS = 3  # the names per cluster in clusters.csv (deepclust.naming.TOP)
 
 
 def write_clusters(run_dir: str | os.PathLike, paths: Sequence[str], clusters: np.ndarray, distances: np.ndarray,

@@ -317,9 +317,7 @@ def _from_folder(folder: str, image_size, pooling):
         except DeepclustError:
             raise
         except Exception as exc:
-            raise DeepclustError(f"the open_clip model folder '{folder}' could not be read "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fetch it again with "
-                                 "`deepclust fetch-model NAME --to DIR`") from None
+            raise _unreadable(kind, folder, exc) from None
         return f"open_clip:{os.path.basename(folder)}", tower, text
     arch = _folder_arch(folder)
     if not isinstance(arch, str) or not timm.is_model(arch):
@@ -329,12 +327,16 @@ def _from_folder(folder: str, image_size, pooling):
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
     except Exception as exc:
-        raise DeepclustError(f"the timm model folder '{folder}' could not be read "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fetch it again with "
-                             "`deepclust fetch-model NAME --to DIR`") from None
+        raise _unreadable(kind, folder, exc) from None
     _apply_pooling(model, arch, pooling)
     tag = model.pretrained_cfg.get("tag")
     return f"{arch}.{tag}" if tag else arch, model, text
+
+
+def _unreadable(kind: str, folder: str, exc: Exception) -> DeepclustError:
+    return DeepclustError(f"the {kind} model folder '{folder}' could not be read "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); fetch it again with "
+                          "`deepclust fetch-model NAME --to DIR`")
 
 
 def _folder_holds(folder: str, entry) -> bool:
@@ -345,11 +347,9 @@ def _folder_holds(folder: str, entry) -> bool:
 
 
 def _folder_arch(folder: str) -> str | None:
-    """The timm architecture a model folder holds (None for open_clip or an unreadable config)."""
-    path = os.path.join(folder, TIMM_CONFIG)
-    if folder_kind(folder) != "timm":
-        return None
-    config = read_json(path, "fetch the model again with `deepclust fetch-model NAME --to DIR`")
+    """The architecture a timm model folder's config names (None when it names none)."""
+    config = read_json(os.path.join(folder, TIMM_CONFIG),
+                       "fetch the model again with `deepclust fetch-model NAME --to DIR`")
     return config.get("architecture") if isinstance(config, dict) else None
 
 

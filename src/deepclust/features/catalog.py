@@ -107,9 +107,9 @@ CATALOG: dict[str, CatalogEntry] = {
                              "Apache-2.0", "the core paper's ViT-B/16", 0.11, "cls"),
 }
 
-#: The core paper's four backbones by the names it uses (Bjerge et al., VISAPP 2025).
-PAPER_NAMES = {"convnext-b": "convnext-b", "resnet50v2": "resnet50v2", "efficientnet-b3": "efficientnet-b3",
-               "vit-b/16": "vit-b/16", "efficientnetb3": "efficientnet-b3"}
+#: Other spellings of short names: the core paper writes "EfficientNetB3" (its other three
+#: backbones, ConvNeXt-B, ResNet50v2 and ViT-B/16, are short names as written).
+ALIASES = {"efficientnetb3": "efficientnet-b3"}
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,7 @@ class Source:
     model_id: str
     arch: str
     entry: CatalogEntry | None = None
-
-    @property
-    def short_name(self) -> str | None:
-        return next((k for k, v in CATALOG.items() if v is self.entry), None) if self.entry else None
+    short_name: str | None = None
 
 
 def _open_clip_models() -> list[str]:
@@ -148,10 +145,10 @@ def resolve_source(name: str) -> Source:
     """
     import timm  # deferred: the catalog's names and folders need no torch
 
-    key = PAPER_NAMES.get(name.lower(), name.lower())
+    key = ALIASES.get(name.lower(), name.lower())
     if key in CATALOG:
         entry = CATALOG[key]
-        return Source(entry.library, entry.model_id, entry.arch, entry)
+        return Source(entry.library, entry.model_id, entry.arch, entry, key)
     if name.startswith(HF_PREFIX):
         return Source("hub", name, name)
     if name.startswith(OPEN_CLIP_PREFIX):
@@ -168,14 +165,23 @@ def resolve_source(name: str) -> Source:
     raise DeepclustError(f"unknown backbone '{name}'; {hint}")
 
 
-def folder_kind(path: str) -> str:
-    """``"open_clip"`` or ``"timm"``: which library's snapshot the folder ``path`` holds.
+def _snapshot_kind(path: str) -> str | None:
+    """``"open_clip"``, ``"timm"`` or None: which library's snapshot the folder holds, if any.
     open_clip first: timm's CLIP repositories hold both configs, and only open_clip loads
     the text tower that names clusters."""
     if os.path.isfile(os.path.join(path, OPEN_CLIP_CONFIG)):
         return "open_clip"
     if os.path.isfile(os.path.join(path, TIMM_CONFIG)):
         return "timm"
+    return None
+
+
+def folder_kind(path: str) -> str:
+    """``"open_clip"`` or ``"timm"``: which library's snapshot the folder ``path`` holds
+    (:func:`_snapshot_kind`); a folder of neither is one clear error."""
+    kind = _snapshot_kind(path)
+    if kind is not None:
+        return kind
     raise DeepclustError(f"'{path}' holds no {OPEN_CLIP_CONFIG} (open_clip) or {TIMM_CONFIG} (timm): it is not a "
                          "downloaded model folder; make one with `deepclust fetch-model NAME --to DIR`")
 
@@ -204,7 +210,7 @@ def models_folder(name: str, models_dir: str | None = None) -> str | None:
     if not models_dir:
         return None
     folder = os.path.join(models_dir, folder_name(name))
-    if os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)) or os.path.isfile(os.path.join(folder, TIMM_CONFIG)):
+    if _snapshot_kind(folder) is not None:
         return folder
     raise DeepclustError(f"backbone '{name}' is not in the models folder: looked for {folder}/{TIMM_CONFIG} or "
                          f"{OPEN_CLIP_CONFIG}; where a network exists run `deepclust fetch-model {name} --to "

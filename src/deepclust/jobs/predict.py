@@ -38,7 +38,7 @@ from deepclust.features.backbones import create_backbone
 from deepclust.features.extract import embed_records
 from deepclust.io import check_writable, write_csv, write_json
 from deepclust.methods import config_class, create_method
-from deepclust.naming import TOP, check_naming, encode_names, rank_images, templates_of
+from deepclust.naming import TOP, check_naming, name_images, templates_of
 
 log = logging.getLogger("deepclust")
 
@@ -168,8 +168,12 @@ def predict_images(run_dir: str | os.PathLike, images: str | os.PathLike, out: s
     y = [os.path.basename(os.path.dirname(p)) for p in paths] if labels == "folders" else None
     named = []
     if ranked is not None:
-        own = {c: runs.cluster_names(row) for c, row in runs.read_clusters(run.folder).items()}
-        named = [[(own.get(str(int(c))) or [("",)])[0][0]] + [v for n, s in ranked[i] for v in (n, f"{s:.4f}")]
+        first = {}  # each cluster's most likely name, from the run's clusters.csv
+        for c, row in runs.read_clusters(run.folder).items():
+            found = runs.cluster_names(row)
+            if found:
+                first[c] = found[0][0]
+        named = [[first.get(str(int(c)), "")] + [v for n, s in ranked[i] for v in (n, f"{s:.4f}")]
                  for i, c in enumerate(clusters)]
     write_csv(os.path.join(out, PREDICTIONS), ["path", "cluster", "distance", "nearest_image_distance", "far"]
               + (["label"] if y else [])
@@ -221,9 +225,7 @@ def _embed_with_backbone(run, images, out, batch_size, device, num_workers, prog
                         precision=config.get("precision", "fp32"))  # embed as the run did
     ranked = None
     if candidates is not None and len(emb.vectors):
-        templates = templates_of(backbone, config["backbone"])
-        ranked = rank_images(emb.vectors, encode_names(backbone, candidates, templates, progress), candidates,
-                             scale=backbone.model.logit_scale())
+        ranked = name_images(backbone, emb.vectors, candidates, templates_of(backbone, config["backbone"]), progress)
     return ([r.path for r in emb.kept(records)], emb.vectors, len(records), emb.skipped_paths(records),
             {"backbone": backbone.name, "weights": backbone.weights}, emb.seconds, ranked)
 

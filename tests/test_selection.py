@@ -74,6 +74,14 @@ def test_select_finds_k_and_every_criterion_scores_every_candidate(blobs, tmp_pa
     for criterion in ("generalization", "stability", "silhouette"):
         assert sel.best(criterion).k == 6, criterion
     assert all(np.isfinite(list(c.scores.values())).all() for c in sel.candidates)
+    # any labelling, here the true groups named as strings, scored by the same criteria: the
+    # candidate at k = 6 is the same partition, so its scores are the same numbers
+    truth = sel.score(np.array(["abcdef"[i] for i in y]))
+    at_six = next(c for c in sel.candidates if c.k == 6 and c.algorithm == "kmeans")
+    assert set(truth) == {"generalization", "silhouette", "eigengap"}
+    for name, value in truth.items():
+        assert value == pytest.approx(at_six.scores[name], rel=1e-6), name
+    assert truth["generalization"] > max(c.scores["generalization"] for c in sel.candidates if c.k != 6)
     sel.write_csv(tmp_path / "selection.csv")
     sel.plot(tmp_path / "selection.png")
     rows = list(csv.DictReader(open(tmp_path / "selection.csv")))

@@ -244,6 +244,18 @@ class Selection:
 
     candidates: list[Candidate]
     criteria: tuple[str, ...]
+    #: criterion -> score(k, labels), as :func:`select` built them for its ``X``
+    scorers: dict[str, Callable[[int, np.ndarray], float]] = field(default_factory=dict, repr=False)
+
+    def score(self, labels) -> dict[str, float]:
+        """Any other labelling of the same images (a user's own sorting, or the true classes
+        in a benchmark) scored by the same criteria as the candidates, so the numbers compare:
+        every criterion but ``stability``, which scores a clustering procedure, not a labelling."""
+        if not self.scorers:
+            raise DeepclustError("this selection kept no scorers: make it with select()")
+        classes, labels = np.unique(np.asarray(labels), return_inverse=True)  # any label type, as 0..k-1
+        k = len(classes)
+        return {name: float(score(k, labels)) for name, score in self.scorers.items()}
 
     def best(self, criterion: str = "generalization") -> Candidate:
         """The candidate ``criterion`` scores highest."""
@@ -364,7 +376,7 @@ def select(X, ks: Sequence[int], algorithms: Sequence[str] = ("kmeans",), criter
             done += 1
             if progress is not None:
                 progress(f"{algorithm} k={k}", done, total)
-    return Selection(candidates, criteria)
+    return Selection(candidates, criteria, scorers)
 
 
 def _halves_fit(ks, halves) -> bool:

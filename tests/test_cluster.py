@@ -25,6 +25,7 @@ from deepclust.cluster import (
     takes_n_clusters,
     top_eigenvectors,
 )
+import deepclust.cluster._lloyd as engine
 from deepclust.cluster._lloyd import kmeans_plusplus, lloyd
 from deepclust.cluster.neighbors import affinity_matrix
 from deepclust.cluster.spectral import normalized_affinity
@@ -163,7 +164,9 @@ def _plain_lloyd(X, centres, n_iter=500):
 
 
 @pytest.mark.parametrize("bounds", ["elkan", "hamerly"])
-def test_bounded_lloyd_reaches_the_same_fixed_point_as_plain_lloyd(bounds):
+@pytest.mark.parametrize("resum", [0.0, 1.0])  # the centre sums summed afresh whenever a point moves, or never
+def test_bounded_lloyd_reaches_the_same_fixed_point_as_plain_lloyd(bounds, resum, monkeypatch):
+    monkeypatch.setattr(engine, "RESUM_FRACTION", resum)
     X, _ = _blobs(n=600, k=10, seed=4, std=3.0)  # overlapping, so many points move
     X = X.astype(np.float64)
     init = X[np.random.default_rng(1).choice(600, 10, replace=False)]

@@ -33,6 +33,13 @@ MAX_BOUND_ENTRIES = 2**28
 CHUNK_ROWS = 32768
 #: Slack on the bounds, relative, for float32 rounding in the distance expansion.
 _SLACK = 1e-5
+#: Above this fraction of the points changing cluster, the centre sums are summed afresh
+#: (chunked, in the data's precision) instead of moving each point's float64 row between
+#: two sums, which costs several times more per row.
+RESUM_FRACTION = 0.02
+#: Above this fraction of the points in doubt, all are recomputed in slices of the data
+#: rather than gathered: a gathered row costs more than one read in place.
+FULL_PASS_FRACTION = 0.5
 
 
 @dataclass
@@ -58,13 +65,14 @@ class LloydResult:
 
 
 def squared_distances(X: torch.Tensor, C: torch.Tensor, x_sq: torch.Tensor | None = None,
-                      c_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Euclidean distances, shape (m, k), between rows of X (m, d) and C (k, d)."""
+                      c_sq: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances, shape (m, k), between rows of X (m, d) and C (k, d),
+    written into ``out`` (contiguous, (m, k)) when given."""
     if x_sq is None:
         x_sq = row_norms_sq(X)
     if c_sq is None:
         c_sq = row_norms_sq(C)
-    D = torch.addmm(x_sq[:, None] + c_sq[None, :], X, C.T, alpha=-2.0)
+    D = torch.addmm(x_sq[:, None] + c_sq[None, :], X, C.T, alpha=-2.0, out=out)
     return D.clamp_(min=0.0)
 
 
@@ -83,33 +91,52 @@ def nearest_centers(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _chunked_min2(X, x_sq, C, c_sq, keep_all: bool):
-    """Nearest and second-nearest centre of every row, in row chunks.
+class _Assigner:
+    """Nearest and second-nearest centre of all rows or of some, in row chunks, written in
+    place into a run's ``labels`` (n,), ``upper`` (n,) and ``other``: every distance (n, k)
+    or the distance to the second nearest (n,).
 
-    Returns labels (m,), distance to the nearest (m,), and either all distances
-    (m, k) when ``keep_all`` or the distance to the second nearest (m,).
+    The chunk buffers are made once and reused: a fresh buffer of this size is a fresh
+    mapping from the operating system, and touching its pages costs more than the
+    arithmetic that fills it (a gather of most of the rows into new memory cost 7x one into
+    a buffer already touched).
     """
-    m = X.shape[0]
-    k = C.shape[0]
-    labels = torch.empty(m, dtype=torch.long, device=X.device)
-    upper = torch.empty(m, dtype=X.dtype, device=X.device)
-    other = torch.empty((m, k) if keep_all else (m,), dtype=X.dtype, device=X.device)
-    for start in range(0, m, CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, m)
-        D = squared_distances(X[start:stop], C, x_sq[start:stop], c_sq).sqrt_()
-        if keep_all:
-            best, arg = D.min(1)
-            other[start:stop] = D
-        elif k > 1:
-            two, args = D.topk(2, dim=1, largest=False)
-            best, arg = two[:, 0], args[:, 0]
-            other[start:stop] = two[:, 1]
-        else:
-            best, arg = D[:, 0], torch.zeros(stop - start, dtype=torch.long, device=X.device)
-            other[start:stop] = math.inf
-        labels[start:stop] = arg
-        upper[start:stop] = best
-    return labels, upper, other
+
+    def __init__(self, X: torch.Tensor, x_sq: torch.Tensor, k: int):
+        self.X, self.x_sq = X, x_sq
+        rows = min(CHUNK_ROWS, X.shape[0])
+        self._rows = torch.empty((rows, X.shape[1]), dtype=X.dtype, device=X.device)
+        self._distances = torch.empty((rows, k), dtype=X.dtype, device=X.device)
+
+    def __call__(self, C, c_sq, labels, upper, other, rows: torch.Tensor | None = None) -> None:
+        keep_all = other.dim() == 2
+        m = self.X.shape[0] if rows is None else len(rows)
+        k = C.shape[0]
+        for start in range(0, m, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, m)
+            if rows is None:  # a slice of the data, its results written as slices
+                part, where = self.X[start:stop], slice(start, stop)
+                D = other[where] if keep_all else self._distances[:stop - start]
+            else:
+                where = rows[start:stop]
+                part = torch.index_select(self.X, 0, where, out=self._rows[:stop - start])
+                D = self._distances[:stop - start]
+            # |x|^2 - 2 x.c + |c|^2, the matrix product added to |c|^2 broadcast (no m x k temporary)
+            torch.addmm(c_sq[None, :], part, C.T, alpha=-2.0, out=D)
+            D.add_(self.x_sq[where][:, None]).clamp_(min=0.0).sqrt_()
+            if keep_all:
+                best, arg = D.min(1)
+                if rows is not None:
+                    other.index_copy_(0, where, D)
+            elif k > 1:
+                two, args = D.topk(2, dim=1, largest=False)
+                best, arg = two[:, 0], args[:, 0]
+                other[where] = two[:, 1]
+            else:
+                best, arg = D[:, 0], torch.zeros(stop - start, dtype=torch.long, device=D.device)
+                other[where] = math.inf
+            labels[where] = arg
+            upper[where] = best
 
 
 def kmeans_plusplus(X: torch.Tensor, n_clusters: int, rng: np.random.Generator,
@@ -209,7 +236,11 @@ def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: floa
     elkan = bounds == "elkan"
     x_sq = row_norms_sq(X)
     C = centers.to(X.dtype).clone()
-    labels, upper, lower = _chunked_min2(X, x_sq, C, row_norms_sq(C), keep_all=elkan)
+    assign = _Assigner(X, x_sq, k)
+    labels = torch.empty(n, dtype=torch.long, device=X.device)
+    upper = torch.empty(n, dtype=X.dtype, device=X.device)
+    lower = torch.empty((n, k) if elkan else (n,), dtype=X.dtype, device=X.device)
+    assign(C, row_norms_sq(C), labels, upper, lower)
     sums, counts = _cluster_sums(X, labels, k)
     # mean feature variance from the totals: sum |x|^2 / n - |mean|^2, over d
     total_sq = float(x_sq.double().sum())
@@ -244,32 +275,29 @@ def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: floa
         if elkan:
             lower -= loosen[None, :]
             lower.scatter_(1, labels[:, None], math.inf)
-            nearest_other = lower.min(1).values
+            nearest_other = torch.amin(lower, 1)
         else:
             lower -= float(loosen.max())
             nearest_other = lower
         suspect = torch.nonzero(upper > nearest_other)[:, 0]
-        if len(suspect) > n // 2:  # gathering most rows costs more than a plain full pass
-            suspect = torch.arange(n, device=X.device)
-            Xs, xs_sq = X, x_sq
-        elif len(suspect):
-            Xs, xs_sq = X[suspect], x_sq[suspect]
-        recomputed.append(len(suspect) / n)
+        rows = None if len(suspect) > n * FULL_PASS_FRACTION else suspect
+        recomputed.append(1.0 if rows is None else len(suspect) / n)
         moved = 0
-        if len(suspect):
-            new_labels, new_upper, new_other = _chunked_min2(Xs, xs_sq, C, c_sq, keep_all=elkan)
-            old_labels = labels[suspect]
-            upper[suspect] = new_upper
-            lower[suspect] = new_other
-            change = new_labels != old_labels
-            moved = int(change.sum())
-            if moved:
-                rows = Xs[change].double()
-                sums.index_add_(0, old_labels[change], -rows)
-                sums.index_add_(0, new_labels[change], rows)
+        if rows is None or len(rows):
+            old_labels = labels.clone() if rows is None else labels[rows]
+            assign(C, c_sq, labels, upper, lower, rows)
+            new_labels = labels if rows is None else labels[rows]
+            change = torch.nonzero(new_labels != old_labels)[:, 0]
+            moved = len(change)
+            if moved > n * RESUM_FRACTION:
+                sums, counts = _cluster_sums(X, labels, k)
+            elif moved:
+                points = change if rows is None else rows[change]
+                part = X[points].double()
+                sums.index_add_(0, old_labels[change], -part)
+                sums.index_add_(0, new_labels[change], part)
                 counts += torch.bincount(new_labels[change], minlength=k).double()
                 counts -= torch.bincount(old_labels[change], minlength=k).double()
-                labels[suspect] = new_labels
         if settled or (moved <= label_tol * n and not bool((counts == 0).any())):
             break
     C = (sums / counts.clamp(min=1)[:, None]).to(X.dtype)

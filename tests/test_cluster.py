@@ -110,6 +110,14 @@ def test_every_clusterer_explains_bad_input(name):
             _make(name, 2).fit(Xb)
 
 
+def test_finite_values_whose_sum_overflows_are_still_accepted():
+    # the quick test of the data sums it in float64; huge but finite float64 values overflow
+    # that sum, and the element-wise test must then clear them
+    X = np.ones((6, 3))
+    X[:3, 0] = 1.5e308
+    assert np.array_equal(KMeans(n_clusters=2)._validate_data(X), X)
+
+
 @pytest.mark.parametrize("name", list_clusterers())
 def test_every_clusterer_labels_a_single_sample(name):
     X = np.array([[0.5, -1.0, 2.0]])

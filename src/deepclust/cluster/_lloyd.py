@@ -72,8 +72,10 @@ def squared_distances(X: torch.Tensor, C: torch.Tensor, x_sq: torch.Tensor | Non
         x_sq = row_norms_sq(X)
     if c_sq is None:
         c_sq = row_norms_sq(C)
-    D = torch.addmm(x_sq[:, None] + c_sq[None, :], X, C.T, alpha=-2.0, out=out)
-    return D.clamp_(min=0.0)
+    # |x|^2 - 2 x.c + |c|^2: the product added to |c|^2 broadcast, then |x|^2 in place, so
+    # no m x k temporary beside the result
+    D = torch.addmm(c_sq[None, :], X, C.T, alpha=-2.0, out=out)
+    return D.add_(x_sq[:, None]).clamp_(min=0.0)
 
 
 def row_norms_sq(X: torch.Tensor) -> torch.Tensor:
@@ -121,9 +123,7 @@ class _Assigner:
                 where = rows[start:stop]
                 part = torch.index_select(self.X, 0, where, out=self._rows[:stop - start])
                 D = self._distances[:stop - start]
-            # |x|^2 - 2 x.c + |c|^2, the matrix product added to |c|^2 broadcast (no m x k temporary)
-            torch.addmm(c_sq[None, :], part, C.T, alpha=-2.0, out=D)
-            D.add_(self.x_sq[where][:, None]).clamp_(min=0.0).sqrt_()
+            squared_distances(part, C, self.x_sq[where], c_sq, out=D).sqrt_()
             if keep_all:
                 best, arg = D.min(1)
                 if rows is not None:

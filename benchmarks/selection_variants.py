@@ -33,13 +33,6 @@ from deepclust.metrics import matched_accuracy
 from deepclust.selection import GeneralizationScore, select
 
 
-def components(X, m):
-    centred = X - X.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    Z = centred @ vt[:m].T
-    return Z / np.sqrt((Z ** 2).sum(1).mean())
-
-
 class LeaveOneOut:
     """Ridge classification of one-hot labels, each image predicted without itself."""
 
@@ -71,7 +64,8 @@ def within_ss(Z, labels):
 def variants(X, seed=0):
     """name -> score(k, labels), each against a Gaussian null with the data's principal variances."""
     rng = np.random.default_rng(seed)
-    Z128 = components(X, 128)
+    general = GeneralizationScore(X, random_state=seed)
+    Z128 = general.probe.components  # the top 128 principal components, as the criterion's probe sees them
     null128 = rng.standard_normal(Z128.shape) * Z128.std(0)
     null_labels = {}
 
@@ -94,7 +88,6 @@ def variants(X, seed=0):
     near_null = NearestNeighbors(n_neighbors=11).fit(null128).kneighbors(null128)[1][:, 1:]
     scores["knn10"] = lambda k, labels: ratio(knn_error(near_null, null_cut(k)), knn_error(near, labels), 1 / len(labels))
     scores["gap"] = lambda k, labels: float(np.log(within_ss(null128, null_cut(k))) - np.log(within_ss(Z128, labels)))
-    general = GeneralizationScore(X, random_state=seed)
     for floor in (0.01, 0.02, 0.05):
         scores[f"floor-{floor:g}"] = (lambda floor: lambda k, labels: ratio(
             general.null_error(k), 1 - general.probe.accuracy(labels), floor))(floor)

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         cells.append(f"k={oracle.k} {oracle.algorithm[:4]} ACC {acc[id(oracle)]:.3f} ARI "
                      f"{adjusted_rand_score(y, oracle.labels):.3f}")
         print(f"| {name} ({len(X)} images, {seconds:.0f} s) | {truth} | " + " | ".join(cells) + " |", flush=True)
-        ceiling.append(_ceiling(name, sel, y, acc, oracle))
+        ceiling.append(_ceiling(name, sel, y, truth, acc, oracle))
     n = len(args.collections)
     print("\nk within 25% of the truth: " + ", ".join(f"{c} {tally[c][0]}/{n}" for c in criteria))
     print("ACC within 0.03 of the oracle: " + ", ".join(f"{c} {tally[c][1]}/{n}" for c in criteria))
@@ -82,11 +82,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _ceiling(name, sel, y, acc, oracle) -> dict:
+def _ceiling(name, sel, y, k, acc, oracle) -> dict:
     """How the criteria score the true classes against the candidates, and what the
     generalization criterion picks among the algorithms when k is the true one."""
     truth = sel.score(y)
-    k = len(set(y.tolist()))
     above, cells = {}, []
     for criterion in ("generalization", "silhouette"):
         best = max(c.scores[criterion] for c in sel.candidates)
